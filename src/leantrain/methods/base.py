@@ -1,0 +1,85 @@
+"""The unit users plug in: a `Method` with two hooks, and the `Progress` it is told about.
+
+A method changes a model while it trains. The built-in `fit()` and a user's own loop call the
+same hooks at the same places, so both give identical results for the same seed:
+
+    loss.backward()
+    method.after_backward(model, progress)   # accumulate scores / utilities from gradients
+    optimizer.step()
+    change = method.step(model, progress)    # decide; perform surgery; select for the next step
+    if change: change.apply_to(optimizer)
+
+and once at the end ``change = method.finish(model)`` (e.g. DCP's compact export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..surgery import Change
+
+__all__ = ["Method", "Progress"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands: ``step`` optimizer steps done of ``total_steps``.
+
+    Attributes:
+        step: optimizer steps completed so far (after the current one, in `Method.step`).
+        total_steps: optimizer steps of the whole run.
+        steps_per_epoch: optimizer steps per pass over the data (for epoch-based checkpoints).
+    """
+
+    step: int
+    total_steps: int
+    steps_per_epoch: int
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return min(1.0, self.step / max(1, self.total_steps))
+
+    @property
+    def epoch_ended(self) -> bool:
+        """True right after the last step of an epoch."""
+        return self.step > 0 and self.step % self.steps_per_epoch == 0
+
+
+class Method:
+    """Changes a model while it trains. Override any of the hooks; all are optional."""
+
+    name: str = "none"
+
+    def setup(self, model: nn.Module, progress: Progress) -> None:
+        """Called once before the first step (and again after a resume)."""
+
+    def after_backward(self, model: nn.Module, progress: Progress) -> None:
+        """Called after ``loss.backward()`` and before ``optimizer.step()``."""
+
+    def step(self, model: nn.Module, progress: Progress) -> Change | None:
+        """Called after ``optimizer.step()``; returns the `Change` when it cut the model."""
+        return None
+
+    def finish(self, model: nn.Module) -> Change | None:
+        """Called once after the last step; returns the final `Change`, if any."""
+        return None
+
+    def cost_key(self, model: nn.Module) -> Any:
+        """A hashable summary of per-step widths that change the step's FLOPs (None: none)."""
+        return None
+
+    def events(self) -> list[dict[str, Any]]:
+        """Structural events since the last call (logged by `fit()` to ``events.jsonl``)."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume the method mid-run (tensors and plain values)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""

@@ -1,0 +1,210 @@
+"""Permanent surgery: pure functions that cut a model and describe the cut as a `Change`.
+
+No decisions are made here (that is a `Method`'s job). Every cut returns a `Change` that maps old
+parameters to new ones, so the optimizer's state (momentum, Adam moments) follows the surviving
+parameters instead of being orphaned (design decision 3: re-key and slice, don't rebuild).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .models.layers import ConvBN, SelectLinear
+from .structure import channel_sets_of, units_of
+
+__all__ = [
+    "ParamEdit",
+    "Change",
+    "drop_units",
+    "freeze_units",
+    "prune_channels",
+    "remap_optimizer",
+    "set_submodule",
+]
+
+
+@dataclass(frozen=True)
+class ParamEdit:
+    """How one parameter changed: deleted (``new is None``) or sliced along some dims.
+
+    Attributes:
+        old: the parameter before the cut.
+        new: the parameter after the cut, or None when it left the model/optimizer.
+        keep: kept indices per dimension (None = the whole dimension).
+    """
+
+    old: nn.Parameter
+    new: nn.Parameter | None
+    keep: tuple[Tensor | None, ...] = ()
+
+
+@dataclass
+class Change:
+    """A structural edit: what was removed, and how old parameters map to new ones."""
+
+    removed: list[str]
+    edits: list[ParamEdit] = field(default_factory=list)
+
+    def apply_to(self, optimizer: torch.optim.Optimizer) -> None:
+        """Re-key and slice the optimizer's state to the surviving parameters."""
+        remap_optimizer(optimizer, self)
+
+    def __bool__(self) -> bool:
+        return bool(self.removed)
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path `name` by `module`."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def drop_units(model: nn.Module, names: Iterable[str], include_downsampling: bool = False) -> Change:
+    """Remove units from the forward graph for good, replacing each by its `Unit.replacement`.
+
+    Parameters of a dropped unit leave the model (and, through `Change.apply_to`, the optimizer);
+    a projection replacement keeps its shortcut parameters.
+    """
+    names = list(names)
+    units = {u.name: u for u in units_of(model, include_downsampling)}
+    unknown = [n for n in names if n not in units]
+    if unknown:
+        raise ValueError(
+            f"cannot drop {unknown}: not a live droppable unit of this model; "
+            f"droppable now: {sorted(units)}"
+        )
+    edits: list[ParamEdit] = []
+    for name in names:
+        unit = units[name]
+        kept = {id(p) for p in unit.replacement.parameters()}
+        edits += [ParamEdit(p, None) for p in unit.module.parameters() if id(p) not in kept]
+        set_submodule(model, name, unit.replacement)
+        # Recorded on the model so its architecture can be rebuilt from JSON (leantrain.io).
+        dropped = getattr(model, "dropped_units", [])
+        model.dropped_units = [*dropped, {"name": name, "kind": unit.kind}]
+    return Change(removed=names, edits=edits)
+
+
+def freeze_units(model: nn.Module, names: Iterable[str]) -> Change:
+    """Keep units in the forward pass but stop their gradients (and remove them from the optimizer).
+
+    Freezing saves backward work (no weight gradients) but no forward work; BN layers of a frozen
+    unit still normalise with batch statistics, as every other layer does in training mode.
+    """
+    names = list(names)
+    units = {u.name: u for u in units_of(model)}
+    edits: list[ParamEdit] = []
+    for name in names:
+        if name not in units:
+            raise ValueError(f"cannot freeze {name!r}: not a droppable unit of this model")
+        module = units[name].module
+        for p in module.parameters():
+            if p.requires_grad:
+                p.requires_grad_(False)
+                edits.append(ParamEdit(p, None))
+    return Change(removed=[f"{n} (frozen)" for n in names], edits=edits)
+
+
+def _slice_param(p: nn.Parameter, dim: int, index: Tensor) -> nn.Parameter:
+    new = nn.Parameter(p.detach().index_select(dim, index).clone(), requires_grad=p.requires_grad)
+    if p.grad is not None:
+        new.grad = p.grad.index_select(dim, index).clone()
+    return new
+
+
+def _slice_convbn_out(unit: ConvBN, keep: Tensor, edits: list[ParamEdit]) -> None:
+    conv, bn = unit.conv, unit.bn
+    new_w = _slice_param(conv.weight, 0, keep)
+    edits.append(ParamEdit(conv.weight, new_w, (keep, None, None, None)))
+    conv.weight = new_w
+    conv.out_channels = len(keep)
+    for pname in ("weight", "bias"):
+        old = getattr(bn, pname)
+        new = _slice_param(old, 0, keep)
+        edits.append(ParamEdit(old, new, (keep,)))
+        setattr(bn, pname, new)
+    assert bn.running_mean is not None and bn.running_var is not None
+    bn.running_mean = bn.running_mean.index_select(0, keep).clone()
+    bn.running_var = bn.running_var.index_select(0, keep).clone()
+    bn.num_features = len(keep)
+    unit.out_index = None
+
+
+def _slice_consumer_in(consumer: ConvBN | SelectLinear, keep: Tensor, edits: list[ParamEdit]) -> None:
+    layer = consumer.conv if isinstance(consumer, ConvBN) else consumer
+    new_w = _slice_param(layer.weight, 1, keep)
+    keep_dims = (None, keep, None, None) if isinstance(consumer, ConvBN) else (None, keep)
+    edits.append(ParamEdit(layer.weight, new_w, keep_dims))
+    layer.weight = new_w
+    if isinstance(consumer, ConvBN):
+        consumer.conv.in_channels = len(keep)
+    else:
+        consumer.in_features = len(keep)
+    consumer.in_index = None
+
+
+def prune_channels(model: nn.Module, keep: Mapping[str, Tensor]) -> Change:
+    """Physically remove channels: ``keep`` maps a channel-set name to its sorted kept indices.
+
+    Slices the producer's conv filters, BN weight, bias, running mean and var, and every consumer's
+    input channels (grads included), so the model computes exactly what the gated model did.
+    """
+    sets = {s.name: s for s in channel_sets_of(model)}
+    unknown = [n for n in keep if n not in sets]
+    if unknown:
+        raise ValueError(f"unknown channel sets {unknown}; this model has {sorted(sets)}")
+    edits: list[ParamEdit] = []
+    removed: list[str] = []
+    for name, index in keep.items():
+        cs = sets[name]
+        index = torch.as_tensor(index, dtype=torch.long, device=cs.producer.conv.weight.device)
+        index = index.sort().values
+        width = len(cs)
+        if len(index) == 0 or int(index.max()) >= width or len(index.unique()) != len(index):
+            raise ValueError(f"invalid kept channels for {name}: need 1..{width} distinct indices")
+        if len(index) == width:
+            continue
+        _slice_convbn_out(cs.producer, index, edits)
+        for consumer in cs.consumers:
+            _slice_consumer_in(consumer, index, edits)
+        removed.append(f"{name}: {width - len(index)} of {width}")
+    return Change(removed=removed, edits=edits)
+
+
+def remap_optimizer(optimizer: torch.optim.Optimizer, change: Change) -> None:
+    """Re-key and slice optimizer state (momentum, Adam moments …) after a `Change`.
+
+    Deleted parameters leave their param group and state; sliced ones take the matching slice of
+    every state tensor shaped like the parameter. Scalars such as Adam's ``step`` are kept.
+    """
+    by_old = {id(e.old): e for e in change.edits}
+    for group in optimizer.param_groups:
+        new_params = []
+        for p in group["params"]:
+            edit = by_old.get(id(p))
+            if edit is None:
+                new_params.append(p)
+                continue
+            state = optimizer.state.pop(p, None)
+            if edit.new is None:
+                continue
+            new_params.append(edit.new)
+            if state is not None:
+                optimizer.state[edit.new] = {
+                    k: _slice_like(v, p, edit.keep) for k, v in state.items()
+                }
+        group["params"] = new_params
+
+
+def _slice_like(value: object, param: Tensor, keep: tuple[Tensor | None, ...]) -> object:
+    if not isinstance(value, Tensor) or value.shape != param.shape:
+        return value
+    for dim, index in enumerate(keep):
+        if index is not None:
+            value = value.index_select(dim, index.to(value.device))
+    return value.clone()
