@@ -1,0 +1,40 @@
+"""Pruning-while-training methods, registered by name so a run's config stays serialisable."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .base import Method, Progress
+
+__all__ = ["Method", "Progress", "METHODS", "build_methods", "method_fields"]
+
+# name → Method dataclass; each module below registers itself on import.
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a Method dataclass available by its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_fields() -> dict[str, set[str]]:
+    """Hyperparameter names of every registered method (to validate configs)."""
+    return {name: {f.name for f in dataclasses.fields(cls)} for name, cls in METHODS.items()}
+
+
+def build_methods(names: list[str], args: dict[str, dict[str, Any]]) -> list[Method]:
+    """Instantiate methods by name with their hyperparameters, with clear errors."""
+    methods = []
+    for name in names:
+        if name not in METHODS:
+            raise ValueError(
+                f"unknown method {name!r}; choose none or one of: {', '.join(sorted(METHODS))} "
+                "(combine with '+')."
+            )
+        methods.append(METHODS[name](**args.get(name, {})))
+    return methods
+
+# Registration happens on import; kept at the bottom because the modules import register_method.
+from . import dcp  # noqa: E402,F401
