@@ -1,0 +1,461 @@
+"""Learn&Drop (Cruciata et al., arXiv 2604.23403): drop layers that stopped learning, in training.
+
+At checkpoints (end of every N epochs, or every N steps) every live droppable unit (an
+identity-shortcut residual block, or an equal-width stride-1 VGG conv; see
+`leantrain.structure.units_of`) gets a raw score D from a pluggable unit score
+(`leantrain.scores.UNIT_SCORES`; the paper's is the relative parameter change), a normalised score
+S (own peak or peers) and a continuation score C (slope of D over the last W checkpoints / mean).
+
+* ``mode="threshold"``: after a warm-up, a unit whose S < τ and C ≤ 0 held for P checkpoints in a
+  row is dropped, at most K_max per checkpoint, lowest S first.
+* ``mode="budget"``: the dropped fraction of eligible units follows a linear ramp from 0 at the
+  end of the warm-up to ``budget_target`` at ``budget_end``; each checkpoint drops the lowest-S
+  units needed to meet the ramp, skipping units whose C > 0 (still speeding up).
+
+Both keep at least ``min_units_per_stage`` live blocks per stage and respect an overall cap.
+A dropped unit is replaced for good (`leantrain.surgery.drop_units`) and its parameters leave the
+optimizer through the returned `Change`; ``action="freeze"`` keeps it in the forward pass without
+gradients instead. Every checkpoint logs every unit's D, S, C and decision (``ld_checkpoint``
+events) and every drop its forward FLOPs before and after, for `leantrain.plots.plot_learndrop`.
+
+Only the paper's abstract is available; the score definitions, rules and defaults are ours
+(see the spec ``learn_and_drop.md``) and are meant to be calibrated by the benchmark sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..cost import count_macs
+from ..models.layers import ConvBN
+from ..scores import UNIT_SCORES, UnitScore, continuation, normalize
+from ..structure import Unit, units_of
+from ..surgery import Change, drop_units, freeze_units
+from . import register_method
+from .base import Method, Progress
+
+__all__ = ["LearnDrop", "budget_fraction"]
+
+# Spec default K_max = ceil(25% of eligible units): enough to shed a settled stage in a few
+# checkpoints, few enough that one noisy checkpoint cannot gut the network.
+DEFAULT_MAX_PER_CHECKPOINT_FRACTION = 0.25
+
+# Guards floor() against float error, e.g. 0.7 * 10 = 6.999999999999999.
+_FLOOR_SLACK = 1e-9
+
+
+def budget_fraction(fraction: float, warmup: float, target: float, end: float) -> float:
+    """Dropped fraction of eligible units the budget ramp asks for at a point of training.
+
+    Args:
+        fraction: training progress in [0, 1].
+        warmup: where the ramp starts at 0.
+        target: the dropped fraction reached at `end` and kept afterwards.
+        end: where the ramp reaches `target` (> warmup).
+
+    Returns:
+        The target dropped fraction, linear from 0 at `warmup` to `target` at `end`.
+    """
+    if fraction <= warmup:
+        return 0.0
+    return target * min(1.0, (fraction - warmup) / (end - warmup))
+
+
+@register_method
+@dataclass
+class LearnDrop(Method):
+    """Learn&Drop: remove settled layers while training, so later steps do less forward work.
+
+    Args:
+        score: unit score by registry name in `leantrain.scores.UNIT_SCORES`: ``"change"`` (the
+            paper's relative parameter change) or ``"residual_norm"`` (‖y − x‖/‖x‖).
+        normalize: ``"peers"``: S = D / max over the active units at the same checkpoint;
+            ``"self"``: S = D / the unit's own peak so far.
+        tau: threshold τ in (0, 1]; threshold mode drops a unit once S < τ (with C ≤ 0).
+        warmup: fraction of training before any drop (scores are still recorded).
+        window: W, the checkpoints the continuation slope is fitted to (≥ 2).
+        patience: P, consecutive checkpoints a unit must be settled before it is dropped.
+        max_per_checkpoint: K_max, units dropped at one checkpoint at most; None means
+            ceil(25% of the eligible units) in threshold mode and no limit in budget mode (the
+            ramp itself paces the drops there).
+        min_units_per_stage: live blocks a stage keeps at least, counting every block of the
+            stage, droppable or not (a ResNet stage's downsampling block, a VGG stage's widening
+            conv).
+        max_dropped_fraction: overall cap on the dropped fraction of eligible units, in [0, 1].
+        action: ``"drop"`` removes the unit from the forward pass; ``"freeze"`` keeps it but
+            stops its gradients (saves backward work only).
+        include_downsampling: also let downsampling blocks go, replaced by their projection
+            shortcut (drop action only).
+        every_epochs: checkpoint at the end of every N epochs.
+        every_steps: if > 0, checkpoint every N optimizer steps instead.
+        mode: ``"threshold"`` (the paper's rule) or ``"budget"`` (follow a dropped-fraction ramp).
+        budget_target: budget mode: dropped fraction of eligible units reached at
+            ``budget_end``.
+        budget_end: budget mode: fraction of training where the ramp reaches its target.
+    """
+
+    name: ClassVar[str] = "learndrop"
+    score: str = "change"
+    # "peers" by default: with a decaying LR every unit's D falls together, so own-peak
+    # normalisation tends to fire for all units at once, late in training, when little compute
+    # is left to save; peers normalisation finds the *relatively* settled units early and does
+    # not depend on the LR schedule. (To be confirmed by the calibration sweep.)
+    normalize: str = "peers"
+    tau: float = 0.25  # spec's starting default τ
+    warmup: float = 0.1  # spec: "warm-up 2 epochs (or 10% of training)"
+    window: int = 3  # spec's starting default W
+    patience: int = 1  # spec's starting default P
+    max_per_checkpoint: int | None = None
+    min_units_per_stage: int = 1
+    max_dropped_fraction: float = 1.0
+    action: str = "drop"
+    include_downsampling: bool = False
+    every_epochs: int = 1
+    every_steps: int = 0
+    mode: str = "threshold"
+    budget_target: float = 0.5
+    budget_end: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.score not in UNIT_SCORES:
+            raise ValueError(
+                f"learndrop.score = {self.score!r} is unknown; choose one of: "
+                f"{', '.join(sorted(UNIT_SCORES))}."
+            )
+        if self.normalize not in ("self", "peers"):
+            raise ValueError(f"learndrop.normalize = {self.normalize!r}; choose 'self' or 'peers'.")
+        if not 0 < self.tau <= 1:
+            raise ValueError(
+                f"learndrop.tau = {self.tau} is outside (0, 1]; S is normalised to [0, 1], so "
+                "pick a threshold like 0.25."
+            )
+        if not 0 <= self.warmup <= 1:
+            raise ValueError(
+                f"learndrop.warmup = {self.warmup} must be a fraction of training in [0, 1]."
+            )
+        if self.window < 2:
+            raise ValueError(
+                f"learndrop.window = {self.window} must be ≥ 2 (a slope needs two checkpoints)."
+            )
+        if self.patience < 1:
+            raise ValueError(f"learndrop.patience = {self.patience} must be ≥ 1 checkpoint.")
+        if self.max_per_checkpoint is not None and self.max_per_checkpoint < 1:
+            raise ValueError(
+                f"learndrop.max_per_checkpoint = {self.max_per_checkpoint} must be ≥ 1, or None "
+                "for ceil(25% of the eligible units)."
+            )
+        if self.min_units_per_stage < 0:
+            raise ValueError(
+                f"learndrop.min_units_per_stage = {self.min_units_per_stage} must be ≥ 0."
+            )
+        if not 0 <= self.max_dropped_fraction <= 1:
+            raise ValueError(
+                f"learndrop.max_dropped_fraction = {self.max_dropped_fraction} must lie in [0, 1]."
+            )
+        if self.action not in ("drop", "freeze"):
+            raise ValueError(f"learndrop.action = {self.action!r}; choose 'drop' or 'freeze'.")
+        if self.action == "freeze" and self.include_downsampling:
+            raise ValueError(
+                "learndrop.include_downsampling needs action='drop' (a downsampling block is "
+                "replaced by its shortcut, not frozen); set one of them back."
+            )
+        if self.every_epochs < 1:
+            raise ValueError(f"learndrop.every_epochs = {self.every_epochs} must be ≥ 1.")
+        if self.every_steps < 0:
+            raise ValueError(
+                f"learndrop.every_steps = {self.every_steps} must be ≥ 0 (0: use every_epochs)."
+            )
+        if self.mode not in ("threshold", "budget"):
+            raise ValueError(f"learndrop.mode = {self.mode!r}; choose 'threshold' or 'budget'.")
+        if not 0 <= self.budget_target <= 1:
+            raise ValueError(f"learndrop.budget_target = {self.budget_target} must lie in [0, 1].")
+        if self.mode == "budget" and not self.warmup < self.budget_end <= 1:
+            raise ValueError(
+                f"learndrop.budget_end = {self.budget_end} must lie in (warmup = {self.warmup}, 1] "
+                "so the ramp has a length; raise budget_end or lower warmup."
+            )
+        self._scorer: UnitScore = UNIT_SCORES[self.score]()
+        self.histories: dict[str, list[float]] = {}
+        self.streaks: dict[str, int] = {}
+        self.dropped: list[str] = []  # removed (dropped or frozen) units, in order
+        self.n_eligible: int | None = None  # eligible units at the start of training
+        self._input_shape: tuple[int, int, int] | None = None
+        self._flops: int | None = None
+        self._events: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ hooks
+
+    def setup(self, model: nn.Module, progress: Progress) -> None:
+        units = units_of(model, self.include_downsampling)
+        if self.n_eligible is None:  # a fresh run (a resumed one has it from load_state_dict)
+            if not units:
+                raise ValueError(
+                    f"this model ({type(model).__name__}) has no droppable unit (no "
+                    "identity-shortcut block, no equal-width stride-1 conv), so Learn&Drop cannot "
+                    "scale it down; use --method none or a model with identity-shortcut blocks / "
+                    "equal-width convs."
+                )
+            self.n_eligible = len(units)
+        elif self.action == "freeze":
+            # Frozen units are still in a resumed model, with requires_grad back on: re-freeze.
+            # (Their parameters have no gradient, so the optimizer skips them.)
+            for u in units:
+                if u.name in self.dropped:
+                    for p in u.module.parameters():
+                        p.requires_grad_(False)
+        active = self._active(units)
+        for u in active:
+            self.histories.setdefault(u.name, [])
+            self.streaks.setdefault(u.name, 0)
+        self._scorer.attach(model, active)
+        self._input_shape = _input_shape(model)
+        self._flops = self._forward_flops(model)
+        self._events.append({
+            "kind": "ld_setup",
+            "step": progress.step,
+            "units": [u.name for u in active],
+            "stages": {u.name: u.stage for u in units},
+            "eligible": self.n_eligible,
+            "mode": self.mode,
+            "tau": self.tau,
+            "forward_flops": self._flops,
+        })
+
+    def after_backward(self, model: nn.Module, progress: Progress) -> None:
+        self._scorer.after_backward()
+
+    def step(self, model: nn.Module, progress: Progress) -> Change | None:
+        if not self._is_checkpoint(progress):
+            return None
+        # Re-query the units every checkpoint: earlier drops replaced modules.
+        active = self._active(units_of(model, self.include_downsampling))
+        raw = self._scorer.measure(active)
+        for name, d in raw.items():
+            self.histories.setdefault(name, []).append(d)
+        s = normalize(raw, self.histories, self.normalize)
+        c = {name: continuation(self.histories[name], self.window) for name in raw}
+        for name in raw:
+            settled = s[name] < self.tau and c[name] <= 0  # False for NaN (no slope yet)
+            self.streaks[name] = self.streaks.get(name, 0) + 1 if settled else 0
+
+        # No drop during the warm-up, nor after the last step (it would save nothing).
+        may_drop = progress.fraction >= self.warmup and progress.step < progress.total_steps
+        if not may_drop:
+            label = "warmup" if progress.fraction < self.warmup else "keep"
+            decisions = {u.name: label for u in active}
+            chosen: list[Unit] = []
+        elif self.mode == "threshold":
+            chosen, decisions = self._choose_threshold(model, active, s)
+        else:
+            chosen, decisions = self._choose_budget(model, active, s, c, progress.fraction)
+
+        change = self._remove(model, chosen, progress.step, s, c) if chosen else None
+        for u in chosen:
+            decisions[u.name] = self.action
+        self._events.append({
+            "kind": "ld_checkpoint",
+            "step": progress.step,
+            "units": {
+                name: {
+                    "D": _num(raw[name]),
+                    "S": _num(s[name]),
+                    "C": _num(c[name]),
+                    "streak": self.streaks[name],
+                    "decision": decisions[name],
+                }
+                for name in raw
+            },
+            "dropped": len(self.dropped),
+            "forward_flops": self._flops,  # of the live network after this checkpoint's drops
+        })
+        return change
+
+    def finish(self, model: nn.Module) -> Change | None:
+        self._scorer.detach()
+        return None
+
+    # ------------------------------------------------------------------ decisions
+
+    def _choose_threshold(
+        self, model: nn.Module, active: list[Unit], s: dict[str, float]
+    ) -> tuple[list[Unit], dict[str, str]]:
+        decisions = {
+            u.name: "keep" if self.streaks[u.name] == 0
+            else "settling" if self.streaks[u.name] < self.patience
+            else "held"
+            for u in active
+        }
+        candidates = [u for u in active if self.streaks[u.name] >= self.patience]
+        limit = self.max_per_checkpoint or math.ceil(
+            DEFAULT_MAX_PER_CHECKPOINT_FRACTION * self._eligible()
+        )
+        return self._pick(model, candidates, s, limit), decisions
+
+    def _choose_budget(
+        self,
+        model: nn.Module,
+        active: list[Unit],
+        s: dict[str, float],
+        c: dict[str, float],
+        fraction: float,
+    ) -> tuple[list[Unit], dict[str, str]]:
+        decisions = {u.name: "veto" if c[u.name] > 0 else "keep" for u in active}
+        target = budget_fraction(fraction, self.warmup, self.budget_target, self.budget_end)
+        need = math.floor(target * self._eligible() + _FLOOR_SLACK) - len(self.dropped)
+        candidates = [u for u in active if not c[u.name] > 0]
+        limit = max(0, need)
+        if self.max_per_checkpoint is not None:
+            limit = min(limit, self.max_per_checkpoint)
+        return self._pick(model, candidates, s, limit), decisions
+
+    def _pick(
+        self, model: nn.Module, candidates: list[Unit], s: dict[str, float], limit: int
+    ) -> list[Unit]:
+        """Lowest S first, within the per-checkpoint limit, the overall cap and stage minimum."""
+        cap = math.floor(self.max_dropped_fraction * self._eligible() + _FLOOR_SLACK)
+        limit = min(limit, cap - len(self.dropped))
+        live = self._stage_sizes(model)
+        order = sorted(
+            range(len(candidates)),
+            key=lambda i: (_sort_key(s[candidates[i].name]), i),  # ties: model order
+        )
+        chosen = []
+        for i in order:
+            u = candidates[i]
+            if len(chosen) >= limit:
+                break
+            if live[u.stage] - 1 < self.min_units_per_stage:
+                continue
+            chosen.append(u)
+            live[u.stage] -= 1
+        return chosen
+
+    # ------------------------------------------------------------------ surgery
+
+    def _remove(
+        self,
+        model: nn.Module,
+        chosen: list[Unit],
+        step: int,
+        s: dict[str, float],
+        c: dict[str, float],
+    ) -> Change:
+        removed: list[str] = []
+        edits = []
+        for u in chosen:
+            before = self._flops
+            if self.action == "drop":
+                change = drop_units(model, [u.name], self.include_downsampling)
+                self._flops = self._forward_flops(model)
+            else:
+                change = freeze_units(model, [u.name])
+                for e in change.edits:  # a stale gradient would only hold memory now
+                    e.old.grad = None
+            removed += change.removed
+            edits += change.edits
+            self.dropped.append(u.name)
+            self._events.append({
+                "kind": self.action,
+                "unit": u.name,
+                "stage": u.stage,
+                "step": step,
+                "S": _num(s[u.name]),
+                "C": _num(c[u.name]),
+                "forward_flops_before": before,
+                "forward_flops_after": self._flops,
+            })
+        names = [u.name for u in chosen]
+        self._scorer.forget(names)
+        # Re-attach to the live units (never keep references to replaced modules).
+        self._scorer.attach(model, self._active(units_of(model, self.include_downsampling)))
+        return Change(removed=removed, edits=edits)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _is_checkpoint(self, progress: Progress) -> bool:
+        if self.every_steps > 0:
+            return progress.step > 0 and progress.step % self.every_steps == 0
+        epoch = progress.step // progress.steps_per_epoch
+        return progress.epoch_ended and epoch % self.every_epochs == 0
+
+    def _active(self, units: list[Unit]) -> list[Unit]:
+        removed = set(self.dropped)
+        return [u for u in units if u.name not in removed]
+
+    def _eligible(self) -> int:
+        if self.n_eligible is None:
+            raise RuntimeError("LearnDrop.setup() must run before the first step.")
+        return self.n_eligible
+
+    def _stage_sizes(self, model: nn.Module) -> Counter[str]:
+        """Live (not dropped, not frozen) blocks per stage, droppable or not.
+
+        ResNets list their downsampling blocks as units when asked. A VGG stage's widening conv
+        is no unit; it is found from the VGG's own stage map, so a VGG stage keeps
+        ``min_units_per_stage`` convs counting it.
+        """
+        removed = set(self.dropped)
+        live: Counter[str] = Counter(
+            u.stage for u in units_of(model, include_downsampling=True) if u.name not in removed
+        )
+        unit_names = {u.name for u in units_of(model, include_downsampling=True)}
+        stage_of = getattr(model, "_stage_of", None)  # VGG: features index → stage
+        features = getattr(model, "features", None)
+        if isinstance(stage_of, dict) and isinstance(features, nn.Sequential):
+            for i, stage in stage_of.items():
+                if isinstance(features[i], ConvBN) and f"features.{i}" not in unit_names:
+                    live[stage] += 1
+        return live
+
+    def _forward_flops(self, model: nn.Module) -> int | None:
+        if self._input_shape is None:
+            return None
+        return 2 * count_macs(model, self._input_shape)
+
+    # ------------------------------------------------------------------ state
+
+    def cost_key(self, model: nn.Module) -> Any:
+        return None  # structure changes only through returned Changes, which fit() counts
+
+    def events(self) -> list[dict[str, Any]]:
+        out, self._events = self._events, []
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "histories": {k: list(v) for k, v in self.histories.items()},
+            "streaks": dict(self.streaks),
+            "dropped": list(self.dropped),
+            "n_eligible": self.n_eligible,
+            "score": self._scorer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.histories = {k: [float(x) for x in v] for k, v in state["histories"].items()}
+        self.streaks = {k: int(v) for k, v in state["streaks"].items()}
+        self.dropped = list(state["dropped"])
+        self.n_eligible = None if state["n_eligible"] is None else int(state["n_eligible"])
+        self._scorer.load_state_dict(state["score"])
+
+
+def _input_shape(model: nn.Module) -> tuple[int, int, int] | None:
+    """(C, H, W) of one sample from ``model.arch`` (models from `create_model`), else None."""
+    arch = getattr(model, "arch", None)
+    if not isinstance(arch, dict) or "in_channels" not in arch or "input_size" not in arch:
+        return None
+    size = int(arch["input_size"])
+    return (int(arch["in_channels"]), size, size)
+
+
+def _num(x: float) -> float | None:
+    """A float for the JSON event log: NaN (no value yet) or infinity becomes None."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _sort_key(x: float) -> float:
+    return math.inf if math.isnan(x) else x
