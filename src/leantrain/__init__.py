@@ -1,3 +1,25 @@
-"""leantrain: faster CNN training by pruning while training."""
+"""leantrain: faster CNN training by pruning while training.
+
+Two methods, both computing less rather than masking: Learn&Drop (drop whole layers whose
+parameters have settled, arXiv 2604.23403) and Dynamic Channel Propagation (train with only the
+highest-utility channels and export a compact model, arXiv 2007.01486).
+"""
+
+from .cost import CostMeter, StepCost, count_macs, count_params, measure_step_flops
+from .io import load_model, save_model
+from .methods import METHODS, Method, Progress
+from .methods.dcp import DCP
+from .methods.learndrop import LearnDrop
+from .registry import create_model, list_models
+from .structure import ChannelSet, Prunable, Unit, channel_sets_of, units_of
+from .surgery import Change, drop_units, freeze_units, prune_channels, remap_optimizer
+from .train import Result, evaluate, fit, lr_at
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DCP", "LearnDrop", "METHODS", "Change", "ChannelSet", "CostMeter", "Method", "Progress", "Prunable",
+    "Result", "StepCost", "Unit", "channel_sets_of", "count_macs", "count_params",
+    "create_model", "drop_units", "evaluate", "fit", "freeze_units", "list_models", "load_model",
+    "lr_at", "measure_step_flops", "prune_channels", "remap_optimizer", "save_model", "units_of",
+]

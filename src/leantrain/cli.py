@@ -1,0 +1,224 @@
+"""Command-line interface: ``leantrain train | demo | cost`` (each command owns its subparser).
+
+Errors a user can fix (bad paths, corrupt files, impossible settings) print one sentence and exit
+with status 2, never a traceback; ``LEANTRAIN_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+__all__ = ["main"]
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _command(name: str):
+    def wrap(fn: Callable[[argparse.Namespace], int]):
+        _COMMANDS[name] = fn
+        return fn
+    return wrap
+
+
+# --------------------------------------------------------------------------- flags from dataclasses
+
+
+def _flag_type(annotation: str) -> tuple[Any, dict[str, Any]]:
+    """argparse settings for a dataclass field annotation (written as a string)."""
+    base = annotation.replace(" | None", "").strip()
+    if base == "bool":
+        return None, {"action": argparse.BooleanOptionalAction}
+    if base.startswith("list["):
+        inner = base[5:-1]
+        return None, {"type": float if inner == "float" else int if inner == "int" else str, "nargs": "+"}
+    return None, {"type": {"int": int, "float": float}.get(base, str)}
+
+
+def _add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, section: str, prefix: str = ""
+) -> None:
+    group = parser.add_argument_group(f"{section} settings" + (f" (--{prefix}FIELD)" if prefix else ""))
+    for f in dataclasses.fields(cls):
+        _, kwargs = _flag_type(str(f.type))
+        flag = f"--{prefix}{f.name.replace('_', '-')}" if not prefix else f"--{prefix}{f.name}"
+        default = f.default if f.default is not dataclasses.MISSING else "(see docs)"
+        group.add_argument(
+            flag, dest=f"{section}::{f.name}", default=argparse.SUPPRESS,
+            help=f"default: {default}", **kwargs,
+        )
+
+
+def _collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if "::" in key:
+            section, name = key.split("::", 1)
+            if section == "top":
+                nested[name] = value
+            else:
+                nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+# --------------------------------------------------------------------------------------- commands
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .config import DataConfig, TrainConfig
+    from .methods import METHODS
+
+    p = sub.add_parser(
+        "train", help="train a model, optionally with a pruning method",
+        description="Train a registered model on a data set; writes a run folder.",
+    )
+    p.add_argument("-c", "--config", help="TOML config file; flags override it")
+    p.add_argument("--model", dest="model::name", default=argparse.SUPPRESS, help="registered model name")
+    p.add_argument("--method", dest="top::method", default=argparse.SUPPRESS,
+                   help=f"none, {', '.join(sorted(METHODS))}, or several joined by '+'")
+    p.add_argument("--seed", dest="top::seed", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--out-dir", dest="top::out_dir", default=argparse.SUPPRESS,
+                   help="parent folder of run folders (default: runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_dataclass_flags(p, DataConfig, "data")
+    _add_dataclass_flags(p, TrainConfig, "train")
+    for name, cls in sorted(METHODS.items()):
+        _add_dataclass_flags(p, cls, name, prefix=f"{name}.")
+
+
+@_command("train")
+def _train(args: argparse.Namespace) -> int:
+    from .config import from_dict, load_toml
+    from .methods import method_fields
+    from .runner import run
+
+    base = load_toml(args.config) if args.config else {}
+    cfg = from_dict(_merge(base, _collect_overrides(args)), method_fields())
+    result, folder = run(cfg, show_progress=not args.no_progress)
+    print(f"final test accuracy {100 * result.test_acc:.2f}%  train {result.times.get('train_s', 0):.1f}s"
+          f"  → {folder}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="short offline run on the embedded MNIST sample",
+        description="Train on the MNIST sample shipped inside leantrain and print a results table.",
+    )
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--out-dir", default="runs/demo")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@_command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(epochs=args.epochs, out_dir=args.out_dir, show_progress=not args.no_progress)
+    return 0
+
+
+def _add_cost(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cost", help="parameters, MACs and training FLOPs of a model",
+        description="Print parameters, MACs (multiply-accumulates) and training FLOPs "
+        "(2 FLOPs per MAC, forward + backward) per sample.",
+    )
+    p.add_argument("model", help="registered model name (see `leantrain cost --list`)", nargs="?")
+    p.add_argument("--input", default="3x32x32", help="CxHxW, e.g. 1x28x28 or 3x64x64")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--list", action="store_true", help="list registered models")
+    p.add_argument("-v", "--verbose", action="store_true", help="per-layer table")
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--input {text!r} is not CxHxW (e.g. 3x32x32).") from None
+    if c not in (1, 3) or h != w or h < 8:
+        raise ValueError(f"--input {text!r}: need 1 or 3 channels and a square size ≥ 8.")
+    return c, h, w
+
+
+@_command("cost")
+def _cost(args: argparse.Namespace) -> int:
+    from .cost import count_macs, count_params, layer_costs, measure_step_flops
+    from .registry import create_model, list_models
+
+    if args.list or not args.model:
+        print("\n".join(list_models()))
+        return 0
+    c, h, _ = _parse_shape(args.input)
+    model = create_model(args.model, num_classes=args.num_classes, in_channels=c, input_size=h)
+    shape = (c, h, h)
+    step = measure_step_flops(model, shape)
+    if args.verbose:
+        print(f"{'layer':<32} {'type':<14} {'params':>12} {'MACs':>15}  output")
+        for row in layer_costs(model, shape):
+            print(f"{row['name']:<32} {row['type']:<14} {row['params']:>12,} {row['macs']:>15,}  "
+                  f"{row.get('output_shape', '')}")
+    print(f"model            {args.model} ({'x'.join(map(str, shape))}, {args.num_classes} classes)")
+    print(f"params           {count_params(model):,}")
+    print(f"MACs             {count_macs(model, shape):,}   (forward, per sample)")
+    print(f"forward FLOPs    {step.forward_flops:,}")
+    print(f"backward FLOPs   {step.backward_flops:,}")
+    print(f"train FLOPs      {step.train_flops:,}   (forward + backward, per sample)")
+    return 0
+
+
+_PARSERS = [_add_train, _add_demo, _add_cost]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="leantrain",
+        description="Faster CNN training by pruning while training (Learn&Drop, DCP).",
+    )
+    parser.add_argument("--version", action="version", version=f"leantrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _PARSERS:
+        add(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .train import TrainingDiverged
+
+    return (ValueError, OSError, TrainingDiverged)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``leantrain`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("leantrain: interrupted.", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if os.environ.get("LEANTRAIN_DEBUG"):
+            raise
+        print(f"leantrain: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
