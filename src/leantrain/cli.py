@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
+import re
 import sys
 from typing import Any, Callable, Sequence
 
@@ -38,17 +40,44 @@ def _flag_type(annotation: str) -> tuple[Any, dict[str, Any]]:
     return None, {"type": {"int": int, "float": float}.get(base, str)}
 
 
+def _field_help(cls: type) -> dict[str, str]:
+    """Help text per field: the class docstring's ``Args:`` entries and inline ``# comments``."""
+    helps: dict[str, str] = {}
+    doc = inspect.getdoc(cls) or ""
+    for match in re.finditer(r"^\s{4}(\w+): (.+?)(?=^\s{4}\w+: |\Z)", doc.split("Args:")[-1], re.M | re.S):
+        helps[match.group(1)] = " ".join(match.group(2).split())
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return helps
+    for match in re.finditer(r"^\s+(\w+): [^=\n]+=.*?#\s*(.+)$", source, re.M):
+        helps.setdefault(match.group(1), match.group(2).strip())
+    return helps
+
+
 def _add_dataclass_flags(
     parser: argparse.ArgumentParser, cls: type, section: str, prefix: str = ""
 ) -> None:
-    group = parser.add_argument_group(f"{section} settings" + (f" (--{prefix}FIELD)" if prefix else ""))
+    title = f"{section} settings" + (f" (--{prefix}FIELD, also in a [{section}] TOML table)" if prefix else "")
+    group = parser.add_argument_group(title)
+    helps = _field_help(cls)
     for f in dataclasses.fields(cls):
         _, kwargs = _flag_type(str(f.type))
-        flag = f"--{prefix}{f.name.replace('_', '-')}" if not prefix else f"--{prefix}{f.name}"
-        default = f.default if f.default is not dataclasses.MISSING else "(see docs)"
+        flags = [f"--{prefix}{f.name.replace('_', '-')}"]
+        if prefix and "_" in f.name:
+            flags.append(f"--{prefix}{f.name}")
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        if "action" not in kwargs:
+            kwargs["metavar"] = f.name.upper()
         group.add_argument(
-            flag, dest=f"{section}::{f.name}", default=argparse.SUPPRESS,
-            help=f"default: {default}", **kwargs,
+            *flags, dest=f"{section}::{f.name}", default=argparse.SUPPRESS,
+            help=f"{helps.get(f.name, '')} (default: {default})".strip().replace("%", "%%"),
+            **kwargs,
         )
 
 
@@ -83,11 +112,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a registered model on a data set; writes a run folder.",
     )
     p.add_argument("-c", "--config", help="TOML config file; flags override it")
-    p.add_argument("--model", dest="model::name", default=argparse.SUPPRESS, help="registered model name")
-    p.add_argument("--method", dest="top::method", default=argparse.SUPPRESS,
-                   help=f"none, {', '.join(sorted(METHODS))}, or several joined by '+'")
-    p.add_argument("--seed", dest="top::seed", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--out-dir", dest="top::out_dir", default=argparse.SUPPRESS,
+    p.add_argument("--model", dest="model::name", default=argparse.SUPPRESS, metavar="NAME",
+                   help="registered model name, see `leantrain cost --list` (default: vgg11)")
+    p.add_argument("--method", dest="top::method", default=argparse.SUPPRESS, metavar="METHOD",
+                   help=f"none, {', '.join(sorted(METHODS))}, or several joined by '+' (default: none)")
+    p.add_argument("--seed", dest="top::seed", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="seeds model init, data order and subsets (default: 0)")
+    p.add_argument("--out-dir", dest="top::out_dir", default=argparse.SUPPRESS, metavar="DIR",
                    help="parent folder of run folders (default: runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_dataclass_flags(p, DataConfig, "data")

@@ -24,6 +24,7 @@ __all__ = [
     "prune_channels",
     "remap_optimizer",
     "set_submodule",
+    "clear_selections",
 ]
 
 
@@ -87,7 +88,23 @@ def drop_units(model: nn.Module, names: Iterable[str], include_downsampling: boo
         # Recorded on the model so its architecture can be rebuilt from JSON (leantrain.io).
         dropped = getattr(model, "dropped_units", [])
         model.dropped_units = [*dropped, {"name": name, "kind": unit.kind}]
+    clear_selections(model)
     return Change(removed=names, edits=edits)
+
+
+def clear_selections(model: nn.Module) -> None:
+    """Reset every per-step channel selection (DCP) to full width.
+
+    Dropping a unit re-wires which layer consumes which channels (a VGG conv's consumer becomes
+    the layer after the dropped one), so a selection set before the drop may no longer fit. The
+    model runs at full width until the channel method selects again on its next `step`.
+    """
+    for module in model.modules():
+        if isinstance(module, ConvBN):
+            module.out_index = None
+            module.in_index = None
+        elif isinstance(module, SelectLinear):
+            module.in_index = None
 
 
 def freeze_units(model: nn.Module, names: Iterable[str]) -> Change:
