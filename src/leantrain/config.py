@@ -102,6 +102,8 @@ class RunConfig:
         method_args: per method name, its hyperparameters (fields of the method's dataclass).
         out_dir: parent folder of run folders.
         checkpoint_every: steps between checkpoints (0 = only at epoch ends).
+        checkpoint_minutes: also checkpoint when this many minutes passed since the last one
+            (0 = off); epoch ends are always checkpointed.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -112,6 +114,7 @@ class RunConfig:
     seed: int = 0
     out_dir: str = "runs"
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 0.0
 
     def method_names(self) -> list[str]:
         return [] if self.method in ("", "none", "dense") else self.method.split("+")
@@ -122,7 +125,9 @@ class RunConfig:
     def digest(self) -> str:
         """Stable hash of everything except the seed and output folder (open_lth style)."""
         d = self.to_dict()
-        d.pop("seed"), d.pop("out_dir"), d.pop("checkpoint_every")
+        # How often to checkpoint does not change what is trained, so it is not in the digest
+        # (a run resumed with another frequency stays in its folder).
+        d.pop("seed"), d.pop("out_dir"), d.pop("checkpoint_every"), d.pop("checkpoint_minutes")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     def run_dir(self) -> Path:
@@ -133,7 +138,7 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-_TOP = {"method", "seed", "out_dir", "checkpoint_every"}
+_TOP = {"method", "seed", "out_dir", "checkpoint_every", "checkpoint_minutes"}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -184,6 +189,13 @@ def from_dict(d: dict[str, Any], method_fields: dict[str, set[str]] | None = Non
             )
     cfg = RunConfig(**kwargs, method_args=method_args)
     cfg.train.validate()
+    every, minutes = cfg.checkpoint_every, cfg.checkpoint_minutes
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ConfigError(
+            "checkpoint_every must be a whole number of steps ≥ 0 (0: epoch ends only)."
+        )
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes < 1e9:
+        raise ConfigError("checkpoint_minutes must be a number of minutes ≥ 0 (0: off).")
     return cfg
 
 

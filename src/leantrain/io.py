@@ -22,7 +22,16 @@ from .registry import create_model
 from .structure import Prunable
 from .surgery import drop_units, prune_channels
 
-__all__ = ["architecture", "build_architecture", "save_model", "load_model", "ModelFileError"]
+__all__ = [
+    "architecture",
+    "apply_architecture",
+    "build_architecture",
+    "save_model",
+    "save_weights",
+    "load_model",
+    "read_model_metadata",
+    "ModelFileError",
+]
 
 FORMAT = "leantrain-model/1"
 
@@ -32,9 +41,16 @@ class ModelFileError(ValueError):
 
 
 def architecture(model: nn.Module) -> dict[str, Any]:
-    """JSON-serialisable description from which `build_architecture` rebuilds the model's shape."""
+    """JSON-serialisable description from which `build_architecture` rebuilds the model's shape.
+
+    Keys: ``format``; ``arch`` (registry name and constructor arguments); ``dropped_units`` (in
+    order); ``widths`` (live width of every prunable channel set); ``surgery``, every cut in order
+    (``{"op": "drop", "name", "kind"}`` or ``{"op": "prune", "keep": {set: kept indices}}``).
+    """
     if not hasattr(model, "arch"):
         raise TypeError("only models made by leantrain.create_model() can be saved with their architecture.")
+    if reason := getattr(model, "external_surgery", None):
+        raise TypeError(f"this model's architecture cannot be described ({reason}); save its weights only.")
     widths = {}
     if isinstance(model, Prunable):
         widths = {s.name: len(s) for s in model.channel_sets()}
@@ -43,25 +59,105 @@ def architecture(model: nn.Module) -> dict[str, Any]:
         "arch": dict(model.arch),
         "dropped_units": list(getattr(model, "dropped_units", [])),
         "widths": widths,
+        "surgery": list(getattr(model, "surgery_log", [])),
     }
+
+
+def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
+    """Cut `model`, fresh from `create_model` with the same ``arch``, to the described shape.
+
+    In place, so a caller's model object (already on its device) can be resumed. The weights of
+    the cut model are meaningless until a state dict is loaded. A model that already has the
+    described shape is left as it is.
+
+    Raises:
+        ModelFileError: the description is not a leantrain architecture, was written for another
+            model, or cannot be replayed on this one.
+    """
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
+        raise ModelFileError(f"not a leantrain architecture (format {got!r}, expected {FORMAT!r}).")
+    arch = dict(getattr(model, "arch", {}))
+    if arch != desc.get("arch"):
+        raise ModelFileError(
+            f"the saved architecture is {desc.get('arch')}, but the model given is "
+            f"{arch or 'not from create_model()'}; build the model with the same name, classes, "
+            "channels and input size."
+        )
+    current = architecture(model)
+    if all(current[k] == desc.get(k, current[k]) for k in ("dropped_units", "widths", "surgery")):
+        return
+    if current["surgery"] or current["dropped_units"]:
+        raise ValueError("apply_architecture() needs a freshly created, uncut model.")
+    try:
+        if "surgery" in desc:
+            for entry in desc["surgery"]:
+                if entry["op"] == "drop":
+                    projection = entry.get("kind") == "projection"
+                    drop_units(model, [entry["name"]], include_downsampling=projection)
+                elif entry["op"] == "prune":
+                    keep = {k: torch.tensor(v, dtype=torch.long) for k, v in entry["keep"].items()}
+                    prune_channels(model, keep)
+                else:
+                    raise ValueError(f"unknown surgery op {entry['op']!r}")
+        else:  # files written before the surgery log: all drops, then the final widths
+            for unit in desc["dropped_units"]:
+                projection = unit.get("kind") == "projection"
+                drop_units(model, [unit["name"]], include_downsampling=projection)
+            sets = {}
+            if isinstance(model, Prunable):
+                sets = {s.name: len(s) for s in model.channel_sets()}
+            keep = {
+                name: torch.arange(width) for name, width in desc["widths"].items()
+                if name in sets and width < sets[name]
+            }
+            if keep:
+                prune_channels(model, keep)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(
+            f"the saved architecture cannot be rebuilt ({e}); the file is corrupt or from another "
+            "version."
+        ) from e
+    if architecture(model)["widths"] != desc["widths"]:
+        raise ModelFileError(
+            "the saved architecture is inconsistent (its channel widths do not match its cuts); "
+            "the file is corrupt."
+        )
 
 
 def build_architecture(desc: dict[str, Any]) -> nn.Module:
     """A freshly initialised model with the described architecture (drops and widths applied)."""
-    if desc.get("format") != FORMAT:
-        raise ModelFileError(f"not a leantrain architecture (format {desc.get('format')!r}, expected {FORMAT!r}).")
-    arch = dict(desc["arch"])
-    model = create_model(arch.pop("name"), **arch)
-    for unit in desc["dropped_units"]:
-        drop_units(model, [unit["name"]], include_downsampling=unit.get("kind") == "projection")
-    sets = {s.name: len(s) for s in model.channel_sets()} if isinstance(model, Prunable) else {}
-    keep = {
-        name: torch.arange(width) for name, width in desc["widths"].items()
-        if name in sets and width < sets[name]
-    }
-    if keep:
-        prune_channels(model, keep)
+    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
+        got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
+        raise ModelFileError(f"not a leantrain architecture (format {got!r}, expected {FORMAT!r}).")
+    try:
+        arch = dict(desc["arch"])
+        model = create_model(arch.pop("name"), **arch)
+    except (KeyError, TypeError) as e:
+        raise ModelFileError(
+            f"the saved architecture {desc.get('arch')!r} is incomplete ({e}); the file is corrupt."
+        ) from e
+    apply_architecture(model, desc)
     return model
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a folder's: its entries') data to the disk; best effort for folders."""
+    is_dir = Path(path).is_dir()
+    flags = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if is_dir else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if is_dir:  # some systems (Windows) cannot open folders: nothing to flush
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not is_dir:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -70,7 +166,9 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        fsync_path(tmp)  # the bytes reach the disk before the rename makes them visible
         os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -83,6 +181,19 @@ def save_model(model: nn.Module, path: str | Path, metadata: dict[str, Any] | No
     meta = {"leantrain_arch": json.dumps(architecture(model))}
     if metadata:
         meta["leantrain_meta"] = json.dumps(metadata)
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write the weights alone (safetensors, atomically), for models `architecture` cannot describe.
+
+    `load_model` refuses such a file (no architecture); load it into a model of the same shape
+    with ``model.load_state_dict(safetensors.torch.load_file(path))``.
+    """
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"leantrain_meta": json.dumps(metadata or {})}
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
@@ -101,7 +212,12 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"model file {path} is truncated or corrupt ({e}); re-export it.") from e
     if "leantrain_arch" not in meta:
         raise ModelFileError(f"{path} is a safetensors file without a leantrain architecture; save it with leantrain.save_model().")
-    return json.loads(meta["leantrain_arch"])
+    try:
+        return json.loads(meta["leantrain_arch"])
+    except json.JSONDecodeError as e:
+        raise ModelFileError(
+            f"model file {path} has a corrupt architecture record ({e}); re-export it."
+        ) from e
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

@@ -88,6 +88,7 @@ def drop_units(model: nn.Module, names: Iterable[str], include_downsampling: boo
         # Recorded on the model so its architecture can be rebuilt from JSON (leantrain.io).
         dropped = getattr(model, "dropped_units", [])
         model.dropped_units = [*dropped, {"name": name, "kind": unit.kind}]
+        _log_surgery(model, {"op": "drop", "name": name, "kind": unit.kind})
     clear_selections(model)
     return Change(removed=names, edits=edits)
 
@@ -177,6 +178,7 @@ def prune_channels(model: nn.Module, keep: Mapping[str, Tensor]) -> Change:
         raise ValueError(f"unknown channel sets {unknown}; this model has {sorted(sets)}")
     edits: list[ParamEdit] = []
     removed: list[str] = []
+    kept: dict[str, list[int]] = {}
     for name, index in keep.items():
         cs = sets[name]
         index = torch.as_tensor(index, dtype=torch.long, device=cs.producer.conv.weight.device)
@@ -190,7 +192,18 @@ def prune_channels(model: nn.Module, keep: Mapping[str, Tensor]) -> Change:
         for consumer in cs.consumers:
             _slice_consumer_in(consumer, index, edits)
         removed.append(f"{name}: {width - len(index)} of {width}")
+        kept[name] = index.tolist()
+    if kept:
+        _log_surgery(model, {"op": "prune", "keep": kept})
     return Change(removed=removed, edits=edits)
+
+
+def _log_surgery(model: nn.Module, entry: dict) -> None:
+    # Every structural cut, in order, with the kept channel indices: `leantrain.io` replays this
+    # log to rebuild the architecture. Replaying (rather than applying "all drops, then final
+    # widths") matters because a cut can enable the next one, e.g. a VGG conv pruned to equal
+    # input and output width becomes droppable.
+    model.surgery_log = [*getattr(model, "surgery_log", []), entry]
 
 
 def remap_optimizer(optimizer: torch.optim.Optimizer, change: Change) -> None:
@@ -207,14 +220,20 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, change: Change) -> None:
             if edit is None:
                 new_params.append(p)
                 continue
+            # Follow chains: one cut can edit a parameter twice, e.g. pruning two VGG channel
+            # sets at once slices a conv's input (as a consumer), then its output (as a producer).
+            chain = [edit]
+            while chain[-1].new is not None and id(chain[-1].new) in by_old:
+                chain.append(by_old[id(chain[-1].new)])
             state = optimizer.state.pop(p, None)
-            if edit.new is None:
+            final = chain[-1].new
+            if final is None:
                 continue
-            new_params.append(edit.new)
+            new_params.append(final)
             if state is not None:
-                optimizer.state[edit.new] = {
-                    k: _slice_like(v, p, edit.keep) for k, v in state.items()
-                }
+                for e in chain:
+                    state = {k: _slice_like(v, e.old, e.keep) for k, v in state.items()}
+                optimizer.state[final] = state
         group["params"] = new_params
 
 

@@ -9,7 +9,7 @@ evaluation are charged to their own laps and the reported training time is hones
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -28,14 +28,19 @@ class Stopwatch:
     Args:
         device: the device whose queued work must finish before the clock is read.
         clock: a monotonic clock in seconds; injectable for tests.
+        laps: laps reported even before they first run (0.0), so every row has the same columns.
     """
 
     def __init__(
-        self, device: torch.device | str, clock: Callable[[], float] = time.perf_counter
+        self,
+        device: torch.device | str,
+        clock: Callable[[], float] = time.perf_counter,
+        laps: Sequence[str] = DEFAULT_LAPS,
     ) -> None:
         self.device = torch.device(device)
         self.clock = clock
-        self._totals: dict[str, float] = {lap: 0.0 for lap in DEFAULT_LAPS}
+        self.laps = tuple(laps)
+        self._totals: dict[str, float] = {lap: 0.0 for lap in self.laps}
 
     def synchronize(self) -> None:
         """Wait for the device's queued work (no-op on CPU)."""
@@ -69,5 +74,5 @@ class Stopwatch:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         """Continue from a checkpoint's lap totals (laps not in ``state`` restart at 0)."""
-        self._totals = {lap: 0.0 for lap in DEFAULT_LAPS}
+        self._totals = {lap: 0.0 for lap in self.laps}
         self._totals.update({str(k): float(v) for k, v in state.items()})

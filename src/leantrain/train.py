@@ -1,14 +1,22 @@
 """The built-in training loop: `fit()` reads top to bottom; the LR is a pure function of progress.
 
 Methods plug in through the same hooks a user calls from their own loop (see
-`leantrain.methods.base`). Time is device-synchronised and split into train / surgery / eval;
-training FLOPs are integrated over the live (shrinking) network.
+`leantrain.methods.base`). Time is device-synchronised and split into train / surgery / eval /
+checkpoint; training FLOPs are integrated over the live (shrinking) network.
+
+With a `leantrain.checkpoint.Checkpointer`, `fit()` checkpoints at every epoch end and every N
+steps or minutes, and `resume_from` continues from such a checkpoint exactly: the data order is a
+pure function of (seed, epoch), so on CPU a resumed run ends with the same weights and metrics as
+an uninterrupted one. A NaN/inf loss stops the run before any checkpoint of the diverged state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -16,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpoint, Checkpointer, TrainState, load_checkpoint, snapshot
 from .config import TrainConfig
-from .cost import CostMeter, count_params
+from .cost import CostMeter, StepCost, count_params
 from .methods.base import Method, Progress
-from .timing import Stopwatch
+from .timing import DEFAULT_LAPS, Stopwatch
 
 __all__ = ["fit", "evaluate", "lr_at", "make_optimizer", "resolve_device", "Result", "TrainingDiverged"]
 
@@ -92,6 +101,62 @@ def _cost_key(methods: Sequence[Method], model: nn.Module, version: int) -> Any:
     return (version, *(m.cost_key(model) for m in methods))
 
 
+def _plan(train_loader: Any, cfg: TrainConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps), with a clear error when an epoch has no step."""
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the batch size {train_loader.batch_size} is larger than the {train_loader.num_samples} "
+            "training images, so an epoch has no step; lower --batch-size or use more data."
+        )
+    return steps_per_epoch, steps_per_epoch * cfg.epochs
+
+
+def _diverged(
+    what: str, value: object, step: int, epoch: int, ckpt: Checkpointer | None
+) -> TrainingDiverged:
+    """The one-sentence error for a NaN/inf loss, naming the checkpoint to resume from."""
+    where = f"{what} became {value} at step {step} (epoch {epoch + 1})"
+    if ckpt is not None and ckpt.last_step is not None:
+        return TrainingDiverged(
+            f"{where}; the last good checkpoint (step {ckpt.last_step}) in {ckpt.folder} is kept, "
+            f"so resume from it with a lower --lr: add --resume-from {ckpt.folder} --lr LOWER."
+        )
+    return TrainingDiverged(f"{where}; lower --lr or check the data, then train again.")
+
+
+def _drain_events(methods: Sequence[Method], state: TrainState, epoch: int, log: Callable) -> None:
+    for m in methods:
+        for event in m.events():
+            state.events.append({"step": state.step, "epoch": epoch, **event})
+            log("event", state.events[-1])
+
+
+def _save_checkpoint(
+    checkpointer: Checkpointer, model: nn.Module, opt: torch.optim.Optimizer,
+    methods: Sequence[Method], state: TrainState, clock: Stopwatch, cost: CostMeter,
+    cfg: TrainConfig, total: int, steps_per_epoch: int,
+) -> None:
+    if reason := getattr(model, "external_surgery", None):
+        # Cuts made outside leantrain (torch-pruning) cannot be replayed on a fresh model, so
+        # this state cannot be checkpointed; the last checkpoint before the cut stays usable.
+        warnings.warn(f"no checkpoints after this point: the model was {reason}.", stacklevel=2)
+        return
+    # Never checkpoint a diverged state: a NaN loss this epoch (the sum is NaN/inf) or weights
+    # an unlucky last step blew up would make the "last good" checkpoint garbage.
+    epoch = state.epoch - 1 if state.batch == 0 else state.epoch  # batch 0: just ended
+    loss_sum = state.loss_sum.item() if state.loss_sum is not None else 0.0
+    if not math.isfinite(loss_sum):
+        raise _diverged("the training loss", loss_sum, state.step, epoch, checkpointer)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise _diverged("the weights", "non-finite", state.step, epoch, checkpointer)
+    tensors, meta = snapshot(
+        model, opt, methods, state, clock=clock, cost=cost, total_steps=total,
+        steps_per_epoch=steps_per_epoch, train_config=dataclasses.asdict(cfg),
+    )
+    checkpointer.save(tensors, meta)
+
+
 def fit(
     model: nn.Module,
     train_loader: Any,
@@ -102,44 +167,61 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     log: Callable[[str, dict[str, Any]], None] | None = None,
     show_progress: bool = True,
+    checkpointer: Checkpointer | None = None,
+    resume_from: Checkpoint | str | Path | None = None,
 ) -> Result:
     """Train `model` with `methods` plugged in; evaluate every `cfg.eval_every` epochs.
 
     Args:
-        model: a model already on its device (see `resolve_device`).
+        model: a model already on its device (see `resolve_device`); when resuming, a fresh
+            model from `create_model` (it is cut to the checkpoint's architecture in place).
         train_loader, test_loader: `leantrain.data.TensorLoader`s on the same device.
         cfg: the recipe.
         methods: pruning methods, called through their hooks each step.
-        optimizer: defaults to `make_optimizer(model, cfg)`.
+        optimizer: defaults to `make_optimizer(model, cfg)`; when resuming it is pointed at the
+            rebuilt model's parameters and given the saved state.
         log: called as ``log(kind, row)`` with kind ``"epoch"`` or ``"event"``.
         show_progress: draw a progress bar.
+        checkpointer: writes a checkpoint at every epoch end and as it says mid-epoch.
+        resume_from: a checkpoint (or a run folder / ``checkpoint.json``) to continue from.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite; no checkpoint of that state is written.
+        leantrain.checkpoint.CheckpointError: `resume_from` is unusable or belongs to another run.
     """
     log = log or (lambda kind, row: None)
+    steps_per_epoch, total = _plan(train_loader, cfg)
+    ckpt = load_checkpoint(resume_from) if isinstance(resume_from, (str, Path)) else resume_from
+    if ckpt is not None:
+        ckpt.check_compatible(total, steps_per_epoch, methods)
+        ckpt.restore_model(model)  # cut first: the optimizer must see the live parameters
     device = next(model.parameters()).device
     opt = optimizer or make_optimizer(model, cfg)
-    steps_per_epoch, total = len(train_loader), len(train_loader) * cfg.epochs
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"the batch size {train_loader.batch_size} is larger than the {train_loader.num_samples} "
-            "training images, so an epoch has no step; lower --batch-size or use more data."
-        )
     spec = train_loader.spec
-    input_shape = (spec.in_channels, spec.image_size, spec.image_size)
-    clock, cost = Stopwatch(device), CostMeter(model, input_shape)
-    version = 0
-    current = cost.recount(model)
-    step_costs = {_cost_key(methods, model, version): current}
-    history: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
+    laps = (*DEFAULT_LAPS, "checkpoint") if checkpointer is not None else DEFAULT_LAPS
+    clock = Stopwatch(device, laps=laps)
+    cost = CostMeter(model, (spec.in_channels, spec.image_size, spec.image_size))
+    state = TrainState()
+    if ckpt is not None:
+        state = ckpt.restore(model, opt, methods, clock=clock, cost=cost)
+        if checkpointer is not None:
+            checkpointer.resumed_from(ckpt)
     for m in methods:
-        m.setup(model, Progress(0, total, steps_per_epoch))
-    bar = tqdm(total=total, disable=not show_progress, unit="step", leave=False)
-    step = 0
-    for epoch in range(cfg.epochs):
+        m.setup(model, Progress(state.step, total, steps_per_epoch))
+    if ckpt is not None:
+        for m in methods:
+            m.events()  # setup events of a resume repeat those the log already has
+        state.events.append({"kind": "resume", "step": state.step, "epoch": state.epoch})
+        log("event", state.events[-1])
+    current: StepCost = cost.recount(model)
+    step_costs = {_cost_key(methods, model, state.version): current}
+    bar = tqdm(total=total, initial=state.step, disable=not show_progress, unit="step", leave=False)
+    for epoch in range(state.epoch, cfg.epochs):
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        for x, y in train_loader.epoch(epoch):
-            progress = Progress(step, total, steps_per_epoch)
+        if state.batch == 0 or state.loss_sum is None:
+            state.loss_sum = torch.zeros((), device=device)
+        for x, y in train_loader.epoch(epoch, start_batch=state.batch):
+            progress = Progress(state.step, total, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr_at(progress.fraction, cfg)
             with clock("train"):
@@ -150,66 +232,66 @@ def fit(
                     m.after_backward(model, progress)
                 opt.step()
             cost.add(len(x), current)
-            step += 1
-            progress = Progress(step, total, steps_per_epoch)
+            state.step += 1
+            state.batch += 1
+            progress = Progress(state.step, total, steps_per_epoch)
             with clock("surgery"):
                 for m in methods:
                     if change := m.step(model, progress):
                         change.apply_to(opt)
-                        version += 1
-            key = _cost_key(methods, model, version)
+                        state.version += 1
+            key = _cost_key(methods, model, state.version)
             if key not in step_costs:  # the live network changed: recount (not timed as training)
                 step_costs[key] = cost.recount(model)
             current = step_costs[key]
-            for m in methods:
-                for event in m.events():
-                    events.append({"step": step, "epoch": epoch, **event})
-                    log("event", events[-1])
-            loss_sum += loss.detach()
+            _drain_events(methods, state, epoch, log)
+            state.loss_sum += loss.detach()
             bar.update(1)
-            if step % 20 == 0 or step == total:
+            if state.step % 20 == 0 or state.step == total:
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"loss became {loss_value} at step {step} (epoch {epoch + 1}); lower "
-                        "--lr or check the data; the last checkpoint is unaffected."
-                    )
+                    raise _diverged("the loss", loss_value, state.step, epoch, checkpointer)
                 bar.set_postfix(loss=f"{loss_value:.3f}", epoch=epoch + 1)
-        train_loss = loss_sum.item() / steps_per_epoch
+            # Mid-epoch checkpoints only: the epoch's last step is checkpointed after its eval.
+            if checkpointer and state.batch < steps_per_epoch and checkpointer.due(state.step):
+                with clock("checkpoint"):
+                    _save_checkpoint(checkpointer, model, opt, methods, state, clock, cost, cfg,
+                                     total, steps_per_epoch)
+        train_loss = state.loss_sum.item() / steps_per_epoch
         if not math.isfinite(train_loss):
-            raise TrainingDiverged(
-                f"training loss became {train_loss} in epoch {epoch + 1}; lower --lr or check the data."
-            )
+            raise _diverged("the training loss", train_loss, state.step, epoch, checkpointer)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             with clock("eval"):
                 test_loss, test_acc = evaluate(model, test_loader)
             row = {
-                "epoch": epoch + 1, "step": step, "lr": lr_at(step / total, cfg),
+                "epoch": epoch + 1, "step": state.step, "lr": lr_at(state.step / total, cfg),
                 "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
                 **clock.totals(), **cost.totals(), "params": count_params(model),
             }
-            history.append(row)
+            state.history.append(row)
             log("epoch", row)
             bar.write(
                 f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {train_loss:.4f}  test acc "
                 f"{100 * test_acc:.2f}%  train {row['train_s']:.1f}s"
             ) if show_progress else None
+        state.epoch, state.batch, state.loss_sum = epoch + 1, 0, None
+        if checkpointer is not None:
+            with clock("checkpoint"):
+                _save_checkpoint(checkpointer, model, opt, methods, state, clock, cost, cfg,
+                                 total, steps_per_epoch)
     bar.close()
-    final = dict(history[-1])
+    final = dict(state.history[-1])
     changed = False
     with clock("surgery"):
         for m in methods:
             if change := m.finish(model):
                 change.apply_to(opt)
                 changed = True
-        for m in methods:
-            for event in m.events():
-                events.append({"step": step, "epoch": cfg.epochs, **event})
-                log("event", events[-1])
+        _drain_events(methods, state, cfg.epochs, log)
     if changed:  # report the accuracy of the model we hand back (e.g. DCP's compact export)
         with clock("eval"):
             final["test_loss"], final["test_acc"] = evaluate(model, test_loader)
     return Result(
-        test_acc=final["test_acc"], test_loss=final["test_loss"], history=history,
-        times=clock.totals(), costs=cost.totals(), params=count_params(model), events=events,
+        test_acc=final["test_acc"], test_loss=final["test_loss"], history=state.history,
+        times=clock.totals(), costs=cost.totals(), params=count_params(model), events=state.events,
     )

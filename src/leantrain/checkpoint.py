@@ -1,0 +1,586 @@
+"""Training checkpoints that survive any interruption: safetensors + JSON, written atomically.
+
+A checkpoint in a run folder is a pair of files:
+
+* ``checkpoint-<step>.safetensors``: every tensor: the model's state dict (``model/…``), the
+  optimizer's state (``optim/<slot>/<key>``), method tensors (DCP utilities and selections,
+  Learn&Drop score snapshots), the epoch's running loss and the torch RNG states (uint8).
+* ``checkpoint.json``: everything else: the architecture (`leantrain.io.architecture`: dropped
+  units and kept channel indices), where training stands (step, epoch, batch), the optimizer's
+  hyperparameters and which model parameter each optimizer slot holds (by name), the methods'
+  plain values, cost and time totals, the history and events so far, Python/NumPy RNG states,
+  and the tensor file's name, size and sha256.
+
+The JSON is the commit record and is written last: a new tensor file gets a new name, then
+``checkpoint-prev.json`` is pointed at the last good checkpoint, then ``checkpoint.json`` at the
+new one, each by writing a temporary file, fsync and rename. Whenever the process dies, at least
+one of the two JSON files names a complete, verified checkpoint; tensor files that neither names
+are removed after each save. Loading checks size and sha256 and falls back to the previous
+checkpoint with a warning. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import Tensor, nn
+
+from .cost import CostMeter
+from .io import ModelFileError, apply_architecture, architecture, fsync_path
+from .methods.base import Method
+from .timing import Stopwatch
+
+__all__ = [
+    "FORMAT",
+    "LATEST",
+    "PREVIOUS",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointFallbackWarning",
+    "CheckpointWriteError",
+    "Checkpointer",
+    "TrainState",
+    "has_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "remove_checkpoints",
+    "snapshot",
+]
+
+FORMAT = "leantrain-checkpoint/1"
+LATEST = "checkpoint.json"
+PREVIOUS = "checkpoint-prev.json"
+_TENSOR_GLOB = "checkpoint-*.safetensors"
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint: missing, truncated, corrupt, or written for another run."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, unwritable folder); the last one is intact."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The latest checkpoint was unusable and the previous one was loaded instead."""
+
+
+@dataclass
+class TrainState:
+    """Where `leantrain.train.fit` stands, saved in every checkpoint.
+
+    Attributes:
+        step: optimizer steps done.
+        epoch: the epoch in progress (``epochs`` once training is over).
+        batch: batches of ``epoch`` already done (0 at an epoch boundary).
+        version: structural changes so far (part of the FLOP cache key).
+        loss_sum: sum of this epoch's training losses so far (a 0-d tensor on the device).
+        history: the evaluated epochs' rows.
+        events: every event logged so far.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    version: int = 0
+    loss_sum: Tensor | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------- (de)serialise
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
+    """JSON-able copy of `obj`, with tensors moved into `tensors` and replaced by references."""
+    if isinstance(obj, Tensor):
+        key = prefix
+        n = 1
+        while key in tensors:  # never overwrite: two paths can flatten to one name
+            key, n = f"{prefix}#{n}", n + 1
+        # A private contiguous CPU copy: safetensors refuses tensors that share storage.
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        bad = [k for k in obj if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"state at {prefix!r} has non-string keys {bad[:3]}; use string keys.")
+        return {k: _flatten(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    raise TypeError(f"cannot store a {type(obj).__name__} at {prefix!r} in a checkpoint.")
+
+
+def _unflatten(obj: Any, tensors: dict[str, Tensor], device: torch.device | None) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            t = tensors[obj["__tensor__"]]
+            return t.to(device) if device is not None else t
+        return {k: _unflatten(v, tensors, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors, device) for v in obj]
+    return obj
+
+
+def _rng_state(tensors: dict[str, Tensor]) -> dict[str, Any]:
+    tensors["rng/torch_cpu"] = torch.get_rng_state()
+    cuda = 0
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = state.cpu()
+            cuda += 1
+    np_state = np.random.get_state()
+    return {
+        "python": _flatten(random.getstate(), "rng/python", tensors),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "cuda_devices": cuda,
+    }
+
+
+def _set_rng_state(meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    torch.set_rng_state(tensors["rng/torch_cpu"])
+    cuda = int(meta.get("cuda_devices", 0))
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == cuda:
+        torch.cuda.set_rng_state_all([tensors[f"rng/cuda/{i}"] for i in range(cuda)])
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _optimizer_state(
+    opt: torch.optim.Optimizer, model: nn.Module, tensors: dict[str, Tensor]
+) -> dict[str, Any]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    sd = opt.state_dict()  # state keyed by slot: the position over all groups' params
+    params = []
+    for group in opt.param_groups:
+        missing = [i for i, p in enumerate(group["params"]) if id(p) not in names]
+        if missing:
+            raise ValueError(
+                "the optimizer holds parameters that are not in the model; after a cut, call "
+                "change.apply_to(optimizer) so it follows the live parameters."
+            )
+        params.append([names[id(p)] for p in group["params"]])
+    return {
+        "class": type(opt).__name__,
+        "params": params,
+        "groups": [
+            _flatten({k: v for k, v in g.items() if k != "params"}, f"optim_group/{i}", tensors)
+            for i, g in enumerate(sd["param_groups"])
+        ],
+        "state": {
+            str(slot): _flatten(state, f"optim/{slot}", tensors)
+            for slot, state in sd["state"].items()
+        },
+    }
+
+
+def _load_optimizer_state(
+    opt: torch.optim.Optimizer, model: nn.Module, meta: dict[str, Any], tensors: dict[str, Tensor]
+) -> None:
+    if meta["class"] != type(opt).__name__:
+        raise CheckpointError(
+            f"the checkpoint holds {meta['class']} state but the optimizer is "
+            f"{type(opt).__name__}; resume with the same optimizer."
+        )
+    if len(meta["params"]) != len(opt.param_groups):
+        raise CheckpointError(
+            f"the checkpoint's optimizer has {len(meta['params'])} parameter groups but this one "
+            f"has {len(opt.param_groups)}; resume with the same optimizer."
+        )
+    named = dict(model.named_parameters())
+    slot = 0
+    groups = []
+    for group, names, hyper in zip(opt.param_groups, meta["params"], meta["groups"]):
+        unknown = [n for n in names if n not in named]
+        if unknown:
+            raise CheckpointError(
+                f"the checkpoint's optimizer refers to parameters {unknown[:3]} that the rebuilt "
+                "model lacks; the checkpoint does not belong to this model."
+            )
+        # Point the groups at the live (rebuilt) parameters in the saved order, so the slots of
+        # the saved state line up with them; `load_state_dict` then copies the state over.
+        group["params"] = [named[n] for n in names]
+        slots = list(range(slot, slot + len(names)))
+        groups.append({**_unflatten(hyper, tensors, None), "params": slots})
+        slot += len(names)
+    state = {int(k): _unflatten(v, tensors, None) for k, v in meta["state"].items()}
+    opt.state.clear()
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def snapshot(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    methods: Sequence[Method],
+    state: TrainState,
+    *,
+    clock: Stopwatch,
+    cost: CostMeter,
+    total_steps: int,
+    steps_per_epoch: int,
+    train_config: dict[str, Any] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Everything a resumed `fit()` needs, as (tensors, JSON metadata)."""
+    tensors: dict[str, Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model/{k}"] = v.detach().to("cpu", copy=True).contiguous()
+    loss_sum = state.loss_sum if state.loss_sum is not None else torch.zeros(())
+    tensors["train/loss_sum"] = loss_sum.detach().to("cpu", copy=True).reshape(())
+    meta = {
+        "format": FORMAT,
+        "architecture": architecture(model),
+        "step": state.step,
+        "epoch": state.epoch,
+        "batch": state.batch,
+        "version": state.version,
+        "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "optimizer": _optimizer_state(optimizer, model, tensors),
+        "methods": [
+            {"name": m.name, "state": _flatten(m.state_dict(), f"method/{i}", tensors)}
+            for i, m in enumerate(methods)
+        ],
+        "cost": cost.state_dict(),
+        "clock": clock.state_dict(),
+        "history": state.history,
+        "events": state.events,
+        "rng": _rng_state(tensors),
+        "train_config": train_config or {},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return tensors, meta
+
+
+# -------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint read from disk.
+
+    Attributes:
+        path: its JSON file.
+        meta: the JSON record.
+        tensors: every tensor, on the CPU.
+        problems: why newer checkpoints were skipped (empty unless it is a fallback).
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, Tensor]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done when it was written."""
+        return int(self.meta["step"])
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What the writer added (the runner: the run's config and its digest)."""
+        return dict(self.meta.get("extra") or {})
+
+    def restore_model(self, model: nn.Module) -> None:
+        """Cut a fresh model to the saved architecture, in place, and load the saved weights."""
+        try:
+            apply_architecture(model, self.meta["architecture"])
+        except ModelFileError as e:
+            raise CheckpointError(f"checkpoint {self.path} does not fit this model: {e}") from e
+        prefix = "model/"
+        state = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"the weights in checkpoint {self.path} do not match its architecture "
+                f"({str(e).splitlines()[0][:200]}); the checkpoint is corrupt."
+            ) from e
+
+    def check_compatible(
+        self, total_steps: int, steps_per_epoch: int, methods: Sequence[Method]
+    ) -> None:
+        """Raise `CheckpointError` unless this run has the checkpoint's plan and methods."""
+        saved = (int(self.meta["total_steps"]), int(self.meta["steps_per_epoch"]))
+        if saved != (total_steps, steps_per_epoch):
+            raise CheckpointError(
+                f"checkpoint {self.path} was written for {saved[0]} steps of {saved[1]} per epoch "
+                f"but this run has {total_steps} of {steps_per_epoch}; resume with the same "
+                "epochs, batch size and training subset."
+            )
+        names = [m["name"] for m in self.meta["methods"]]
+        if names != [m.name for m in methods]:
+            raise CheckpointError(
+                f"checkpoint {self.path} was written with methods {names or ['none']} but this run "
+                f"uses {[m.name for m in methods] or ['none']}; resume with the same --method."
+            )
+
+    def restore(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        methods: Sequence[Method],
+        *,
+        clock: Stopwatch,
+        cost: CostMeter,
+    ) -> TrainState:
+        """Restore model, optimizer, methods (before their `setup`), totals and RNG states.
+
+        Returns:
+            Where training stands, with the epoch's running loss on the model's device.
+        """
+        self.restore_model(model)
+        device = next(model.parameters()).device
+        _load_optimizer_state(optimizer, model, self.meta["optimizer"], self.tensors)
+        for method, saved in zip(methods, self.meta["methods"]):
+            method.load_state_dict(_unflatten(saved["state"], self.tensors, device))
+        cost.load_state_dict(self.meta["cost"])
+        clock.load_state_dict(self.meta["clock"])
+        _set_rng_state(self.meta["rng"], self.tensors)
+        return TrainState(
+            step=self.step,
+            epoch=int(self.meta["epoch"]),
+            batch=int(self.meta["batch"]),
+            version=int(self.meta.get("version", 0)),
+            loss_sum=self.tensors["train/loss_sum"].to(device),
+            history=list(self.meta["history"]),
+            events=list(self.meta["events"]),
+        )
+
+
+def _corrupt(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is unusable ({why})")
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify one checkpoint (its JSON file and the tensor file it names).
+
+    Raises:
+        CheckpointError: missing, truncated, corrupt or not a leantrain checkpoint.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _corrupt(path, "the file does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _corrupt(path, f"not readable JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _corrupt(path, f"not a {FORMAT} record")
+    info = meta.get("tensors") or {}
+    name = str(info.get("file", ""))
+    if not name or Path(name).name != name:  # a bare file name: never read outside the folder
+        raise _corrupt(path, "it names no tensor file")
+    tensor_path = path.parent / name
+    try:
+        data = tensor_path.read_bytes()
+    except OSError as e:
+        raise _corrupt(path, f"its tensor file {name} cannot be read: {e.strerror or e}") from None
+    if len(data) != info.get("bytes"):
+        raise _corrupt(path, f"{name} is truncated: {len(data)} of {info.get('bytes')} bytes")
+    if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+        raise _corrupt(path, f"{name} does not match its sha256, so it is corrupt")
+    try:
+        tensors = load_safetensors_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise _corrupt(path, f"{name} is not a valid safetensors file: {e}") from None
+    required = ["architecture", "step", "epoch", "batch", "optimizer", "methods", "cost", "clock",
+                "history", "events", "rng", "total_steps", "steps_per_epoch"]
+    missing = [k for k in required if k not in meta]
+    if missing or "rng/torch_cpu" not in tensors or "train/loss_sum" not in tensors:
+        raise _corrupt(path, f"the record lacks {missing or 'some tensors'}")
+    return Checkpoint(path=path, meta=meta, tensors=tensors)
+
+
+def has_checkpoint(folder: str | Path) -> bool:
+    """True when `folder` holds a checkpoint record (usable or not)."""
+    folder = Path(folder)
+    return (folder / LATEST).is_file() or (folder / PREVIOUS).is_file()
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """The latest usable checkpoint of a run folder (or the given ``checkpoint*.json`` file).
+
+    Falls back to ``checkpoint-prev.json`` with a `CheckpointFallbackWarning` when the latest is
+    truncated or corrupt.
+
+    Raises:
+        CheckpointError: no checkpoint there, or none usable; the message says which and why.
+    """
+    path = Path(path)
+    if path.is_file():
+        candidates = [path]
+        folder = path.parent
+    else:
+        folder = path
+        candidates = [p for p in (folder / LATEST, folder / PREVIOUS) if p.exists()]
+        if not candidates:
+            raise CheckpointError(
+                f"{folder} holds no checkpoint ({LATEST}); check the folder, or run without "
+                "--resume to start training from the beginning."
+            )
+    problems: list[str] = []
+    for candidate in candidates:
+        try:
+            ckpt = read_checkpoint(candidate)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            ckpt.problems = problems
+            warnings.warn(
+                f"{problems[0]}; falling back to the previous checkpoint (step {ckpt.step}).",
+                CheckpointFallbackWarning,
+                stacklevel=2,
+            )
+        return ckpt
+    raise CheckpointError(
+        f"no usable checkpoint in {folder}: {'; '.join(problems)}; delete the folder and train "
+        "again without --resume."
+    )
+
+
+def remove_checkpoints(folder: str | Path) -> None:
+    """Delete a run folder's checkpoint files (after the run finished and saved its model)."""
+    folder = Path(folder)
+    for p in (folder / LATEST, folder / PREVIOUS, *folder.glob(_TENSOR_GLOB)):
+        p.unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------------------------------- writing
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` and fsync it (the one place checkpoint bytes hit the disk)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _write_bytes(tmp, data)
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(path.parent)  # make the rename itself durable
+
+
+class Checkpointer:
+    """Decides when to checkpoint and writes checkpoints into a run folder, atomically.
+
+    Args:
+        folder: the run folder.
+        every_steps: also checkpoint every N optimizer steps (0: only at epoch ends).
+        every_minutes: also checkpoint when this many minutes passed since the last one (0: off).
+        extra: JSON-able values stored with every checkpoint (the runner stores the config).
+        clock: monotonic seconds; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        every_steps: int = 0,
+        every_minutes: float = 0.0,
+        extra: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if every_steps < 0 or every_minutes < 0 or not math.isfinite(every_minutes):
+            raise ValueError(
+                "checkpoint_every and checkpoint_minutes must be ≥ 0 (0 turns them off)."
+            )
+        self.folder = Path(folder)
+        self.every_steps = int(every_steps)
+        self.every_minutes = float(every_minutes)
+        self.extra = dict(extra or {})
+        self.clock = clock
+        self.last_step: int | None = None  # step of the last good checkpoint, None before one
+        self._last_time = clock()
+        self._good: tuple[str, str] | None = None  # (JSON text, tensor file) of the last good one
+
+    def resumed_from(self, ckpt: Checkpoint) -> None:
+        """Treat `ckpt` (the checkpoint a run resumed from) as the last good checkpoint."""
+        self.last_step = ckpt.step
+        if ckpt.path.parent.resolve() == self.folder.resolve():
+            self._good = (json.dumps(ckpt.meta), ckpt.meta["tensors"]["file"])
+
+    def due(self, step: int) -> bool:
+        """Whether a periodic (mid-epoch) checkpoint is due after optimizer step `step`."""
+        if step == self.last_step:
+            return False
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        elapsed = self.clock() - self._last_time
+        return bool(self.every_minutes) and elapsed >= 60 * self.every_minutes
+
+    def save(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+        """Write one checkpoint; the previous good one stays usable until this one is complete.
+
+        Raises:
+            CheckpointWriteError: the folder is full or unwritable; one sentence, and the last
+                good checkpoint is untouched.
+        """
+        step = int(meta["step"])
+        name = f"checkpoint-{step:09d}.safetensors"
+        created: Path | None = None
+        try:
+            data = save_safetensors_bytes(tensors)
+            meta = {**meta, "extra": self.extra, "tensors": {
+                "file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            }}
+            text = json.dumps(meta, default=float)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            created = self.folder / name
+            _atomic_write(created, data)
+            if self._good is not None:
+                _atomic_write(self.folder / PREVIOUS, self._good[0].encode())
+            else:  # a stale record from an earlier attempt must not outlive its tensor file
+                (self.folder / PREVIOUS).unlink(missing_ok=True)
+            _atomic_write(self.folder / LATEST, text.encode())
+        except OSError as e:
+            keep = {self._good[1]} if self._good else set()
+            if created is not None and created.name not in keep:
+                created.unlink(missing_ok=True)
+            where = (
+                f"the last good checkpoint (step {self.last_step}) is intact, so continue with "
+                "--resume" if self.last_step is not None else "no checkpoint was written yet"
+            )
+            error = CheckpointWriteError(
+                f"could not write a checkpoint to {self.folder} ({e.strerror or e}); free disk "
+                f"space or make the folder writable ({where})."
+            )
+            error.errno = e.errno
+            raise error from e
+        keep = {name} | ({self._good[1]} if self._good else set())
+        for stale in self.folder.glob(_TENSOR_GLOB):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+        self._good = (text, name)
+        self.last_step = step
+        self._last_time = self.clock()
+        return self.folder / LATEST
+

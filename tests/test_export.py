@@ -1,0 +1,89 @@
+"""`leantrain export` and `leantrain eval` on a run whose model lost units and channels."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from conftest import write_cifar10
+from leantrain.cli import main
+from leantrain.export import ONNX_MISSING, export_model
+from leantrain.io import load_model, read_model_metadata
+
+
+@pytest.fixture(scope="module")
+def shrunk_run(tmp_path_factory):
+    """A finished Learn&Drop + DCP run on test_vgg: a conv dropped, channels pruned at the end."""
+    root = tmp_path_factory.mktemp("export")
+    data = write_cifar10(root / "data")
+    args = ["train", "--model", "test_vgg", "--dataset", "cifar10", "--data-dir", str(data),
+            "--epochs", "2", "--batch-size", "25", "--threads", "1",
+            "--out-dir", str(root / "runs"), "--no-progress", "--method", "learndrop+dcp", "--dcp.p", "0.3",
+            "--learndrop.tau", "1.0", "--learndrop.warmup", "0", "--learndrop.every_steps", "2",
+            "--learndrop.window", "2", "--learndrop.normalize", "self",
+            "--learndrop.min_units_per_stage", "0"]
+    torch.set_num_threads(1)
+    assert main(args) == 0
+    (folder,) = (root / "runs").glob("*/seed0")
+    arch = read_model_metadata(folder / "model.safetensors")
+    assert arch["dropped_units"] and any(e["op"] == "prune" for e in arch["surgery"])
+    return folder, data
+
+
+@pytest.mark.parametrize("fmt, name", [("safetensors", "model-export.safetensors"),
+                                       ("pt2", "model.pt2")])
+def test_export_writes_the_compact_model_and_checks_it(shrunk_run, capsys, fmt, name) -> None:
+    folder, _ = shrunk_run
+    assert main(["export", str(folder), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {folder / name} ({fmt})" in out and "max abs difference" in out
+    summary = json.loads((folder / "summary.json").read_text())
+    if fmt == "safetensors":
+        model = load_model(folder / name)
+        assert sum(p.numel() for p in model.parameters()) == summary["final_params"]
+        assert summary["final_params"] < summary["dense_params"]
+    else:
+        assert (folder / name).stat().st_size > 0
+
+
+def test_export_to_chosen_path_and_bad_format(shrunk_run, tmp_path, capsys) -> None:
+    folder, _ = shrunk_run
+    report = export_model(folder / "model.safetensors", "pt2", tmp_path / "sub" / "m.pt2")
+    assert report.path.is_file() and report.max_abs_diff is not None and report.max_abs_diff < 1e-4
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        main(["export", str(folder), "--format", "tflite"])
+    assert main(["export", str(folder), "--out", str(folder / "model.safetensors")]) == 2
+    assert "is the model file itself" in capsys.readouterr().err
+
+
+def test_eval_reproduces_the_runs_accuracy(shrunk_run, capsys) -> None:
+    folder, data = shrunk_run
+    summary = json.loads((folder / "summary.json").read_text())
+    assert main(["eval", str(folder / "model.safetensors"), "--dataset", "cifar10",
+                 "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in out
+    assert f"test loss {summary['test_loss']:.4f}" in out and "(20 images of cifar10)" in out
+
+
+def test_onnx_without_its_packages_says_what_to_install(shrunk_run, monkeypatch, capsys) -> None:
+    folder, _ = shrunk_run
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("onnx") else real(name, *a))
+    assert main(["export", str(folder), "--format", "onnx"]) == 2
+    assert capsys.readouterr().err.strip() == f"leantrain: error: {ONNX_MISSING}"
+    assert not (folder / "model.onnx").exists()
+
+
+def test_onnx_export(shrunk_run, tmp_path) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    folder, _ = shrunk_run
+    report = export_model(folder, "onnx", tmp_path / "model.onnx")
+    assert report.path.is_file()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert report.max_abs_diff is not None and report.max_abs_diff < 1e-4
