@@ -20,5 +20,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
+# The reviewer's benchmark (≤ 20 min on 2 CPU cores; data sets under $$LEANTRAIN_DATA), then the
+# generated report: BENCHMARKS.md and the README's results block, from the committed results.
+bench-quick: $(VENV)/.installed
+	$(VENV)/bin/leantrain bench quick
+
+report: $(VENV)/.installed
+	$(VENV)/bin/leantrain report benchmarks/results --out benchmarks/report \
+		--write-benchmarks BENCHMARKS.md --readme README.md
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -11,7 +11,7 @@ import pytest
 from leantrain.cli import main
 from leantrain.io import load_model
 
-COMMANDS = ["train", "demo", "cost"]
+COMMANDS = ["train", "demo", "cost", "export", "eval"]
 
 
 def test_module_entry_point_help() -> None:

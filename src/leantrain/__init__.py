@@ -5,11 +5,15 @@ parameters have settled, arXiv 2604.23403) and Dynamic Channel Propagation (trai
 highest-utility channels and export a compact model, arXiv 2007.01486).
 """
 
+from .checkpoint import Checkpointer, load_checkpoint
 from .cost import CostMeter, StepCost, count_macs, count_params, measure_step_flops
 from .io import load_model, save_model
 from .methods import METHODS, Method, Progress
 from .methods.dcp import DCP
+from .methods.freezeout import FreezeOut
 from .methods.learndrop import LearnDrop
+from .methods.stochastic_depth import StochasticDepth
+from .methods.tp_prune import TPPrune
 from .registry import create_model, list_models
 from .structure import ChannelSet, Prunable, Unit, channel_sets_of, units_of
 from .surgery import Change, drop_units, freeze_units, prune_channels, remap_optimizer
@@ -18,8 +22,9 @@ from .train import Result, evaluate, fit, lr_at
 __version__ = "0.1.0"
 
 __all__ = [
-    "DCP", "LearnDrop", "METHODS", "Change", "ChannelSet", "CostMeter", "Method", "Progress", "Prunable",
+    "Checkpointer", "DCP", "FreezeOut", "LearnDrop", "StochasticDepth", "TPPrune", "METHODS", "Change", "ChannelSet", "CostMeter", "Method", "Progress", "Prunable",
     "Result", "StepCost", "Unit", "channel_sets_of", "count_macs", "count_params",
-    "create_model", "drop_units", "evaluate", "fit", "freeze_units", "list_models", "load_model",
+    "create_model", "drop_units", "evaluate", "fit", "freeze_units", "list_models",
+    "load_checkpoint", "load_model",
     "lr_at", "measure_step_flops", "prune_channels", "remap_optimizer", "save_model", "units_of",
 ]

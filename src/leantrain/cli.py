@@ -1,4 +1,5 @@
-"""Command-line interface: ``leantrain train | demo | cost`` (each command owns its subparser).
+"""Command-line interface: ``leantrain train | demo | cost | bench | report | export | eval`` (each
+command owns its subparser).
 
 Errors a user can fix (bad paths, corrupt files, impossible settings) print one sentence and exit
 with status 2, never a traceback; ``LEANTRAIN_DEBUG=1`` shows the traceback.
@@ -12,6 +13,7 @@ import inspect
 import os
 import re
 import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 __all__ = ["main"]
@@ -121,6 +123,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", dest="top::out_dir", default=argparse.SUPPRESS, metavar="DIR",
                    help="parent folder of run folders (default: runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue this run (same settings and seed) from its last checkpoint")
+    p.add_argument("--resume-from", metavar="RUN", default=None,
+                   help="continue from another run folder's checkpoint, e.g. with a lower --lr")
+    p.add_argument("--checkpoint-every", dest="top::checkpoint_every", type=int, metavar="STEPS",
+                   default=argparse.SUPPRESS, help="also checkpoint every N steps (default: 0, "
+                   "epoch ends only)")
+    p.add_argument("--checkpoint-minutes", dest="top::checkpoint_minutes", type=float,
+                   metavar="MIN", default=argparse.SUPPRESS,
+                   help="also checkpoint every N minutes (default: 0, off)")
     _add_dataclass_flags(p, DataConfig, "data")
     _add_dataclass_flags(p, TrainConfig, "train")
     for name, cls in sorted(METHODS.items()):
@@ -131,11 +143,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .config import from_dict, load_toml
     from .methods import method_fields
-    from .runner import run
+    from .runner import finished_summary, run
 
     base = load_toml(args.config) if args.config else {}
     cfg = from_dict(_merge(base, _collect_overrides(args)), method_fields())
-    result, folder = run(cfg, show_progress=not args.no_progress)
+    if args.resume and args.resume_from:
+        raise ValueError(
+            "--resume continues this run's own checkpoint and --resume-from another's; give one."
+        )
+    if args.resume and (summary := finished_summary(cfg.run_dir())) is not None:
+        print(f"the run in {cfg.run_dir()} has already finished (test accuracy "
+              f"{100 * float(summary.get('test_acc', 0)):.2f}%); nothing to resume.")
+        return 0
+    result, folder = run(cfg, show_progress=not args.no_progress, resume=args.resume,
+                         resume_from=args.resume_from)
     print(f"final test accuracy {100 * result.test_acc:.2f}%  train {result.times.get('train_s', 0):.1f}s"
           f"  → {folder}")
     return 0
@@ -146,7 +167,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="short offline run on the embedded MNIST sample",
         description="Train on the MNIST sample shipped inside leantrain and print a results table.",
     )
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-subset", type=int, default=2000,
+                   help="training images of the 6000-image sample (default 2000)")
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--no-progress", action="store_true")
 
@@ -155,7 +178,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(epochs=args.epochs, out_dir=args.out_dir, show_progress=not args.no_progress)
+    run_demo(epochs=args.epochs, out_dir=args.out_dir, show_progress=not args.no_progress,
+             train_subset=args.train_subset)
     return 0
 
 
@@ -208,7 +232,89 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
-_PARSERS = [_add_train, _add_demo, _add_cost]
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench import add_parser
+
+    add_parser(sub)
+
+
+@_command("bench")
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    from .report import add_parser
+
+    add_parser(sub)
+
+
+@_command("report")
+def _report(args: argparse.Namespace) -> int:
+    from .report import main as report_main
+
+    return report_main(args)
+
+
+_PARSERS = [_add_train, _add_demo, _add_cost, _add_bench, _add_report]
+
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from .export import FORMATS
+
+    p = sub.add_parser(
+        "export", help="write a run's compact model as safetensors, .pt2 or ONNX",
+        description="Write the final model of a run (dropped units and pruned channels gone) in "
+        "another format, read it back and compare its outputs with the model's.",
+    )
+    p.add_argument("source", metavar="RUN", help="a run folder or a .safetensors model file")
+    p.add_argument("--format", choices=FORMATS, default="safetensors",
+                   help="safetensors, pt2 (torch.export) or onnx (default: safetensors)")
+    p.add_argument("--out", metavar="PATH", help="output file (default: next to the model file)")
+
+
+@_command("export")
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    report = export_model(args.source, args.format, args.out)
+    check = ("outputs not compared" if report.max_abs_diff is None
+             else f"max abs difference vs. the in-memory model {report.max_abs_diff:.2g}")
+    note = f"; {report.note}" if report.note else ""
+    print(f"wrote {report.path} ({report.format}); {check}{note}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="test accuracy and loss of a saved model",
+        description="Evaluate a leantrain .safetensors model file (or a run folder's final model) "
+        "on a data set's test split.",
+    )
+    p.add_argument("model_file", metavar="MODEL_FILE",
+                   help="a .safetensors model file or a run folder")
+    p.add_argument("--dataset", required=True, help="data set name, e.g. cifar10 or mnist-sample")
+    p.add_argument("--data-dir", default=None,
+                   help="data root (default: $LEANTRAIN_DATA or the cache)")
+    p.add_argument("--test-subset", type=int, default=None, metavar="N",
+                   help="N test images, class-balanced and seeded")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+
+@_command("eval")
+def _eval(args: argparse.Namespace) -> int:
+    from .export import evaluate_model_file
+
+    acc, loss, n = evaluate_model_file(args.model_file, args.dataset, args.data_dir,
+                                       test_subset=args.test_subset, device=args.device)
+    print(f"test accuracy {100 * acc:.2f}%  test loss {loss:.4f}  ({n} images of {args.dataset})")
+    return 0
+
+
+_PARSERS += [_add_export, _add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +338,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, OSError, TrainingDiverged)
 
 
+_print_other_warning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """leantrain's own warnings (e.g. a checkpoint fallback) as one line; others as usual."""
+    if category.__module__.startswith("leantrain"):
+        print(f"leantrain: warning: {message}", file=sys.stderr)
+    else:
+        _print_other_warning(message, category, *args, **kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``leantrain`` console script."""
     parser = build_parser()
@@ -240,9 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return _COMMANDS[args.command](args)
+        with warnings.catch_warnings():  # restores showwarning afterwards (main runs in tests too)
+            warnings.showwarning = _show_warning
+            return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("leantrain: interrupted.", file=sys.stderr)
+        hint = ("; continue from the last checkpoint with the same command plus --resume"
+                if args.command == "train" else "")
+        print(f"leantrain: interrupted{hint}.", file=sys.stderr)
         return 130
     except _user_errors() as e:
         if os.environ.get("LEANTRAIN_DEBUG"):

@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["environment", "environment_key"]
+__all__ = [
+    "environment", "environment_key", "peak_rss_mb", "reset_peak_memory", "memory_summary",
+]
 
 
 def _cpu_model() -> str:
@@ -57,3 +59,76 @@ def environment_key(env: dict[str, Any]) -> str:
     hw = env.get("gpu") if env.get("device") == "cuda" else f"cpu{env.get('cores')}"
     label = f"{hw}-torch{str(env.get('torch')).split('+')[0]}"
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in label)
+
+
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (Linux), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process, in MiB (None where unsupported).
+
+    On Linux this is the high-water mark since the last `reset_peak_memory` (or since the
+    process started); elsewhere the process-wide peak, which never goes down, so it measures one
+    run only when the run has the process to itself (``leantrain bench`` runs each run in a
+    fresh subprocess). Either way it includes the interpreter, torch and the loaded data.
+    """
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+
+
+def reset_peak_memory(device: torch.device | str) -> dict[str, Any]:
+    """Start measuring peak memory from now (e.g. when training starts).
+
+    Resets the peak of allocated CUDA memory, and on Linux the process's resident high-water mark
+    (writing 5 to /proc/self/clear_refs), so the peak excludes transient memory of data loading.
+
+    Returns:
+        ``rss_start_mb`` (resident memory now) and ``peak_rss_scope``: ``"training"`` when the
+        RSS peak was reset, ``"process"`` when it could not be.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    scope = "process"
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        scope = "training"
+    except OSError:
+        pass
+    return {"rss_start_mb": _proc_status_mb("VmRSS"), "peak_rss_scope": scope}
+
+
+def memory_summary(
+    device: torch.device | str, start: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Peak memory to report beside time.
+
+    Args:
+        device: the training device.
+        start: what `reset_peak_memory` returned when the measured phase began.
+
+    Returns:
+        ``peak_rss_mb`` (with `start`'s ``rss_start_mb`` and ``peak_rss_scope``) and, on CUDA,
+        ``cuda_max_allocated_mb``, the peak of tensors allocated since `reset_peak_memory`.
+    """
+    device = torch.device(device)
+    out: dict[str, Any] = {**(start or {}), "peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out

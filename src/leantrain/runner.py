@@ -2,7 +2,10 @@
 
 Run folder ``<out_dir>/<dataset>-<model>-<method>-<digest>/seed<k>/`` holds ``config.json``,
 ``env.json``, ``metrics.jsonl`` (one row per evaluated epoch), ``events.jsonl`` (drops, prunes),
-``summary.json`` and ``model.safetensors`` (the final, scaled-down model).
+``summary.json`` and ``model.safetensors`` (the final, scaled-down model). While it trains it
+also holds ``checkpoint.json`` and ``checkpoint-<step>.safetensors`` (see `leantrain.checkpoint`),
+from which ``run(cfg, resume=True)`` continues after any interruption; they are deleted once the
+run has finished and saved its model.
 """
 
 from __future__ import annotations
@@ -15,17 +18,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    Checkpointer,
+    has_checkpoint,
+    load_checkpoint,
+    remove_checkpoints,
+)
 from .config import RunConfig
 from .cost import count_macs, count_params
 from .data import TensorLoader, load_dataset
-from .env import environment
-from .io import save_model
+from .env import environment, memory_summary, reset_peak_memory
+from .io import save_model, save_weights
 from .methods import build_methods
 from .plots import plot_run_events
 from .registry import create_model
 from .train import Result, fit, resolve_device
 
-__all__ = ["run", "seed_everything", "RunFolderError"]
+__all__ = ["run", "seed_everything", "finished_summary", "RunFolderError"]
 
 
 class RunFolderError(OSError):
@@ -58,8 +69,112 @@ def _prepare_folder(folder: Path) -> None:
         ) from e
 
 
-def run(cfg: RunConfig, *, show_progress: bool = True) -> tuple[Result, Path]:
-    """Train as `cfg` says and write the run folder; returns the result and the folder."""
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(row, default=float) + "\n" for row in rows))
+    tmp.replace(path)
+
+
+def finished_summary(folder: str | Path) -> dict[str, Any] | None:
+    """The ``summary.json`` of a finished run in `folder`, or None when it has not finished.
+
+    A folder holding both a summary and a checkpoint has a newer attempt under way (finished
+    runs delete their checkpoints), so it counts as unfinished.
+    """
+    if has_checkpoint(folder):
+        return None
+    try:
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _check_same_run(cfg: RunConfig, ckpt: Checkpoint) -> None:
+    """A checkpoint continues only a run of the same data, model, method, seed and step plan."""
+    saved = ckpt.extra.get("config")
+    if not isinstance(saved, dict):
+        return  # written by fit() without the runner: fit() still checks the step plan
+    now = cfg.to_dict()
+    fields = [("data", k) for k in ("dataset", "train_subset", "test_subset", "image_size")]
+    fields += [("model", "name"), ("train", "epochs"), ("train", "batch_size")]
+    differ = [f"{a}.{b}" for a, b in fields if saved.get(a, {}).get(b) != now[a][b]]
+    differ += [k for k in ("method", "seed") if saved.get(k) != now[k]]
+    if differ:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} belongs to a run with another {', '.join(differ)}; a run "
+            "continues only with the same data, model, method, seed, epochs and batch size."
+        )
+
+
+def _resume_point(
+    cfg: RunConfig, folder: Path, resume: bool | str, resume_from: str | Path | None
+) -> Checkpoint | None:
+    """The checkpoint this run continues from, or None to start; clear errors otherwise."""
+    if resume not in (True, False, "auto", "restart"):
+        raise ValueError(f"resume={resume!r}; use True, False, 'auto' or 'restart'.")
+    if finished_summary(folder) is not None and (resume is True or resume_from is not None):
+        raise CheckpointError(
+            f"the run in {folder} has already finished; there is nothing to resume."
+        )
+    if resume_from is not None:
+        source = Path(resume_from)
+        if source.resolve() != folder.resolve() and has_checkpoint(folder):
+            raise CheckpointError(
+                f"{folder} already holds a checkpoint of its own; continue it with --resume "
+                "instead of --resume-from, or delete it."
+            )
+        if source.is_dir() and not has_checkpoint(source) and finished_summary(source):
+            raise CheckpointError(
+                f"{source} is a finished run, which keeps its model but no checkpoint; "
+                "--resume-from continues an unfinished run's folder."
+            )
+        ckpt = load_checkpoint(source)
+        _check_same_run(cfg, ckpt)
+        return ckpt
+    if resume is True and not has_checkpoint(folder):
+        raise CheckpointError(
+            f"nothing to resume: {folder} holds no checkpoint (was a run with exactly these "
+            "settings and seed started?); run without --resume to start it."
+        )
+    if has_checkpoint(folder):
+        if resume in (True, "auto"):
+            ckpt = load_checkpoint(folder)
+            _check_same_run(cfg, ckpt)
+            return ckpt
+        if resume == "restart":  # the old checkpoint stays until the new run writes its first
+            return None
+        raise CheckpointError(
+            f"{folder} holds the checkpoint of an unfinished run; continue it with --resume, or "
+            "delete the folder to start over."
+        )
+    return None
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    show_progress: bool = True,
+    resume: bool | str = False,
+    resume_from: str | Path | None = None,
+) -> tuple[Result, Path]:
+    """Train as `cfg` says and write the run folder; returns the result and the folder.
+
+    Args:
+        cfg: the run.
+        show_progress: draw a progress bar.
+        resume: True: continue from the run folder's last good checkpoint (an error when there
+            is none); ``"auto"``: continue when there is one, else start; ``"restart"``: start
+            over even if there is one (e.g. benchmarks, whose timings should come from one
+            process); False: start, and refuse a folder holding an unfinished run's checkpoint
+            (so nothing is lost by accident).
+        resume_from: continue from another run folder's checkpoint (or a ``checkpoint.json``),
+            e.g. with a lower learning rate after a divergence; results go to `cfg`'s folder.
+
+    Raises:
+        leantrain.checkpoint.CheckpointError: nothing (usable) to resume, or a checkpoint of
+            another run.
+    """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -70,12 +185,18 @@ def run(cfg: RunConfig, *, show_progress: bool = True) -> tuple[Result, Path]:
         download=cfg.data.download,
     )
     folder = cfg.run_dir()
+    ckpt = _resume_point(cfg, folder, resume, resume_from)
     _prepare_folder(folder)
     seed_everything(cfg.seed)
     model = create_model(
         cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
         input_size=spec.image_size,
-    ).to(device)
+    )
+    input_shape = (spec.in_channels, spec.image_size, spec.image_size)
+    dense_params, dense_macs = count_params(model), count_macs(model, input_shape)
+    if ckpt is not None:  # cut to the checkpoint's shape before moving and re-formatting
+        ckpt.restore_model(model)
+    model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader_args = dict(device=device, channels_last=cfg.train.channels_last)
@@ -83,21 +204,26 @@ def run(cfg: RunConfig, *, show_progress: bool = True) -> tuple[Result, Path]:
         train_split, spec, cfg.train.batch_size, train=True, seed=cfg.seed, **loader_args
     )
     test_loader = TensorLoader(test_split, spec, 500, train=False, **loader_args)
-    input_shape = (spec.in_channels, spec.image_size, spec.image_size)
-    dense_params, dense_macs = count_params(model), count_macs(model, input_shape)
     env = environment(device)
     _write_json(folder / "config.json", cfg.to_dict())
     _write_json(folder / "env.json", env)
     metrics, events = folder / "metrics.jsonl", folder / "events.jsonl"
-    metrics.write_text("")
-    events.write_text("")
+    # A resumed run rewrites both logs as of its checkpoint: rows written after it, before the
+    # interruption, are redone by the resumed run and must not appear twice.
+    _write_jsonl(metrics, ckpt.meta["history"] if ckpt else [])
+    _write_jsonl(events, ckpt.meta["events"] if ckpt else [])
+    checkpointer = Checkpointer(
+        folder, cfg.checkpoint_every, cfg.checkpoint_minutes,
+        extra={"config": cfg.to_dict(), "digest": cfg.digest()},
+    )
 
     def log(kind: str, row: dict[str, Any]) -> None:
         with (metrics if kind == "epoch" else events).open("a") as f:
             f.write(json.dumps(row, default=float) + "\n")
 
+    memory = reset_peak_memory(device)  # peaks of the training phase, not of data loading
     result = fit(model, train_loader, test_loader, cfg.train, methods, log=log,
-                 show_progress=show_progress)
+                 show_progress=show_progress, checkpointer=checkpointer, resume_from=ckpt)
     summary = {
         "dataset": cfg.data.dataset, "model": cfg.model.name,
         "method": "dense" if not cfg.method_names() else cfg.method, "seed": cfg.seed,
@@ -107,9 +233,14 @@ def run(cfg: RunConfig, *, show_progress: bool = True) -> tuple[Result, Path]:
         **result.costs,
         "dense_params": dense_params, "dense_macs": dense_macs,
         "final_params": count_params(model), "final_macs": count_macs(model, input_shape),
-        "events": len(result.events), "env": env,
+        "events": len(result.events), "env": env, **memory_summary(device, memory),
     }
-    save_model(model, folder / "model.safetensors", metadata={"test_acc": result.test_acc})
+    if reason := getattr(model, "external_surgery", None):  # e.g. Torch-Pruning (tp_prune)
+        summary["model_file"] = f"weights only: {reason}"
+        save_weights(model, folder / "model.safetensors", metadata={"test_acc": result.test_acc})
+    else:
+        save_model(model, folder / "model.safetensors", metadata={"test_acc": result.test_acc})
     _write_json(folder / "summary.json", summary)
+    remove_checkpoints(folder)  # the run is complete: its model and summary replace them
     plot_run_events(result.events, folder)
     return result, folder

@@ -284,7 +284,10 @@ def _subset(split: Split, n: int | None, rng: np.random.Generator, what: str, na
     if n is None or n == total:
         return split
     if not 0 < n <= total:
-        raise ValueError(f"{what}={n} is out of range: {name} has {total} images in that split")
+        raise ValueError(
+            f"{what}={n} is out of range: {name} has {total} images in that split; choose 1 to "
+            f"{total}, or leave {what} unset for the whole split."
+        )
     idx = torch.from_numpy(balanced_subset_indices(split.labels.numpy(), n, rng))
     return Split(split.images[idx].contiguous(), split.labels[idx].contiguous())
 

@@ -55,6 +55,24 @@ def _projection(in_channels: int, out_channels: int, stride: int) -> ConvBN | No
     return ConvBN(in_channels, out_channels, 1, stride, act=False)
 
 
+def _init_depth_gate(block: nn.Module) -> None:
+    """Stochastic-depth state of a block (Huang et al. 2016, arXiv 1603.09382).
+
+    ``skip``: in training mode, the residual branch is not computed for this step (the block is
+    its identity shortcut; only set on identity-shortcut blocks). ``residual_scale``: in eval mode
+    the residual branch is multiplied by it (the survival probability p_l, its expected value in
+    training). Both are plain attributes, not state: defaults leave the block unchanged.
+    """
+    block.skip = False
+    block.residual_scale = 1.0
+
+
+def _scaled(block: nn.Module, residual: Tensor) -> Tensor:
+    if block.residual_scale != 1.0 and not block.training:
+        return residual * block.residual_scale
+    return residual
+
+
 class BasicBlock(nn.Module):
     """Two 3×3 conv+BN layers with a shortcut: ``relu(conv2(conv1(x)) + shortcut(x))``.
 
@@ -65,16 +83,21 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    skip: bool  # stochastic depth, see _init_depth_gate
+    residual_scale: float
 
     def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = ConvBN(in_channels, width, 3, stride, act=True)
         self.conv2 = ConvBN(width, width, 3, 1, act=False)
         self.downsample = _projection(in_channels, width, stride)
+        _init_depth_gate(self)
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(self.conv2(self.conv1(x)) + shortcut)
+        if self.skip and self.training:
+            return shortcut  # = relu(0 + x): x is post-ReLU already (identity blocks only)
+        return F.relu(_scaled(self, self.conv2(self.conv1(x))) + shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -87,6 +110,8 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    skip: bool  # stochastic depth, see _init_depth_gate
+    residual_scale: float
 
     def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
         super().__init__()
@@ -95,10 +120,13 @@ class Bottleneck(nn.Module):
         self.conv2 = ConvBN(width, width, 3, stride, act=True)
         self.conv3 = ConvBN(width, out_channels, 1, 1, act=False)
         self.downsample = _projection(in_channels, out_channels, stride)
+        _init_depth_gate(self)
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(self.conv3(self.conv2(self.conv1(x))) + shortcut)
+        if self.skip and self.training:
+            return shortcut  # = relu(0 + x): x is post-ReLU already (identity blocks only)
+        return F.relu(_scaled(self, self.conv3(self.conv2(self.conv1(x)))) + shortcut)
 
 
 class ResNet(nn.Module):

@@ -1,0 +1,290 @@
+"""`leantrain bench SUITE`: run a benchmark grid and append one result row per run.
+
+Suites are described in `leantrain.suite`; runs come in its order (each dense run right before
+the method runs it is compared with). Every run executes in a fresh subprocess
+(`leantrain.runner.run`), which isolates runs and makes the process's peak RSS a per-run memory
+figure. Rows go to ``<results-dir>/<suite>-<environment key>.jsonl`` (whole lines, flushed and
+fsynced); a run whose key (suite, label, data set, model, seed, config digest) is already there
+is skipped, so an interrupted suite resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, from_dict
+from .env import environment, environment_key
+from .suite import BenchRun, Suite, load_suite, suite_names
+
+__all__ = [
+    "BenchRun",
+    "Suite",
+    "load_suite",
+    "suite_names",
+    "run_suite",
+    "results_path",
+    "read_results",
+]
+
+# Event kinds kept in a result row's trace (structural changes, with their FLOPs when known).
+_TRACE_EVENTS = ("drop", "freeze", "tp_prune", "dcp_export", "ld_checkpoint")
+_TRACE_EPOCH_KEYS = (
+    "epoch",
+    "step",
+    "test_acc",
+    "train_s",
+    "surgery_s",
+    "forward_flops",
+    "train_flops",
+    "samples",
+    "params",
+)
+
+
+def results_path(suite: Suite, results_dir: str | Path, env: dict[str, Any]) -> Path:
+    """``<results_dir>/<suite>-<environment key>.jsonl``."""
+    return Path(results_dir) / f"{suite.name}-{environment_key(env)}.jsonl"
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results file; a torn last line (interrupted write) is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _trace(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per-epoch costs and structural events, kept in the row so plots need no run folder."""
+    epochs = [
+        {k: r[k] for k in _TRACE_EPOCH_KEYS if k in r}
+        for r in read_results(folder / "metrics.jsonl")
+    ]
+    events = []
+    for e in read_results(folder / "events.jsonl"):
+        if e.get("kind") not in _TRACE_EVENTS:
+            continue
+        keep = {
+            k: e[k]
+            for k in (
+                "kind",
+                "step",
+                "unit",
+                "forward_flops",
+                "forward_flops_before",
+                "forward_flops_after",
+            )
+            if k in e
+        }
+        if "removed" in e:
+            keep["removed"] = len(e["removed"])
+        events.append(keep)
+    return {"epochs": epochs, "events": events}
+
+
+def _execute(run: BenchRun, env_vars: dict[str, str]) -> tuple[dict[str, Any] | None, str, float]:
+    """Run one config in a fresh interpreter; returns (summary or None, stderr tail, wall s)."""
+    folder = run.config.run_dir()
+    (folder / "summary.json").unlink(missing_ok=True)  # never read a stale summary
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(run.config.to_dict(), f)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "leantrain.bench", f.name],
+            capture_output=True,
+            text=True,
+            env=env_vars,
+        )
+    finally:
+        os.unlink(f.name)
+    wall = time.perf_counter() - start
+    summary_file = folder / "summary.json"
+    if proc.returncode != 0 or not summary_file.is_file():
+        return None, (proc.stderr or proc.stdout)[-2000:], wall
+    return json.loads(summary_file.read_text()), "", wall
+
+
+def _matches(run: BenchRun, pattern: str | None) -> bool:
+    if not pattern:
+        return True
+    if not any(c in pattern for c in "*?["):
+        pattern = f"*{pattern}*"
+    return fnmatch.fnmatch(run.name, pattern)
+
+
+def run_suite(
+    suite: Suite,
+    results_dir: str | Path = "benchmarks/results",
+    *,
+    only: str | None = None,
+    dry_run: bool = False,
+    data_dir: str | None = None,
+    show_progress: bool = True,
+) -> tuple[Path, int]:
+    """Run every run of `suite` that has no row yet, each in a fresh subprocess.
+
+    Args:
+        suite: from `load_suite`.
+        results_dir: folder of the results file (``<suite>-<environment key>.jsonl``).
+        only: run only runs whose ``dataset/model/label/seedN`` matches this glob (a pattern
+            without wildcards matches as a substring).
+        dry_run: list the selected runs and whether each is done; run nothing.
+        data_dir: data root for the runs (passed as ``$LEANTRAIN_DATA``; not part of the
+            configuration, so results do not depend on where the data lives).
+        show_progress: draw the overall progress bar (the per-run lines are always printed).
+
+    Returns:
+        The results file and the number of runs that failed (they get no row and are retried
+        by the next call).
+    """
+    from tqdm.auto import tqdm
+
+    from .train import resolve_device
+
+    devices = {r.config.train.device for r in suite.runs}
+    if len(devices) > 1:
+        raise ConfigError(
+            f"suite {suite.name} mixes devices {sorted(devices)}; one results file "
+            "holds one environment."
+        )
+    env = environment(resolve_device(devices.pop()))
+    path = results_path(suite, results_dir, env)
+    done = {row.get("key") for row in read_results(path)}
+    todo = [r for r in suite.runs if _matches(r, only) and r.key not in done]
+    selected = sum(_matches(r, only) for r in suite.runs)
+    print(
+        f"suite {suite.name}: {selected} runs selected, {selected - len(todo)} already in {path}, "
+        f"{len(todo)} to run"
+    )
+    if dry_run:
+        for r in suite.runs:
+            if _matches(r, only):
+                print(f"  {'done' if r.key in done else 'todo'}  {r.name}  ({r.config.method})")
+        return path, 0
+    env_vars = dict(os.environ)
+    if data_dir:
+        env_vars["LEANTRAIN_DATA"] = str(data_dir)
+    failures = 0
+    dense_time: dict[tuple[str, str, int], float] = {}
+    bar = tqdm(todo, unit="run", disable=not show_progress)
+    for i, run in enumerate(bar, 1):
+        bar.set_description(run.name)
+        summary, error, wall = _execute(run, env_vars)
+        if summary is None:
+            failures += 1
+            tqdm.write(f"[{i}/{len(todo)}] {run.name}: FAILED\n{error}")
+            continue
+        folder = run.config.run_dir()
+        row = {
+            "key": run.key,
+            "suite": suite.name,
+            "label": run.label,
+            "digest": run.config.digest(),
+            "config": run.config.to_dict(),
+            "env_key": environment_key(summary["env"]),
+            **summary,
+            "run_dir": str(folder),
+            "wall_s": wall,
+            "trace": _trace(folder),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        _append_row(path, row)
+        seconds = summary.get("train_s", 0.0) + summary.get("surgery_s", 0.0)
+        group = (run.config.data.dataset, run.config.model.name, run.config.seed)
+        if run.config.method_names() == []:
+            dense_time[group] = seconds
+        ratio = (
+            f"  ×{dense_time[group] / seconds:.2f} vs dense"
+            if group in dense_time and seconds
+            else ""
+        )
+        peak = summary.get("peak_rss_mb")
+        tqdm.write(
+            f"[{i}/{len(todo)}] {run.name}: acc {100 * summary['test_acc']:.2f}%  "
+            f"train {seconds:.1f}s{ratio}" + (f"  peak RSS {peak:.0f} MiB" if peak else "")
+        )
+    bar.close()
+    return path, failures
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``bench`` subcommand's arguments."""
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark suite (grid of data sets × models × methods × seeds)",
+        description="Run a benchmark suite; each run in its own process; rows are appended to "
+        "<results-dir>/<suite>-<environment>.jsonl and runs already there are skipped.",
+    )
+    p.add_argument("suite", nargs="?", help="suite name (see --list) or path to a suite TOML file")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the suite's seeds")
+    p.add_argument(
+        "--only", help="run only runs whose dataset/model/label/seedN matches (glob or substring)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
+    p.add_argument("--results-dir", default="benchmarks/results")
+    p.add_argument("--out-dir", help="parent of the run folders (default runs/bench/<suite>)")
+    p.add_argument("--data-dir", help="data root for every run (else $LEANTRAIN_DATA or the cache)")
+    p.add_argument("--list", action="store_true", help="list the shipped suites")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry of ``leantrain bench``: 0 when every run succeeded, 1 when some failed."""
+    if args.list or not args.suite:
+        print("\n".join(suite_names()))
+        return 0
+    suite = load_suite(args.suite, seeds=args.seeds, out_dir=args.out_dir)
+    path, failures = run_suite(
+        suite,
+        args.results_dir,
+        only=args.only,
+        dry_run=args.dry_run,
+        data_dir=args.data_dir,
+        show_progress=not args.no_progress,
+    )
+    if failures:
+        print(f"{failures} run(s) failed; rerun the same command to retry them.", file=sys.stderr)
+        return 1
+    if not args.dry_run:
+        print(f"results: {path}")
+    return 0
+
+
+def _child(config_json: str) -> int:
+    """Body of the per-run subprocess: rebuild the config and run it quietly."""
+    from .methods import method_fields
+    from .runner import run
+
+    cfg = from_dict(json.loads(Path(config_json).read_text()), method_fields())
+    # An interrupted run starts over rather than continuing from its checkpoint: one process
+    # per run keeps its time and peak memory comparable with the others.
+    run(cfg, show_progress=False, resume="restart")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))

@@ -1,0 +1,444 @@
+"""`leantrain report RESULTS… --out DIR`: tables and plots generated from benchmark result rows.
+
+Rows (one per run, written by `leantrain.bench`) are grouped by (suite, data set, model, recipe,
+method label). Each group reports accuracy mean ± std over seeds, training time (train + surgery
+laps; evaluation excluded), the speed-up against the dense rows of the *same* results file, data
+set, model and recipe, cumulative forward and training FLOPs reductions, the final architecture's
+MACs reduction, parameters and peak memory. Results from different environments (device, CPU/GPU
+model, cores, torch) are refused, never mixed. Every number in the Markdown it writes, including
+``BENCHMARKS.md`` and the README's results block, comes from the rows: nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .bench import read_results
+from .plots import plot_flops_curves, plot_pareto, slug
+
+__all__ = [
+    "Summary",
+    "load_rows",
+    "check_environment",
+    "summarize",
+    "markdown_table",
+    "write_report",
+    "replace_between_markers",
+]
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+_ENV_FIELDS = ("device", "cpu", "gpu", "cores", "torch")
+TIME_NOTE = (
+    "Train time = the `train` + `surgery` laps of `fit()` (forward, backward, optimizer "
+    "step, the method's hooks and every cut, device-synchronised); evaluation, data "
+    "loading and FLOP counting are excluded."
+)
+DATA_NOTES = {
+    "cifar10": "CIFAR-10 here is a copy rebuilt from JPEG (quality 75) images: real CIFAR-10 "
+    "images, slightly blurred, so accuracies differ a little from published ones "
+    "(see the data folder's README).",
+    "imagenette": "Imagenette is the imagenette2 split re-encoded at 64×64 px JPEG.",
+    "mnist": "MNIST is bit-identical to the official files.",
+}
+
+
+@dataclass
+class Summary:
+    """One table row: a method on a (data set, model, recipe), aggregated over seeds."""
+
+    suite: str
+    dataset: str
+    model: str
+    label: str
+    method: str
+    recipe: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    dense: "Summary | None" = None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def mean(self, key: str) -> float | None:
+        values = [v for r in self.rows if (v := _value(r, key)) is not None]
+        return statistics.fmean(values) if values else None
+
+    def std(self, key: str) -> float | None:
+        values = [v for r in self.rows if (v := _value(r, key)) is not None]
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    @property
+    def speedup(self) -> float | None:
+        """Mean dense training time / mean training time of this row (same file and recipe)."""
+        if self.dense is None or not self.mean("time_s"):
+            return None
+        dense = self.dense.mean("time_s")
+        return dense / self.mean("time_s") if dense else None  # type: ignore[operator]
+
+
+def _value(row: dict[str, Any], key: str) -> float | None:
+    """A per-run quantity, derived from the row's raw fields."""
+
+    def ratio(a: str, b: str) -> float | None:
+        return 1 - row[a] / row[b] if row.get(a) is not None and row.get(b) else None
+
+    derived = {
+        "time_s": lambda: row.get("train_s", 0.0) + row.get("surgery_s", 0.0),
+        "acc": lambda: 100 * row["test_acc"],
+        # resident memory the training phase added on top of what was resident when it began
+        "rss_growth_mb": lambda: (
+            row["peak_rss_mb"] - row["rss_start_mb"]
+            if row.get("peak_rss_mb") is not None and row.get("rss_start_mb") is not None
+            else None
+        ),
+        "r_cum": lambda: ratio("forward_flops", "dense_forward_flops"),
+        "r_train": lambda: ratio("train_flops", "dense_train_flops"),
+        "r_final": lambda: ratio("final_macs", "dense_macs"),
+    }
+    value = derived[key]() if key in derived else row.get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """Rows of every results file (a folder means its ``*.jsonl``), each tagged with its file."""
+    rows: list[dict[str, Any]] = []
+    for path in map(Path, paths):
+        files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"results file {f} does not exist.")
+            rows += [{**r, "_file": str(f)} for r in read_results(f)]
+    if not rows:
+        raise ValueError(
+            f"no result rows in {', '.join(map(str, paths))}; run `leantrain bench` first."
+        )
+    return rows
+
+
+def check_environment(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one environment all rows share; a clear error when they come from several."""
+    seen: dict[tuple[Any, ...], set[str]] = {}
+    for r in rows:
+        env = r.get("env", {})
+        seen.setdefault(tuple(env.get(k) for k in _ENV_FIELDS), set()).add(Path(r["_file"]).name)
+    if len(seen) > 1:
+        lines = [f"  {dict(zip(_ENV_FIELDS, k))}: {', '.join(sorted(v))}" for k, v in seen.items()]
+        raise ValueError(
+            "these results come from different environments, and speed-ups are only comparable "
+            "within one; report each environment separately:\n" + "\n".join(lines)
+        )
+    return rows[0].get("env", {})
+
+
+def _recipe(row: dict[str, Any]) -> str:
+    c = row.get("config", {})
+    data = {k: v for k, v in c.get("data", {}).items() if k not in ("data_dir", "download")}
+    blob = json.dumps(
+        {"data": data, "model": c.get("model"), "train": c.get("train")}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[Summary]:
+    """Group rows into `Summary`s in suite order, dense first, each linked to its dense row."""
+    groups: dict[tuple[str, ...], Summary] = {}
+    for r in rows:
+        method = r.get("config", {}).get("method", r.get("method", "none"))
+        key = (r["_file"], r["dataset"], r["model"], _recipe(r), r["label"])
+        if key not in groups:
+            groups[key] = Summary(
+                r.get("suite", "?"),
+                r["dataset"],
+                r["model"],
+                r["label"],
+                "none" if method in ("none", "dense", "") else method,
+                key[3],
+            )
+        groups[key].rows.append(r)
+    dense = {k[:4]: s for k, s in groups.items() if s.method == "none"}
+    for k, s in groups.items():
+        s.dense = dense.get(k[:4])
+    order = {k: i for i, k in enumerate(groups)}
+    first = {}
+    for k in groups:
+        first.setdefault(k[:4], order[k])
+    return [
+        groups[k]
+        for k in sorted(groups, key=lambda k: (first[k[:4]], groups[k].method != "none", order[k]))
+    ]
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _acc(s: Summary) -> str:
+    mean, std = s.mean("acc"), s.std("acc")
+    if mean is None:
+        return "–"
+    return (
+        f"{mean:.2f} ± {std:.2f} (n={s.n})" if std is not None else f"{mean:.2f} (n=1, single seed)"
+    )
+
+
+def _memory(s: Summary) -> str:
+    peak, growth = s.mean("peak_rss_mb"), s.mean("rss_growth_mb")
+    return _fmt(peak, ",.0f") + ("" if growth is None else f" (+{growth:,.0f})")
+
+
+def _pct(value: float | None) -> str:
+    return _fmt(None if value is None else 100 * value, ".1f", "%")
+
+
+def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
+    """A Markdown table of `summaries`; ``headline`` keeps the README's columns only."""
+    cols = [
+        "Data set",
+        "Model",
+        "Method",
+        "Top-1 % (mean ± std, n)",
+        "Train time (s)",
+        "Speed-up vs dense",
+        "Train FLOPs cut",
+        "Final MACs cut",
+    ]
+    cuda = not headline and any(s.mean("cuda_max_allocated_mb") is not None for s in summaries)
+    if not headline:
+        cols.insert(6, "Fwd FLOPs cut (R_cum)")
+        cols += ["Train TFLOPs", "Final params", "Peak RSS MiB (+ in training)"] + (
+            ["Peak CUDA (MiB)"] if cuda else []
+        )
+    lines = [
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(cols) - 3)) + "|",
+    ]
+    for s in summaries:
+        speed = s.speedup
+        cells = [
+            s.dataset,
+            s.model,
+            s.label,
+            _acc(s),
+            _fmt(s.mean("time_s"), ".1f"),
+            "1.00×" if s.method == "none" and s.n else _fmt(speed, ".2f", "×"),
+            _pct(s.mean("r_train")),
+            _pct(s.mean("r_final")),
+        ]
+        if not headline:
+            cells.insert(6, _pct(s.mean("r_cum")))
+            train_flops = s.mean("train_flops")
+            params = s.mean("final_params")
+            cells += [
+                _fmt(None if train_flops is None else train_flops / 1e12, ".2f"),
+                _fmt(params, ",.0f"),
+                _memory(s),
+            ]
+            if cuda:
+                cells.append(_fmt(s.mean("cuda_max_allocated_mb"), ",.0f"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ documents
+
+
+def _settings(rows: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
+    hw = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
+    commits = sorted({str(r.get("env", {}).get("git_commit")) for r in rows} - {"None"})
+    out = [
+        f"- **Hardware:** {hw} ({env.get('device')}, {env.get('cores')} cores, "
+        f"{env.get('threads')} torch threads)",
+        f"- **Software:** torch {env.get('torch')}"
+        + (f", CUDA {env['cuda']}" if env.get("cuda") else "")
+        + f", Python {env.get('python')}"
+        + (f"; leantrain commit {', '.join(commits)}" if commits else ""),
+        f"- **Time:** {TIME_NOTE} Speed-up = dense time / method time, against the dense rows "
+        "of the same suite, environment, data set, model and recipe.",
+        "- **FLOPs:** measured with `torch.utils.flop_counter` (2 FLOPs per MAC) and integrated "
+        "over the live network; *cut* = 1 − method / dense (R_cum: forward FLOPs over training; "
+        "train: forward + backward; final MACs: the architecture handed back).",
+        "- **Memory:** peak resident set size of the run's process during training (on Linux "
+        "the high-water mark is reset when training starts, so data loading does not count); it "
+        "includes the interpreter, torch, the model and the data tensors; (+ …) is what training "
+        "added on top of what was resident when it began. On GPU also the peak allocated CUDA "
+        "memory.",
+    ]
+    for name in sorted({r["dataset"] for r in rows}):
+        if name in DATA_NOTES:
+            out.append(f"- **Data:** {DATA_NOTES[name]}")
+    return out
+
+
+def _recipes(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| Data set | Model | Train / test images | Epochs | Batch | LR (schedule, warm-up) "
+        "| Weight decay | Seeds |",
+        "|---|---|---:|---:|---:|---|---:|---|",
+    ]
+    seen: dict[tuple[str, str, str], set[int]] = {}
+    first: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["dataset"], r["model"], _recipe(r))
+        seen.setdefault(key, set()).add(r.get("seed", 0))
+        first.setdefault(key, r)
+    for key, r in first.items():
+        t = r.get("config", {}).get("train", {})
+        lines.append(
+            f"| {key[0]} | {key[1]} | {r.get('train_images', '–')} / {r.get('test_images', '–')} | "
+            f"{t.get('epochs')} | {t.get('batch_size')} | {t.get('lr')} ({t.get('schedule')}, "
+            f"{t.get('warmup')}) | {t.get('weight_decay')} | "
+            f"{', '.join(map(str, sorted(seen[key])))} |"
+        )
+    return "\n".join(lines)
+
+
+def replace_between_markers(text: str, block: str) -> str:
+    """Replace what lies between the README's results markers with `block`."""
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        raise ValueError(f"the README has no `{START}` … `{END}` block to fill; add both markers.")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{block.strip()}\n{END}{tail}"
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def write_report(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    benchmarks: str | Path | None = None,
+    readme: str | Path | None = None,
+    readme_suite: str | None = None,
+) -> dict[str, Any]:
+    """Write ``report.md`` and plots into `out_dir`; optionally BENCHMARKS.md and the README block.
+
+    Returns:
+        ``{"summaries", "markdown", "images"}``.
+    """
+    rows = load_rows(paths)
+    env = check_environment(rows)
+    summaries = summarize(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pareto = plot_pareto(summaries, out)
+    order = {p.name.removesuffix("-pareto.png"): i for i, p in enumerate(pareto)}
+    images = sorted(  # each (data set, model): its Pareto plot, then its FLOPs curves
+        pareto + plot_flops_curves(summaries, out),
+        key=lambda p: (
+            order.get(p.name.rsplit("-", 1)[0], len(order)),
+            p.name.endswith("flops.png"),
+        ),
+    )
+    suites = list(dict.fromkeys(s.suite for s in summaries))
+    files = sorted({Path(r["_file"]).as_posix() for r in rows})
+    command = f"leantrain report {' '.join(files)} --out {Path(out_dir).as_posix()}"
+
+    def document(base: Path, title: str, command: str) -> str:
+        parts = [
+            f"# {title}",
+            "",
+            f"<!-- generated by `{command}`; do not edit by hand -->",
+            "",
+            "## Settings",
+            "",
+            *_settings(rows, env),
+            "",
+        ]
+        for suite in suites:
+            mine = [s for s in summaries if s.suite == suite]
+            suite_rows = [r for s in mine for r in s.rows]
+            parts += [
+                f"## Suite `{suite}`",
+                "",
+                "Recipes:",
+                "",
+                _recipes(suite_rows),
+                "",
+                markdown_table(mine),
+                "",
+            ]
+            parts += [
+                f"![{p.stem}]({_rel(p, base)})"
+                for p in images
+                if p.name.startswith(slug(suite) + "-")
+            ]
+            parts.append("")
+        return "\n".join(parts)
+
+    markdown = document(out, "Benchmark report", command)
+    (out / "report.md").write_text(markdown)
+    if benchmarks:
+        bpath = Path(benchmarks)
+        bpath.write_text(
+            document(bpath.parent, "Benchmarks", f"{command} --write-benchmarks {bpath.as_posix()}")
+        )
+    if readme:
+        chosen = readme_suite or ("quick" if "quick" in suites else suites[0])
+        mine = [s for s in summaries if s.suite == chosen]
+        if not mine:
+            raise ValueError(
+                f"no results of suite {chosen!r} for the README; have: {', '.join(suites)}."
+            )
+        hw = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
+        seeds = sorted({r.get("seed", 0) for s in mine for r in s.rows})
+        mine_files = sorted({Path(r["_file"]).as_posix() for s in mine for r in s.rows})
+        block = "\n".join(
+            [
+                f"Suite `{chosen}` on {hw} ({env.get('cores')} cores), torch {env.get('torch')}, "
+                f"seeds {', '.join(map(str, seeds))}. {TIME_NOTE}",
+                "",
+                markdown_table(mine, headline=True),
+                "",
+                "Reproduce (data sets under `$LEANTRAIN_DATA`; this block is written back here):",
+                "",
+                f"    leantrain bench {chosen} && leantrain report {' '.join(mine_files)} "
+                f"--out {Path(out_dir).as_posix()} --readme {Path(readme).as_posix()}",
+            ]
+        )
+        rpath = Path(readme)
+        rpath.write_text(replace_between_markers(rpath.read_text(), block))
+    return {"summaries": summaries, "markdown": markdown, "images": images}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``report`` subcommand's arguments."""
+    p = sub.add_parser(
+        "report",
+        help="tables and plots from benchmark results",
+        description="Aggregate benchmark results (one environment) into Markdown tables and plots.",
+    )
+    p.add_argument("results", nargs="+", help="results .jsonl files (or folders of them)")
+    p.add_argument("--out", required=True, help="folder for report.md and the PNG plots")
+    p.add_argument(
+        "--write-benchmarks",
+        metavar="BENCHMARKS_MD",
+        help="also write this BENCHMARKS.md (settings, tables, plots)",
+    )
+    p.add_argument("--readme", help="fill the README's results block (between the markers)")
+    p.add_argument(
+        "--readme-suite", help="suite shown in the README (default: quick, else the first)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry of ``leantrain report``."""
+    result = write_report(
+        args.results,
+        args.out,
+        benchmarks=args.write_benchmarks,
+        readme=args.readme,
+        readme_suite=args.readme_suite,
+    )
+    print(markdown_table(result["summaries"]))
+    print(f"wrote {Path(args.out) / 'report.md'} and {len(result['images'])} plot(s)")
+    return 0

@@ -1,0 +1,190 @@
+"""Benchmark suites: TOML grids of data sets × models × methods × seeds, parsed into runs.
+
+A suite is a TOML file (``src/leantrain/suites/<name>.toml``, or any path) with
+
+* ``seeds`` and an optional ``[defaults]`` table in the `RunConfig` layout (``train``/``data``
+  tables) applied to every run;
+* ``[recipe.<dataset>]``: the data and training settings of each data set
+  (``data = {train_subset = 2000}``, ``train = {epochs = 3, lr = 0.1}``);
+* ``[methods]``: label → ``{method = "dcp", args = {dcp = {p = 0.5}}}`` (``method = "none"`` is
+  the dense baseline; ``"learndrop+dcp"`` composes);
+* ``[[grid]]`` entries: ``datasets``, ``models``, ``methods`` (labels from ``[methods]`` or inline
+  ``{label, method, args}`` tables), and optional ``seeds``, ``data``, ``train`` and
+  ``method_args`` overrides for that entry.
+
+Settings merge in that order (defaults → recipe → grid entry → method). For each (grid entry,
+data set, model, seed) the dense run comes first and the method runs follow back to back, so a
+method and its baseline meet the same machine load. Every run's configuration is validated when
+the suite is loaded, before anything trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RunConfig, from_dict, load_toml
+
+__all__ = ["BenchRun", "Suite", "load_suite", "suite_names"]
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One run of a suite: its method label and full configuration."""
+
+    suite: str
+    label: str
+    config: RunConfig
+
+    @property
+    def name(self) -> str:
+        """``dataset/model/label/seedN``, what ``--only`` matches and progress lines show."""
+        c = self.config
+        return f"{c.data.dataset}/{c.model.name}/{self.label}/seed{c.seed}"
+
+    @property
+    def key(self) -> str:
+        """Identity in the results file: a changed config (digest) is a new run."""
+        return f"{self.suite}|{self.name}|{self.config.digest()}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed suite file: its name, source path and runs in execution order."""
+
+    name: str
+    path: Path
+    description: str
+    runs: list[BenchRun]
+
+
+def suite_names() -> list[str]:
+    """Suites shipped with leantrain."""
+    folder = resources.files("leantrain") / "suites"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _suite_path(suite: str) -> Path:
+    path = Path(suite)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"suite file {path} does not exist.")
+        return path
+    shipped = resources.files("leantrain") / "suites" / f"{suite}.toml"
+    if not shipped.is_file():
+        raise ConfigError(
+            f"unknown suite {suite!r}; choose one of {', '.join(suite_names())} or give a "
+            ".toml path."
+        )
+    return Path(str(shipped))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (
+            _merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def _method_spec(
+    entry: Any, library: dict[str, Any], where: str
+) -> tuple[str, str, dict[str, Any]]:
+    if isinstance(entry, str):
+        if entry not in library:
+            raise ConfigError(
+                f"{where}: method label {entry!r} is not in [methods] "
+                f"({', '.join(library) or 'empty'})."
+            )
+        label, spec = entry, library[entry]
+    elif isinstance(entry, dict) and "label" in entry:
+        label, spec = entry["label"], entry
+    else:
+        raise ConfigError(f"{where}: a method is a label or a {{label, method, args}} table.")
+    unknown = set(spec) - {"label", "method", "args"}
+    if unknown or "method" not in spec:
+        raise ConfigError(
+            f"{where}: method {label!r} needs `method` (and optional `args`); "
+            f"unknown keys {sorted(unknown)}."
+        )
+    return label, spec["method"], dict(spec.get("args", {}))
+
+
+def load_suite(
+    suite: str | Path, seeds: list[int] | None = None, out_dir: str | None = None
+) -> Suite:
+    """Parse and validate a suite; every run's config is checked before anything trains.
+
+    Args:
+        suite: a shipped suite name (see `suite_names`) or a path to a TOML file.
+        seeds: override the suite's seeds.
+        out_dir: parent of the run folders (default ``runs/bench/<suite>``).
+    """
+    from .methods import method_fields
+
+    path = _suite_path(str(suite))
+    doc = load_toml(path)
+    name = doc.get("name", path.stem)
+    fields = method_fields()
+    library = doc.get("methods", {})
+    recipes = doc.get("recipe", {})
+    defaults = doc.get("defaults", {})
+    if not doc.get("grid"):
+        raise ConfigError(f"suite {path} has no [[grid]] entry.")
+    runs: list[BenchRun] = []
+    for g, entry in enumerate(doc["grid"], 1):
+        where = f"{path.name} [[grid]] #{g}"
+        unknown = set(entry) - {
+            "datasets",
+            "models",
+            "methods",
+            "seeds",
+            "data",
+            "train",
+            "method_args",
+        }
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}.")
+        specs = [_method_spec(m, library, where) for m in entry.get("methods", [])]
+        # Dense first, so its time is taken right before the methods it is compared with.
+        specs.sort(key=lambda s: s[1] not in ("none", "dense"))
+        for dataset in entry.get("datasets", []):
+            for model in entry.get("models", []):
+                for seed in (
+                    seeds if seeds is not None else entry.get("seeds", doc.get("seeds", [0]))
+                ):
+                    for label, method, args in specs:
+                        names = [] if method in ("none", "dense") else method.split("+")
+                        extra = {
+                            k: v for k, v in entry.get("method_args", {}).items() if k in names
+                        }
+                        d = _merge(defaults, recipes.get(dataset, {}))
+                        d = _merge(
+                            d, {"data": entry.get("data", {}), "train": entry.get("train", {})}
+                        )
+                        d = _merge(
+                            d,
+                            {
+                                "data": {"dataset": dataset},
+                                "model": {"name": model},
+                                "method": method,
+                                "method_args": _merge(args, extra),
+                                "seed": int(seed),
+                                "out_dir": out_dir or f"runs/bench/{name}",
+                            },
+                        )
+                        try:
+                            cfg = from_dict(d, fields)
+                        except ConfigError as e:
+                            raise ConfigError(f"{where}, {dataset}/{model}/{label}: {e}") from None
+                        runs.append(BenchRun(name, label, cfg))
+    keys = [r.key for r in runs]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})[0]
+        raise ConfigError(
+            f"suite {name}: run {dup.split('|')[1]} appears twice; give it another label."
+        )
+    return Suite(name, path, doc.get("description", ""), runs)

@@ -1,0 +1,171 @@
+"""`leantrain bench`: suite parsing and run order, result rows, resuming, and the shipped suites."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from leantrain.bench import load_suite, read_results, run_suite, suite_names
+from leantrain.cli import main
+from leantrain.config import ConfigError
+
+TINY = """
+name = "tiny"
+seeds = [0]
+[defaults]
+train = { threads = 1 }
+[recipe.cifar10]
+train = { epochs = 1, batch_size = 25, lr = 0.05 }
+[methods]
+dense = { method = "none" }
+"dcp-p0.5" = { method = "dcp", args = { dcp = { p = 0.5 } } }
+[[grid]]
+datasets = ["cifar10"]
+models = ["test_resnet"]
+methods = ["dcp-p0.5", "dense"]
+"""
+
+
+def _suite(tmp_path, text: str = TINY):
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    return path
+
+
+def test_dense_runs_first_and_methods_follow_back_to_back(tmp_path) -> None:
+    text = TINY.replace('models = ["test_resnet"]', 'models = ["test_resnet", "test_vgg"]')
+    text += (
+        '[[grid]]\ndatasets = ["cifar10"]\nmodels = ["test_vgg"]\nseeds = [5]\n'
+        'methods = [{label = "dcp-mask", method = "dcp", args = {dcp = {p = 0.5, mode = "mask"}}},'
+        ' "dense"]\ntrain = { epochs = 2 }\nmethod_args = { dcp = { warmup = 0.2 } }\n'
+    )
+    suite = load_suite(_suite(tmp_path, text), seeds=None)
+    names = [r.name for r in suite.runs]
+    assert names == [
+        "cifar10/test_resnet/dense/seed0",
+        "cifar10/test_resnet/dcp-p0.5/seed0",
+        "cifar10/test_vgg/dense/seed0",
+        "cifar10/test_vgg/dcp-p0.5/seed0",
+        "cifar10/test_vgg/dense/seed5",
+        "cifar10/test_vgg/dcp-mask/seed5",
+    ]
+    last = suite.runs[-1].config
+    assert last.train.epochs == 2 and last.train.threads == 1 and last.train.lr == 0.05
+    assert last.method_args == {"dcp": {"p": 0.5, "mode": "mask", "warmup": 0.2}}
+    assert suite.runs[0].config.out_dir == "runs/bench/tiny"
+    # a different recipe is a different run: its key (config digest) differs
+    assert suite.runs[2].key != suite.runs[4].key
+    seeds = load_suite(_suite(tmp_path, text), seeds=[1, 2])
+    assert {r.config.seed for r in seeds.runs} == {1, 2}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ('methods = ["dcp-p0.5", "nope"]', "not in \\[methods\\]"),
+        ('methods = ["dense"]\nlr = 3', "unknown keys"),
+    ],
+)
+def test_suite_errors_name_the_problem(tmp_path, bad, message) -> None:
+    text = TINY.replace('methods = ["dcp-p0.5", "dense"]', bad)
+    with pytest.raises(ConfigError, match=message):
+        load_suite(_suite(tmp_path, text))
+
+
+def test_unknown_method_setting_is_caught_before_running(tmp_path) -> None:
+    text = TINY.replace("p = 0.5", "q = 0.5")
+    with pytest.raises(ConfigError, match="dcp-p0.5.*unknown key"):
+        load_suite(_suite(tmp_path, text))
+
+
+def test_shipped_suites_parse() -> None:
+    names = suite_names()
+    assert {"quick", "learndrop", "dcp", "peers", "learndrop-sweep"} <= set(names)
+    for name in names:
+        suite = load_suite(name)
+        assert suite.runs and suite.name == name
+        assert suite.runs[0].config.method == "none"  # every group starts with its dense run
+    quick = load_suite("quick")
+    assert len(quick.runs) == 20
+    assert {r.label for r in quick.runs} >= {"dense", "dcp-p0.5", "dcp-mask-p0.5"}
+    assert any(r.config.method == "learndrop+dcp" for r in quick.runs)
+    sweep = load_suite("learndrop-sweep")
+    taus = {r.config.method_args["learndrop"]["tau"] for r in sweep.runs if r.config.method_args}
+    assert taus == {0.1, 0.25, 0.5, 0.75}
+
+
+def test_unknown_suite_lists_the_shipped_ones() -> None:
+    with pytest.raises(ConfigError, match="quick"):
+        load_suite("no-such-suite")
+
+
+def test_bench_writes_rows_and_resumes(tmp_path, cifar_root, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    suite = load_suite(_suite(tmp_path))
+    path, failures = run_suite(
+        suite, tmp_path / "results", data_dir=str(cifar_root), show_progress=False
+    )
+    assert failures == 0 and path.name.startswith("tiny-cpu")
+    rows = read_results(path)
+    assert [r["label"] for r in rows] == ["dense", "dcp-p0.5"]
+    dense, dcp = rows
+    for r in rows:
+        assert r["env"]["torch"] and r["env_key"] in path.name
+        assert r["peak_rss_mb"] > 10 and r["train_s"] > 0 and 0 <= r["test_acc"] <= 1
+        assert r["peak_rss_scope"] in ("training", "process")
+        assert (
+            r["config"]["data"]["data_dir"] is None
+        )  # the data folder is not part of a run's identity
+        assert (tmp_path / r["run_dir"] / "summary.json").is_file()
+        assert [e["epoch"] for e in r["trace"]["epochs"]] == [1]
+    assert dcp["final_macs"] < dense["final_macs"] == dense["dense_macs"]
+    assert any(e["kind"] == "dcp_export" for e in dcp["trace"]["events"])
+    out = capsys.readouterr().out
+    assert "2 to run" in out and "dcp-p0.5/seed0: acc" in out
+
+    # resume: nothing left to run, nothing appended
+    path2, _ = run_suite(suite, tmp_path / "results", data_dir=str(cifar_root), show_progress=False)
+    assert path2 == path and len(read_results(path)) == 2
+    assert "0 to run" in capsys.readouterr().out
+
+    # a run interrupted mid-way (no row, a checkpoint left in its folder) starts over cleanly
+    path.write_text(json.dumps(dense) + "\n")
+    (tmp_path / dcp["run_dir"] / "checkpoint.json").write_text("{}")
+    _, failures = run_suite(
+        suite, tmp_path / "results", data_dir=str(cifar_root), show_progress=False
+    )
+    assert failures == 0 and [r["label"] for r in read_results(path)] == ["dense", "dcp-p0.5"]
+
+
+def test_dry_run_and_only_select_runs(tmp_path, capsys) -> None:
+    code = main(
+        [
+            "bench",
+            str(_suite(tmp_path)),
+            "--dry-run",
+            "--only",
+            "dcp",
+            "--results-dir",
+            str(tmp_path / "results"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert (
+        code == 0 and "1 runs selected" in out and "todo  cifar10/test_resnet/dcp-p0.5/seed0" in out
+    )
+    assert not (tmp_path / "results").exists()
+
+
+def test_torn_last_line_is_ignored(tmp_path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"key": "a"}) + "\n" + '{"key": "b", "te')
+    assert read_results(path) == [{"key": "a"}]
+
+
+@pytest.mark.parametrize("command", ["bench", "report"])
+def test_commands_have_help(command, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: leantrain " + command in capsys.readouterr().out

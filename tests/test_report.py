@@ -1,0 +1,199 @@
+"""`leantrain report`: aggregation on hand-made rows, environment checks, generated documents."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from leantrain.cli import main
+from leantrain.report import (
+    END,
+    START,
+    check_environment,
+    load_rows,
+    markdown_table,
+    replace_between_markers,
+    summarize,
+    write_report,
+)
+
+ENV = {
+    "device": "cpu",
+    "cpu": "Test CPU",
+    "cores": 2,
+    "threads": 2,
+    "torch": "2.13.0",
+    "python": "3.11",
+    "git_commit": "abc1234",
+}
+
+
+def _row(
+    label,
+    method,
+    seed,
+    acc,
+    train_s,
+    *,
+    fwd=100.0,
+    train=300.0,
+    macs=50,
+    epochs=3,
+    env=ENV,
+    surgery_s=0.0,
+    dataset="cifar10",
+    model="resnet20",
+):
+    return {
+        "key": f"s|{dataset}/{model}/{label}/seed{seed}|x",
+        "suite": "s",
+        "label": label,
+        "dataset": dataset,
+        "model": model,
+        "method": method,
+        "seed": seed,
+        "config": {
+            "data": {"dataset": dataset, "train_subset": 2000},
+            "model": {"name": model},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 128,
+                "lr": 0.1,
+                "schedule": "cosine",
+                "warmup": 0.1,
+                "weight_decay": 5e-4,
+            },
+            "method": method,
+            "method_args": {},
+            "seed": seed,
+        },
+        "env": env,
+        "test_acc": acc,
+        "train_s": train_s,
+        "surgery_s": surgery_s,
+        "eval_s": 1.0,
+        "forward_flops": fwd,
+        "dense_forward_flops": 100.0,
+        "train_flops": train,
+        "dense_train_flops": 300.0,
+        "final_macs": macs,
+        "dense_macs": 50,
+        "final_params": 1000,
+        "dense_params": 1000,
+        "peak_rss_mb": 500.0 + seed,
+        "rss_start_mb": 400.0,
+        "train_images": 2000,
+        "test_images": 1000,
+        "trace": {
+            "epochs": [
+                {"epoch": 1, "step": 10, "train_flops": train / 2, "samples": 100},
+                {"epoch": 2, "step": 20, "train_flops": train, "samples": 200},
+            ],
+            "events": [{"kind": "drop", "step": 12}] if method != "none" else [],
+        },
+    }
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+ROWS = [
+    _row("dense", "none", 0, 0.90, 10.0),
+    _row("dense", "none", 1, 0.92, 12.0),
+    _row("dcp-p0.5", "dcp", 0, 0.88, 4.0, surgery_s=1.0, fwd=50.0, train=180.0, macs=25),
+    _row("dcp-p0.5", "dcp", 1, 0.90, 7.0, fwd=60.0, train=150.0, macs=25),
+    _row("learndrop", "learndrop", 0, 0.85, 8.0),
+]
+
+
+@pytest.fixture
+def results(tmp_path):
+    return _write(tmp_path / "s-cpu2-torch2.13.0.jsonl", ROWS)
+
+
+def test_summaries_aggregate_over_seeds(results) -> None:
+    dense, dcp, ld = summarize(load_rows([results]))
+    assert [s.label for s in (dense, dcp, ld)] == ["dense", "dcp-p0.5", "learndrop"]
+    assert dcp.n == 2 and dcp.mean("acc") == pytest.approx(89.0)
+    assert dcp.std("acc") == pytest.approx(math.sqrt(2))  # sample std of 88 and 90
+    assert dcp.mean("time_s") == pytest.approx(6.0)  # (4 + 1 surgery) and 7: eval excluded
+    assert dcp.speedup == pytest.approx(11.0 / 6.0)  # mean dense time / mean method time
+    assert dcp.mean("r_cum") == pytest.approx(0.45)  # 1 - (50/100 + 60/100) / 2
+    assert dcp.mean("r_train") == pytest.approx(1 - (180 + 150) / 600)
+    assert dcp.mean("r_final") == pytest.approx(0.5)
+    assert dcp.mean("peak_rss_mb") == pytest.approx(500.5)
+    assert ld.std("acc") is None and ld.speedup == pytest.approx(11.0 / 8.0)
+
+
+def test_markdown_marks_single_seeds_and_dense_baseline(results) -> None:
+    table = markdown_table(summarize(load_rows([results])))
+    lines = table.splitlines()
+    assert lines[0].startswith("| Data set | Model | Method | Top-1 %")
+    assert "89.00 ± 1.41 (n=2)" in table and "1.83×" in table
+    assert "85.00 (n=1, single seed)" in table
+    assert "| 500 (+100) |" in table  # peak RSS and what training added
+    assert "| dense |" in lines[2] and "1.00×" in lines[2]
+    assert len({line.count("|") for line in lines}) == 1  # every row has every column
+    headline = markdown_table(summarize(load_rows([results])), headline=True)
+    assert "Peak RSS" not in headline and "Speed-up vs dense" in headline
+
+
+def test_speedup_only_against_dense_of_the_same_recipe(tmp_path) -> None:
+    rows = [_row("dense", "none", 0, 0.9, 10.0), _row("dcp", "dcp", 0, 0.9, 5.0, epochs=5)]
+    _, dcp = summarize(load_rows([_write(tmp_path / "r.jsonl", rows)]))
+    assert dcp.speedup is None
+    assert "| – |" in markdown_table([dcp])
+
+
+def test_refuses_to_mix_environments(tmp_path, results) -> None:
+    other = _write(
+        tmp_path / "s-gpu.jsonl",
+        [_row("dense", "none", 0, 0.9, 1.0, env={**ENV, "cpu": "Other CPU", "cores": 16})],
+    )
+    with pytest.raises(ValueError, match="different environments"):
+        check_environment(load_rows([results, other]))
+    assert main(["report", str(results), str(other), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_git_commit_and_threads_do_not_split_an_environment(results) -> None:
+    rows = load_rows([results])
+    rows[0] = {**rows[0], "env": {**ENV, "git_commit": "fffffff"}}
+    assert check_environment(rows)["cpu"] == "Test CPU"
+
+
+def test_report_writes_markdown_plots_benchmarks_and_readme(tmp_path, results) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# leantrain\n\nintro\n\n{START}\nold table\n{END}\n\n## Quick start\n")
+    bench_md = tmp_path / "BENCHMARKS.md"
+    out = tmp_path / "benchmarks" / "report"
+    result = write_report([results], out, benchmarks=bench_md, readme=readme)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["s-cifar10-resnet20-flops.png", "s-cifar10-resnet20-pareto.png"]
+    assert all((out / p).stat().st_size > 5000 for p in pngs)
+    assert (out / "report.md").read_text() == result["markdown"]
+    text = bench_md.read_text()
+    settings, tables = text.index("## Settings"), text.index("| Data set | Model | Method")
+    assert settings < tables
+    assert "Test CPU" in text and "torch 2.13.0" in text and "evaluation" in text
+    assert "JPEG" in text  # the CIFAR-10 copy is lossy, said next to its numbers
+    assert "](benchmarks/report/s-cifar10-resnet20-pareto.png)" in text
+    assert "--write-benchmarks" in text
+    new = readme.read_text()
+    assert "old table" not in new and new.startswith("# leantrain\n\nintro")
+    assert new.endswith("## Quick start\n") and "89.00 ± 1.41 (n=2)" in new
+    assert "leantrain bench s && leantrain report" in new
+
+
+def test_readme_without_markers_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="results:start"):
+        replace_between_markers("# no markers here\n", "table")
+    assert replace_between_markers(f"a{START}x{END}b", "T") == f"a{START}\nT\n{END}b"
+
+
+def test_missing_results_file_is_a_user_error(tmp_path, capsys) -> None:
+    assert main(["report", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
