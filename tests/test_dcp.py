@@ -245,3 +245,35 @@ def test_rejects_model_without_prunable_channels() -> None:
         DCP().setup(NoChannels(), Progress(0, 10, 5))
     with pytest.raises(TypeError, match="does not describe its structure"):
         DCP().setup(torch.nn.Linear(2, 2), Progress(0, 10, 5))
+
+
+@pytest.mark.parametrize("mode", ["slice", "mask"])
+def test_saliency_equals_taylor_term_of_the_bn_output(mode: str) -> None:
+    """The observer's a·g (taken after ReLU to save memory) equals the spec's BN-output term."""
+    from leantrain.models.layers import ConvBN
+
+    torch.manual_seed(0)
+    unit = ConvBN(3, 8, 3)
+    unit.out_index = torch.tensor([0, 2, 3, 6])
+    unit.gate_mode = mode
+    seen = {}
+    unit.observer = lambda u, a, g: seen.update(s=(a * g).sum((2, 3)).abs().sum(0))
+    x = torch.randn(4, 3, 8, 8)
+    w = torch.randn(4, len(unit.out_index) if mode == "slice" else 8, 8, 8)
+    (unit(x) * w).sum().backward()
+    # reference: the BN output a (before gate and ReLU) and ∂L/∂a, by plain autograd
+    ref = ConvBN(3, 8, 3)
+    ref.load_state_dict(unit.state_dict())
+    a = ref.bn(ref.conv(x))
+    a.retain_grad()
+    gate = torch.zeros(8)
+    gate[unit.out_index] = 1
+    out = torch.relu(a * gate.view(1, -1, 1, 1))
+    if mode == "slice":
+        out = out[:, unit.out_index]
+    (out * w).sum().backward()
+    expected = (a * a.grad).sum((2, 3)).abs().sum(0)
+    got = seen["s"]
+    if mode == "slice":
+        expected = expected[unit.out_index]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)

@@ -51,7 +51,8 @@ class ConvBN(nn.Module):
         self.out_index: Tensor | None = None
         self.in_index: Tensor | None = None
         self.gate_mode: str = "slice"
-        # Called with (bn_output, grad_of_bn_output) during backward when set (DCP saliency).
+        # Called during backward with (a, ∂L/∂a) for the BN output a, when set (DCP saliency);
+        # for act=True the post-ReLU pair is passed, whose product a·∂L/∂a is the same.
         self.observer: Callable[[ConvBN, Tensor, Tensor], None] | None = None
 
     @property
@@ -69,12 +70,24 @@ class ConvBN(nn.Module):
             y = _masked_bn(self.bn, self.conv(x), self.out_index)
         else:
             y = self._sliced(x)
-        if self.observer is not None and y.requires_grad:
-            a = y.detach()
-            y.register_hook(lambda g, a=a: self.observer(self, a, g))  # type: ignore[misc]
+        observe = self.observer is not None and y.requires_grad
+        if observe and not self.act:
+            self._observe(y)
         if self.gate_mode == "mask" and self.out_index is not None:
             y = y * _mask(self.out_index, self.out_channels, y)
-        return F.relu(y) if self.act else y
+        if not self.act:
+            return y
+        out = F.relu(y)
+        if observe:
+            # a·∂L/∂a of the BN output a equals r·∂L/∂r of the ReLU output r, exactly: where
+            # a ≤ 0 (or the channel is gated off) both products are 0, elsewhere r = a and the
+            # gradient passes through unchanged. ReLU keeps r for its backward anyway, so
+            # observing r costs no extra activation memory, unlike keeping a alive.
+            self._observe(out)
+        return out
+
+    def _observe(self, t: Tensor) -> None:
+        t.register_hook(lambda g, a=t.detach(): self.observer(self, a, g))  # type: ignore[misc]
 
     def _sliced(self, x: Tensor) -> Tensor:
         weight = self.conv.weight
