@@ -59,3 +59,23 @@ def write_cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
 @pytest.fixture
 def cifar_root(tmp_path):
     return write_cifar10(tmp_path / "data")
+
+
+class Interrupting:
+    """A train loader that raises KeyboardInterrupt (a Ctrl-C) before its `at`-th batch."""
+
+    def __init__(self, inner: TensorLoader, at: int) -> None:
+        self.inner, self.at, self.served = inner, at, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        for batch in self.inner.epoch(epoch, start_batch):
+            if self.served == self.at:
+                raise KeyboardInterrupt
+            self.served += 1
+            yield batch

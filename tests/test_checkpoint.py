@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import Interrupting
 from leantrain import checkpoint as ckpt_mod
 from leantrain.checkpoint import (
     LATEST,
@@ -43,26 +44,6 @@ DCP = {"p": 0.3, "warmup": 0.1}
 
 
 # ------------------------------------------------------------------------------ fit(), in-process
-
-
-class Interrupting:
-    """A train loader that raises KeyboardInterrupt (a Ctrl-C) before its `at`-th batch."""
-
-    def __init__(self, inner: TensorLoader, at: int) -> None:
-        self.inner, self.at, self.served = inner, at, 0
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def epoch(self, epoch: int, start_batch: int = 0):
-        for batch in self.inner.epoch(epoch, start_batch):
-            if self.served == self.at:
-                raise KeyboardInterrupt
-            self.served += 1
-            yield batch
 
 
 def _fit(data, model_name, method, folder=None, stop=None, resume=False):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import Interrupting
 from leantrain.config import TrainConfig
 from leantrain.cost import count_macs, measure_step_flops
 from leantrain.data import TensorLoader
@@ -281,26 +282,6 @@ def test_learndrop_plus_dcp_drops_and_selects_in_one_run(tiny_cifar) -> None:
 # ------------------------------------------------------------------------------- resume
 
 
-class _StopAt:
-    """A train loader that raises KeyboardInterrupt (a Ctrl-C) before its `at`-th batch."""
-
-    def __init__(self, inner: TensorLoader, at: int) -> None:
-        self.inner, self.at, self.served = inner, at, 0
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def epoch(self, epoch: int, start_batch: int = 0):
-        for batch in self.inner.epoch(epoch, start_batch):
-            if self.served == self.at:
-                raise KeyboardInterrupt
-            self.served += 1
-            yield batch
-
-
 @pytest.mark.parametrize(
     "method, args",
     [
@@ -319,7 +300,7 @@ def test_peers_resume_equals_uninterrupted(tiny_cifar, tmp_path, method, args) -
         loader = TensorLoader(train, spec, 16, train=True, seed=0)
         result = fit(
             model,
-            _StopAt(loader, stop) if stop else loader,
+            Interrupting(loader, stop) if stop else loader,
             TensorLoader(test, spec, 32, train=False),
             TrainConfig(epochs=3, batch_size=16, lr=0.05),
             build_methods([method], {method: args}),

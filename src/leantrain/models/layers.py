@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvBN", "SelectLinear"]
+__all__ = ["ConvBN", "SelectLinear", "init_weights"]
 
 
 class ConvBN(nn.Module):
@@ -150,3 +150,17 @@ def _masked_bn(bn: nn.BatchNorm2d, y: Tensor, index: Tensor | None) -> Tensor:
         if bn.num_batches_tracked is not None:
             bn.num_batches_tracked += 1
     return out
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal (fan-out) convs and BN γ = 1, β = 0, as torchvision's VGG and ResNet do.
+
+    No zero-init of a block's last BN: the golden counts don't depend on it, and a zero residual
+    branch would make every block look "settled" to Learn&Drop's change score at the start.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

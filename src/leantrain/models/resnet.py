@@ -24,7 +24,7 @@ from torch import Tensor, nn
 # this package's __init__ first, so the names may not exist yet while structure is loading.
 from .. import structure
 from ..registry import MODELS
-from .layers import ConvBN, SelectLinear
+from .layers import ConvBN, SelectLinear, init_weights
 
 if TYPE_CHECKING:
     from ..structure import ChannelSet, Unit
@@ -177,13 +177,7 @@ class ResNet(nn.Module):
             self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = SelectLinear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                # Standard init (gamma 1, beta 0); no zero-init of the last BN in a block.
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def stages(self) -> list[tuple[str, nn.Sequential]]:
         """The residual stages as ``(name, module)`` pairs, in order."""

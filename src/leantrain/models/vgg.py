@@ -18,7 +18,7 @@ from torch import Tensor, nn
 # this package's __init__ first, so the names may not exist yet while structure is loading.
 from .. import structure
 from ..registry import MODELS
-from .layers import ConvBN, SelectLinear
+from .layers import ConvBN, SelectLinear, init_weights
 
 if TYPE_CHECKING:
     from ..structure import ChannelSet, Unit
@@ -76,12 +76,7 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = SelectLinear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.features(x))
