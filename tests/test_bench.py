@@ -114,6 +114,7 @@ def test_bench_writes_rows_and_resumes(tmp_path, cifar_root, monkeypatch, capsys
         assert r["env"]["torch"] and r["env_key"] in path.name
         assert r["peak_rss_mb"] > 10 and r["train_s"] > 0 and 0 <= r["test_acc"] <= 1
         assert r["peak_rss_scope"] in ("training", "process")
+        assert r["peak_activation_mb"] > 0
         assert (
             r["config"]["data"]["data_dir"] is None
         )  # the data folder is not part of a run's identity
@@ -136,6 +137,19 @@ def test_bench_writes_rows_and_resumes(tmp_path, cifar_root, monkeypatch, capsys
         suite, tmp_path / "results", data_dir=str(cifar_root), show_progress=False
     )
     assert failures == 0 and [r["label"] for r in read_results(path)] == ["dense", "dcp-p0.5"]
+    rows = read_results(path)
+    # DCP's warm-up steps are dense, so its peak is dense's; its later, sliced steps save less
+    assert rows[1]["peak_activation_mb"] == pytest.approx(rows[0]["peak_activation_mb"])
+    assert rows[1]["mean_activation_mb"] < rows[0]["mean_activation_mb"]
+
+    # an edited recipe: the old rows leave the results file (kept aside), the runs are redone
+    edited = load_suite(_suite(tmp_path, TINY.replace("lr = 0.05", "lr = 0.04")))
+    run_suite(edited, tmp_path / "results", data_dir=str(cifar_root), show_progress=False)
+    assert "2 rows of runs no longer in suite tiny" in capsys.readouterr().out
+    assert [r["key"] for r in read_results(path)] == [r.key for r in edited.runs[::-1]][::-1] or (
+        {r["key"] for r in read_results(path)} == {r.key for r in edited.runs}
+    )
+    assert read_results(path.with_name(path.name + ".stale")) == rows
 
 
 def test_dry_run_and_only_select_runs(tmp_path, capsys) -> None:

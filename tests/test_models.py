@@ -158,8 +158,9 @@ def test_golden_resnet56_macs() -> None:
 
 def test_imagenet_stem_adapts_to_input_size() -> None:
     # Same factory path as resnet18/50, at a fraction of the construction cost.
-    large = create_model("test_resnet_bottleneck", input_size=224)
-    small = create_model("test_resnet_bottleneck", input_size=64)
+    # 64 px (Imagenette-64) already takes the ImageNet ÷4 stem; 28/32 px keep full resolution.
+    large = create_model("test_resnet_bottleneck", input_size=64)
+    small = create_model("test_resnet_bottleneck", input_size=32)
     assert large.conv1.conv.kernel_size == (7, 7) and isinstance(large.maxpool, nn.MaxPool2d)
     assert small.conv1.conv.kernel_size == (3, 3) and isinstance(small.maxpool, nn.Identity)
 
@@ -326,3 +327,4 @@ def test_channel_sets_are_consistent(name: str) -> None:
         # VGG: every conv is prunable; the last one feeds the classifier.
         assert len(sets) == sum(isinstance(m, ConvBN) for m in model.features)
         assert sets[-1].consumers == (model.classifier,)
+

@@ -77,6 +77,25 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def _set_aside_stale(path: Path, keys: set[str]) -> int:
+    """Move rows whose run is no longer in the suite (its config changed) to ``PATH.stale``.
+
+    The report reads every row of a results file, so rows of an edited recipe must leave it, or
+    they would be averaged with the new ones as if they were more seeds. They are kept, not
+    deleted, in a file the report does not read.
+    """
+    rows = read_results(path)
+    stale = [row for row in rows if row.get("key") not in keys]
+    if not stale:
+        return 0
+    with path.with_name(path.name + ".stale").open("a") as f:
+        f.writelines(json.dumps(row, default=float) + "\n" for row in stale)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows if r not in stale))
+    tmp.replace(path)  # atomic: an interruption leaves the old or the new file, never half
+    return len(stale)
+
+
 def _trace(folder: Path) -> dict[str, list[dict[str, Any]]]:
     """Per-epoch costs and structural events, kept in the row so plots need no run folder."""
     epochs = [
@@ -173,6 +192,9 @@ def run_suite(
         )
     env = environment(resolve_device(devices.pop()))
     path = results_path(suite, results_dir, env)
+    if not dry_run and (moved := _set_aside_stale(path, {r.key for r in suite.runs})):
+        print(f"{moved} rows of runs no longer in suite {suite.name} (changed settings) moved to "
+              f"{path.name}.stale")
     done = {row.get("key") for row in read_results(path)}
     todo = [r for r in suite.runs if _matches(r, only) and r.key not in done]
     selected = sum(_matches(r, only) for r in suite.runs)

@@ -194,6 +194,11 @@ def _memory(s: Summary) -> str:
     return _fmt(peak, ",.0f") + ("" if growth is None else f" (+{growth:,.0f})")
 
 
+def _activations(s: Summary) -> str:
+    peak, mean = s.mean("peak_activation_mb"), s.mean("mean_activation_mb")
+    return "–" if peak is None else f"{peak:,.0f} / {_fmt(mean, ',.0f')}"
+
+
 def _pct(value: float | None) -> str:
     return _fmt(None if value is None else 100 * value, ".1f", "%")
 
@@ -213,7 +218,8 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
     cuda = not headline and any(s.mean("cuda_max_allocated_mb") is not None for s in summaries)
     if not headline:
         cols.insert(6, "Fwd FLOPs cut (R_cum)")
-        cols += ["Train TFLOPs", "Final params", "Peak RSS MiB (+ in training)"] + (
+        cols += ["Train TFLOPs", "Final params", "Activations MiB (peak / mean)",
+                 "Peak RSS MiB (+ in training)"] + (
             ["Peak CUDA (MiB)"] if cuda else []
         )
     lines = [
@@ -239,6 +245,7 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
             cells += [
                 _fmt(None if train_flops is None else train_flops / 1e12, ".2f"),
                 _fmt(params, ",.0f"),
+                _activations(s),
                 _memory(s),
             ]
             if cuda:
@@ -265,11 +272,16 @@ def _settings(rows: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
         "- **FLOPs:** measured with `torch.utils.flop_counter` (2 FLOPs per MAC) and integrated "
         "over the live network; *cut* = 1 − method / dense (R_cum: forward FLOPs over training; "
         "train: forward + backward; final MACs: the architecture handed back).",
-        "- **Memory:** peak resident set size of the run's process during training (on Linux "
-        "the high-water mark is reset when training starts, so data loading does not count); it "
+        "- **Memory:** *activations* are the tensors a training step saves for backward (each "
+        "storage once, parameters excluded; counted with autograd's saved-tensor hooks), the "
+        "part of training memory that dropping layers and slicing channels cut, independent of "
+        "the allocator: the largest step (peak) and the average step (mean). Methods that start "
+        "dense (warm-up) have dense's peak; their saving shows in the mean. *Peak RSS* is the peak resident set size of the run's "
+        "process during training (on Linux the high-water mark is reset when training starts, so data loading does not count); it "
         "includes the interpreter, torch, the model and the data tensors; (+ …) is what training "
-        "added on top of what was resident when it began. On GPU also the peak allocated CUDA "
-        "memory.",
+        "added on top of what was resident when it began; it also holds the allocator's cached "
+        "blocks, which grow when tensor shapes change every step (DCP). On GPU also the peak "
+        "allocated CUDA memory.",
     ]
     for name in sorted({r["dataset"] for r in rows}):
         if name in DATA_NOTES:

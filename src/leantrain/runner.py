@@ -234,6 +234,7 @@ def run(
         "dense_params": dense_params, "dense_macs": dense_macs,
         "final_params": count_params(model), "final_macs": count_macs(model, input_shape),
         "events": len(result.events), "env": env, **memory_summary(device, memory),
+        **result.memory,
     }
     if reason := getattr(model, "external_surgery", None):  # e.g. Torch-Pruning (tp_prune)
         summary["model_file"] = f"weights only: {reason}"

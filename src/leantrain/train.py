@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .checkpoint import Checkpoint, Checkpointer, TrainState, load_checkpoint, snapshot
 from .config import TrainConfig
 from .cost import CostMeter, StepCost, count_params
+from .memory import ActivationMeter
 from .methods.base import Method, Progress
 from .timing import DEFAULT_LAPS, Stopwatch
 
@@ -48,6 +49,8 @@ class Result:
     costs: dict[str, Any]
     params: int
     events: list[dict[str, Any]] = field(default_factory=list)
+    # ``peak_activation_mb``/``mean_activation_mb``: saved-for-backward bytes (`leantrain.memory`).
+    memory: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -201,6 +204,7 @@ def fit(
     laps = (*DEFAULT_LAPS, "checkpoint") if checkpointer is not None else DEFAULT_LAPS
     clock = Stopwatch(device, laps=laps)
     cost = CostMeter(model, (spec.in_channels, spec.image_size, spec.image_size))
+    activations = ActivationMeter(model)
     state = TrainState()
     if ckpt is not None:
         state = ckpt.restore(model, opt, methods, clock=clock, cost=cost)
@@ -225,7 +229,8 @@ def fit(
             for group in opt.param_groups:
                 group["lr"] = lr_at(progress.fraction, cfg)
             with clock("train"):
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                with activations.step():
+                    loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for m in methods:
@@ -294,4 +299,5 @@ def fit(
     return Result(
         test_acc=final["test_acc"], test_loss=final["test_loss"], history=state.history,
         times=clock.totals(), costs=cost.totals(), params=count_params(model), events=state.events,
+        memory=activations.summary(),
     )
