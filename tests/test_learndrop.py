@@ -385,7 +385,7 @@ def test_lowest_score_goes_first(decay_score) -> None:
     assert _drops(_checkpoints(method, model, 3)) == ["layer3.1", "layer2.1"]
 
 
-def test_no_drop_during_warmup_or_after_last_step(decay_score) -> None:
+def test_no_drop_during_warmup_nor_after_stop(decay_score) -> None:
     model = _model("test_resnet")
     method = _forced(warmup=0.5)
     method.setup(model, Progress(0, 10, 10))
@@ -398,6 +398,12 @@ def test_no_drop_during_warmup_or_after_last_step(decay_score) -> None:
     late.setup(model, Progress(0, 3, 3))
     late.step(model, Progress(2, 3, 3))
     assert late.step(model, Progress(3, 3, 3)) is None  # final step: dropping saves nothing
+    stopped = _forced(stop=0.5)
+    stopped.setup(model, Progress(0, 10, 10))
+    for k in range(5, 10):  # every unit settled, but fraction ≥ stop
+        assert stopped.step(model, Progress(k, 10, 10)) is None
+    rows = [r for e in stopped.events() if e["kind"] == "ld_checkpoint" for r in e["units"].values()]
+    assert {r["decision"] for r in rows} == {"late"} and not stopped.dropped
 
 
 # ------------------------------------------------------------------------------- freeze
@@ -452,6 +458,8 @@ def test_tau_outside_unit_interval_is_a_clear_error(tau: float) -> None:
         (dict(window=1), "learndrop.window"),
         (dict(action="freeze", include_downsampling=True), "include_downsampling"),
         (dict(mode="budget", warmup=0.5, budget_end=0.4), "budget_end"),
+        (dict(mode="budget", budget_end=0.9, stop=0.8), "budget_end"),
+        (dict(stop=1.5), "learndrop.stop"),
         (dict(max_per_checkpoint=0), "max_per_checkpoint"),
         (dict(mode="greedy"), "learndrop.mode"),
     ],
@@ -567,7 +575,7 @@ def test_budget_mode_reaches_target_and_vetoes_rising_units(decay_score) -> None
         dropped_at[k] = len(method.dropped)
         assert len(method.dropped) <= math.floor(budget_fraction(k / 10, 0.0, 0.75, 0.5) * 4 + 1e-9)
         for e in events:
-            if e["kind"] == "ld_checkpoint" and "layer1.0" in e["units"] and k > 1:
+            if e["kind"] == "ld_checkpoint" and "layer1.0" in e["units"] and 1 < k < 7.5:
                 assert e["units"]["layer1.0"]["decision"] == "veto"
     assert dropped_at[5] == 3 and dropped_at[9] == 3  # floor(0.75 · 4), reached at budget_end
     assert "layer1.0" not in method.dropped

@@ -23,6 +23,7 @@ from typing import Any
 
 from .bench import read_results
 from .plots import plot_flops_curves, plot_pareto, slug
+from .targets import check_targets, targets_table
 
 __all__ = [
     "Summary",
@@ -354,6 +355,7 @@ def write_report(
     suites = list(dict.fromkeys(s.suite for s in summaries))
     files = sorted({Path(r["_file"]).as_posix() for r in rows})
     command = f"leantrain report {' '.join(files)} --out {Path(out_dir).as_posix()}"
+    checks = check_targets(summaries)
 
     def document(base: Path, title: str, command: str) -> str:
         parts = [
@@ -366,6 +368,16 @@ def write_report(
             *_settings(rows, env),
             "",
         ]
+        if checks:
+            parts += [
+                "## Targets",
+                "",
+                "The papers' claims and our acceptance bars, checked against the rows below at "
+                "this machine's scale (see `leantrain.targets` for where each target comes from).",
+                "",
+                targets_table(checks),
+                "",
+            ]
         for suite in suites:
             mine = [s for s in summaries if s.suite == suite]
             suite_rows = [r for s in mine for r in s.rows]

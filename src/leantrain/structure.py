@@ -14,7 +14,7 @@ from torch import nn
 
 from .models.layers import ConvBN, SelectLinear
 
-__all__ = ["Unit", "ChannelSet", "Prunable", "units_of", "channel_sets_of"]
+__all__ = ["Unit", "ChannelSet", "Prunable", "units_of", "channel_sets_of", "stage_blocks_of"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class Prunable(Protocol):
         """Prunable channel sets; residual paths, stem and classifier are never listed."""
         ...
 
+    # Optional, for per-stage minimums: ``stage_blocks() -> dict[str, list[str]]``, the names
+    # of each stage's live blocks, droppable or not (see `stage_blocks_of`).
+
 
 def _require_prunable(model: nn.Module) -> Prunable:
     if not isinstance(model, Prunable):
@@ -88,3 +91,19 @@ def units_of(model: nn.Module, include_downsampling: bool = False) -> list[Unit]
 def channel_sets_of(model: nn.Module) -> list[ChannelSet]:
     """The model's prunable channel sets, with a clear error for models without the protocol."""
     return _require_prunable(model).channel_sets()
+
+
+def stage_blocks_of(model: nn.Module) -> dict[str, list[str]]:
+    """Names of each stage's live blocks, droppable or not.
+
+    Uses the model's own ``stage_blocks()`` when it has one (a VGG stage's widening conv is no
+    unit but still a block of its stage); otherwise the units, downsampling ones included,
+    grouped by stage.
+    """
+    own = getattr(model, "stage_blocks", None)
+    if callable(own):
+        return own()
+    out: dict[str, list[str]] = {}
+    for u in units_of(model, include_downsampling=True):
+        out.setdefault(u.stage, []).append(u.name)
+    return out

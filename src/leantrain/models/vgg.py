@@ -107,6 +107,13 @@ class VGG(nn.Module):
             if m.in_channels == m.out_channels and m.conv.stride == (1, 1)
         ]
 
+    def stage_blocks(self) -> dict[str, list[str]]:
+        """Live convs per stage, droppable or not (a stage's widening conv counts too)."""
+        out: dict[str, list[str]] = {}
+        for i, _ in self._live_convs():
+            out.setdefault(self._stage_of[i], []).append(f"features.{i}")
+        return out
+
     def channel_sets(self) -> list[ChannelSet]:
         """One set per live conv; its consumer is the next live conv, or the classifier."""
         convs = self._live_convs()
