@@ -24,7 +24,7 @@ def shrunk_run(tmp_path_factory):
             "--out-dir", str(root / "runs"), "--no-progress", "--method", "learndrop+dcp", "--dcp.p", "0.3",
             "--learndrop.tau", "1.0", "--learndrop.warmup", "0", "--learndrop.every_steps", "2",
             "--learndrop.window", "2", "--learndrop.normalize", "self",
-            "--learndrop.min_units_per_stage", "0"]
+            "--learndrop.min_units_per_stage", "0", "--learndrop.stop", "1.0"]
     torch.set_num_threads(1)
     assert main(args) == 0
     (folder,) = (root / "runs").glob("*/seed0")
