@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from leantrain.data import Split, get_spec
+from leantrain.data.loaders import TensorLoader
 
 SHARED_DATA = Path(os.environ.get("LEANTRAIN_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -96,13 +96,14 @@ def test_unselected_channels_get_zero_gradient_and_frozen_utility(name: str) -> 
         assert not torch.equal(method.utilities[s.name][kept], before[s.name][kept])
 
 
+@pytest.mark.parametrize("multiple", [1, 8])
 @pytest.mark.parametrize("name", MODELS)
-def test_compact_export_equals_gated_model(name: str) -> None:
+def test_compact_export_equals_gated_model(name: str, multiple: int) -> None:
     """Property 2: the compact model reproduces the gated model; counts follow kept widths."""
     torch.manual_seed(0)
     model = create_model(name)
     _randomise(model)
-    method = DCP(p=0.5, min_channels=2)
+    method = DCP(p=0.5, min_channels=2, compute_multiple=multiple)
     _select(method, model)
     model.eval()
     x, _ = _batch()
@@ -120,8 +121,48 @@ def test_compact_export_equals_gated_model(name: str) -> None:
             assert len(s) == widths[s.name]
             assert all(c.weight.shape[1] == widths[s.name] if hasattr(c, "weight") and c.weight.dim() == 2
                        else c.conv.in_channels == widths[s.name] for c in s.consumers)
-    assert count_macs(model, (3, 32, 32)) == gated_macs
+    if multiple == 1:  # the gated model computed exactly the kept channels
+        assert count_macs(model, (3, 32, 32)) == gated_macs
+    else:  # it also computed padding channels, gated off
+        assert count_macs(model, (3, 32, 32)) <= gated_macs
     assert count_params(model) < count_params(create_model(name))
+
+
+def test_computed_widths_are_padded_to_the_multiple_and_gated() -> None:
+    """Slice mode computes multiples of 8 channels, yet equals the exact selection."""
+    torch.manual_seed(0)
+    exact_model = create_model("test_vgg")
+    _randomise(exact_model)
+    padded_model = copy.deepcopy(exact_model)
+    exact, padded = DCP(p=0.3, compute_multiple=1), DCP(p=0.3, compute_multiple=8)
+    _select(exact, exact_model)
+    _select(padded, padded_model)
+    assert {k: None if v is None else v.tolist() for k, v in exact.kept.items()} == {
+        k: None if v is None else v.tolist() for k, v in padded.kept.items()
+    }
+    widths = []
+    for s in channel_sets_of(padded_model):
+        index, kept = s.producer.out_index, padded.kept[s.name]
+        if kept is not None:
+            assert len(index) % 8 == 0 or len(index) == len(s)
+            assert set(kept.tolist()) <= set(index.tolist())
+            widths.append((len(kept), len(index)))
+    assert any(k < n for k, n in widths), "some layer should be padded, or this proves little"
+    x, y = _batch()
+    outs = []
+    for model, method in ((exact_model, exact), (padded_model, padded)):
+        model.train()
+        out = model(x)
+        F.cross_entropy(out, y).backward()
+        method.after_backward(model, Progress(51, 100, 10))
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    for (n, p1), (_, p2) in zip(exact_model.named_parameters(), padded_model.named_parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-5, msg=n)
+    for (n, b1), (_, b2) in zip(exact_model.named_buffers(), padded_model.named_buffers()):
+        torch.testing.assert_close(b1, b2, rtol=1e-4, atol=1e-5, msg=n)
+    for key in exact.utilities:
+        torch.testing.assert_close(exact.utilities[key], padded.utilities[key])
 
 
 def _train_steps(method: DCP | None, steps: int = 6, seed: int = 0) -> torch.nn.Module:

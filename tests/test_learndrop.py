@@ -29,7 +29,7 @@ from leantrain.scores import (
     normalize,
     relative_change,
 )
-from leantrain.structure import Unit, units_of
+from leantrain.structure import Unit, stage_blocks_of, units_of
 from leantrain.surgery import drop_units
 from leantrain.train import fit, lr_at, make_optimizer
 
@@ -344,6 +344,29 @@ def test_per_stage_minimum_holds_when_every_unit_scores_low(
     _checkpoints(method, model, 6)
     live = method._stage_sizes(model)
     assert {s: live[s] for s in expected} == expected
+
+
+def test_stage_blocks_count_non_droppable_blocks_and_fall_back_to_units() -> None:
+    vgg = _model("test_vgg")  # block2 and block3: a widening conv and an equal-width conv each
+    assert {k: len(v) for k, v in stage_blocks_of(vgg).items()} == {
+        "block1": 1, "block2": 2, "block3": 2
+    }
+    drop_units(vgg, ["features.3"])
+    assert stage_blocks_of(vgg)["block2"] == ["features.2"]
+
+    class OwnModel(nn.Module):  # the protocol without the optional stage_blocks()
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = create_model("test_resnet")
+
+        def droppable_units(self, include_downsampling: bool = False) -> list[Unit]:
+            return self.inner.droppable_units(include_downsampling)
+
+        def channel_sets(self) -> list[Any]:
+            return []
+
+    expected = {k: len(v) for k, v in stage_blocks_of(_model("test_resnet")).items()}
+    assert {k: len(v) for k, v in stage_blocks_of(OwnModel()).items()} == expected
 
 
 def test_at_most_k_units_per_checkpoint(decay_score) -> None:

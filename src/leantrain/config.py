@@ -65,7 +65,10 @@ class TrainConfig:
     warmup: float = 0.0  # fraction of training with a linear LR ramp from 0
     label_smoothing: float = 0.0
     device: str = "auto"  # auto | cpu | cuda
-    channels_last: bool = False
+    # NHWC activations and weights: oneDNN then skips its layout reorders. Measured on the 2-core
+    # AMD EPYC (family 26), batch 128 training steps: VGG-11 1.17×, VGG-16 1.32×, ResNet-20
+    # (28 px) 1.18×, ResNet-50 (64 px) 1.25× faster than NCHW.
+    channels_last: bool = True
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
 

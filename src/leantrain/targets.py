@@ -3,9 +3,10 @@
 Each check reads the aggregated rows of `leantrain.report` and says whether a target holds at
 this machine's scale. The targets (numbers cited below) are the Learn&Drop paper's (arXiv
 2604.23403: "training time more than halved", accuracy within 2.38 points for VGG and 3.2 for
-ResNets) and the DCP paper's (arXiv 2007.01486, Table: VGG-16 73.3% and ResNet-32 50.2% fewer
-FLOPs at its default p), plus our own acceptance bars (sliced DCP ≤ 0.75× dense time at p = 0.5;
-wall-clock saving ≥ 0.8× the training-FLOPs saving).
+ResNets) and the DCP paper's (arXiv 2007.01486, CIFAR-10 table: VGG-16 73.3% and ResNet-32 50.2%
+fewer FLOPs at its default p), plus our own acceptance bars (sliced DCP ≤ 0.75× dense time at
+p = 0.5, the authors' masked computation ≥ 1.0×; wall-clock saving ≥ 0.8× the training-FLOPs
+saving).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .report import Summary
 
-__all__ = ["Check", "check_targets", "targets_table"]
+__all__ = ["Check", "check_targets", "targets_tables", "COLUMNS"]
 
 # Learn&Drop paper: the largest accuracy drops it reports, per family (points of top-1).
 LD_MAX_DROP = {"vgg": 2.38, "resnet": 3.2}
@@ -28,13 +29,32 @@ MIN_TIME_PER_FLOPS_SAVING = 0.8
 DCP_AUTHORS = {"vgg16": (0.42, 73.3), "resnet32": (0.5, 50.2)}
 DCP_MAX_DROP = 1.0  # accuracy points vs our dense baseline on the same recipe
 DCP_MAX_TIME_RATIO = 0.75  # sliced DCP at p = 0.5
+# Suites whose Learn&Drop rows are judged (the sweep's rows are calibration, not results).
+LD_SUITES = ("learndrop", "long", "quick", "peers")
+
+# Column headers of each method's table, in order.
+COLUMNS = {
+    "Learn&Drop": [
+        f"Time vs dense (≤ {LD_MAX_TIME_RATIO:.2f}× on ResNets)",
+        f"Accuracy drop (≤ {LD_MAX_DROP['vgg']} VGG, ≤ {LD_MAX_DROP['resnet']} ResNet)",
+        f"Time saving / train-FLOPs saving (≥ {MIN_TIME_PER_FLOPS_SAVING}×)",
+    ],
+    "DCP": [
+        "Compact FLOPs cut (≥ authors' at their p)",
+        f"Accuracy drop at authors' p (≤ {DCP_MAX_DROP:g})",
+        f"Sliced time at p = 0.5 (≤ {DCP_MAX_TIME_RATIO}×)",
+        "Masked time (≥ 1.0×)",
+        "Sliced − masked accuracy (within 2σ)",
+    ],
+}
 
 
 @dataclass(frozen=True)
 class Check:
-    """One target on one (data set, model, method) row of the benchmarks."""
+    """One target on one (suite, data set, model, method) row of the benchmarks."""
 
-    target: str
+    method: str  # "Learn&Drop" or "DCP": which table
+    column: str  # one of COLUMNS[method]
     where: str
     measured: str
     met: bool | None  # None: not judged (e.g. one seed, no noise estimate)
@@ -46,7 +66,7 @@ def _args(s: Summary, method: str) -> dict[str, Any]:
 
 
 def _where(s: Summary) -> str:
-    return f"{s.dataset} / {s.model} / {s.label}"
+    return f"{s.suite}: {s.dataset} / {s.model} / {s.label}"
 
 
 def _drop(s: Summary) -> float | None:
@@ -56,84 +76,97 @@ def _drop(s: Summary) -> float | None:
 
 
 def _learndrop(s: Summary) -> list[Check]:
-    out: list[Check] = []
+    cols, where, out = COLUMNS["Learn&Drop"], _where(s), []
     family = "resnet" if s.model.startswith("resnet") else "vgg"
     ratio = 1 / s.speedup if s.speedup else None
-    if family == "resnet" and ratio is not None:
-        out.append(Check(
-            f"Learn&Drop training time ≤ {LD_MAX_TIME_RATIO:.2f}× dense (ResNets)", _where(s),
-            f"{ratio:.2f}×", ratio <= LD_MAX_TIME_RATIO, s.n,
-        ))
+    if ratio is not None:
+        judged = ratio <= LD_MAX_TIME_RATIO if family == "resnet" else None
+        out.append(Check("Learn&Drop", cols[0], where, f"{ratio:.2f}×", judged, s.n))
     if (drop := _drop(s)) is not None:
-        limit = LD_MAX_DROP[family]
-        out.append(Check(
-            f"Learn&Drop accuracy drop ≤ {limit} points ({'ResNet' if family == 'resnet' else 'VGG'})",
-            _where(s), f"{drop:+.2f} points", drop <= limit, s.n,
-        ))
+        out.append(Check("Learn&Drop", cols[1], where, f"{drop:+.2f}",
+                         drop <= LD_MAX_DROP[family], s.n))
     r_train = s.mean("r_train")
     if ratio is not None and r_train is not None and r_train > 0.01:
         share = (1 - ratio) / r_train
-        out.append(Check(
-            f"Learn&Drop wall-clock saving ≥ {MIN_TIME_PER_FLOPS_SAVING}× training-FLOPs saving",
-            _where(s), f"{100 * (1 - ratio):.1f}% of time for {100 * r_train:.1f}% of FLOPs "
-            f"({share:.2f}×)", share >= MIN_TIME_PER_FLOPS_SAVING, s.n,
-        ))
+        out.append(Check("Learn&Drop", cols[2], where,
+                         f"{100 * (1 - ratio):.0f}% / {100 * r_train:.0f}% = {share:.2f}×",
+                         share >= MIN_TIME_PER_FLOPS_SAVING, s.n))
     return out
 
 
-def _dcp(s: Summary, masked: dict[tuple[str, str, float], Summary]) -> list[Check]:
+def _dcp(s: Summary, masked: dict[tuple[str, str, str, float], Summary]) -> list[Check]:
+    cols, where, out = COLUMNS["DCP"], _where(s), []
     args = _args(s, "dcp")
     p, mode = float(args.get("p", 0.3)), args.get("mode", "slice")
     ratio = 1 / s.speedup if s.speedup else None
-    out: list[Check] = []
     if mode == "mask":
         if ratio is not None:
-            out.append(Check("DCP masked (authors' computation) time ≥ 1.0× dense", _where(s),
-                             f"{ratio:.2f}×", ratio >= 1.0, s.n))
+            out.append(Check("DCP", cols[3], where, f"{ratio:.2f}×", ratio >= 1.0, s.n))
         return out
     authors = DCP_AUTHORS.get(s.model)
     r_final = s.mean("r_final")
     if authors and abs(p - authors[0]) < 1e-9 and r_final is not None:
-        out.append(Check(f"DCP compact-model FLOPs cut ≥ authors' {authors[1]}%", _where(s),
-                         f"{100 * r_final:.1f}%", 100 * r_final >= authors[1], s.n))
+        out.append(Check("DCP", cols[0], where, f"{100 * r_final:.1f}% (authors {authors[1]}%)",
+                         100 * r_final >= authors[1], s.n))
         if (drop := _drop(s)) is not None:
-            out.append(Check(f"DCP accuracy drop ≤ {DCP_MAX_DROP:g} point at the authors' p",
-                             _where(s), f"{drop:+.2f} points", drop <= DCP_MAX_DROP, s.n))
+            out.append(Check("DCP", cols[1], where, f"{drop:+.2f}", drop <= DCP_MAX_DROP, s.n))
     if abs(p - 0.5) < 1e-9 and ratio is not None:
-        out.append(Check(f"DCP sliced time ≤ {DCP_MAX_TIME_RATIO}× dense at p = 0.5", _where(s),
-                         f"{ratio:.2f}×", ratio <= DCP_MAX_TIME_RATIO, s.n))
-    twin = masked.get((s.dataset, s.model, p))
-    if twin is not None and s.mean("acc") is not None and twin.mean("acc") is not None:
-        diff = s.mean("acc") - twin.mean("acc")  # type: ignore[operator]
+        out.append(Check("DCP", cols[2], where, f"{ratio:.2f}×", ratio <= DCP_MAX_TIME_RATIO, s.n))
+    twin = masked.get((s.suite, s.dataset, s.model, p))
+    acc, twin_acc = s.mean("acc"), twin.mean("acc") if twin else None
+    if twin is not None and acc is not None and twin_acc is not None:
+        diff = acc - twin_acc
         stds = [x for x in (s.std("acc"), twin.std("acc")) if x is not None]
         # Within noise: inside two standard deviations over seeds; one seed cannot say.
-        met = abs(diff) <= 2 * max(stds) if stds and min(s.n, twin.n) >= 2 else None
-        out.append(Check("DCP sliced and masked accuracy equal within noise", _where(s),
-                         f"{diff:+.2f} points vs masked", met, min(s.n, twin.n)))
+        n = min(s.n, twin.n)
+        met = abs(diff) <= 2 * max(stds) if stds and n >= 2 else None
+        noise = f" (2σ = {2 * max(stds):.2f})" if stds and n >= 2 else ""
+        out.append(Check("DCP", cols[4], where, f"{diff:+.2f}{noise}", met, n))
     return out
 
 
 def check_targets(summaries: list[Summary]) -> list[Check]:
     """Every target that the summaries can answer, in table order."""
     masked = {
-        (s.dataset, s.model, float(_args(s, "dcp").get("p", 0.3))): s
+        (s.suite, s.dataset, s.model, float(_args(s, "dcp").get("p", 0.3))): s
         for s in summaries
         if s.method == "dcp" and _args(s, "dcp").get("mode") == "mask"
     }
     out: list[Check] = []
     for s in summaries:
-        if s.method == "learndrop" and s.suite == "learndrop":
+        if s.method == "learndrop" and s.suite in LD_SUITES:
             out += _learndrop(s)
-        elif s.method == "dcp" and s.suite == "dcp":
+        elif s.method == "dcp":
             out += _dcp(s, masked)
     return out
 
 
-def targets_table(checks: list[Check]) -> str:
-    """Markdown: target, where, measured value, met / missed / not judged, seeds."""
-    lines = ["| Target | Data set / model / run | Measured | Met | Seeds |", "|---|---|---:|:---:|---:|"]
-    for c in checks:
-        verdict = {True: "yes", False: "**no**", None: "n/a"}[c.met]
-        seeds = f"{c.seeds}" + (" (single seed)" if c.seeds < 2 else "")
-        lines.append(f"| {c.target} | {c.where} | {c.measured} | {verdict} | {seeds} |")
-    return "\n".join(lines)
+def targets_tables(checks: list[Check]) -> dict[str, str]:
+    """One Markdown table per method: a row per run, a column per target (value and verdict)."""
+    tables: dict[str, str] = {}
+    for method, cols in COLUMNS.items():
+        rows: dict[str, dict[str, Check]] = {}
+        for c in checks:
+            if c.method == method:
+                rows.setdefault(c.where, {})[c.column] = c
+        if not rows:
+            continue
+        lines = [
+            "| Run (suite: data set / model / method) | Seeds | " + " | ".join(cols) + " |",
+            "|---|---:|" + "---:|" * len(cols),
+        ]
+        for where, cells in rows.items():
+            seeds = max(c.seeds for c in cells.values())
+            lines.append(
+                f"| {where} | {seeds}{' (single seed)' if seeds < 2 else ''} | "
+                + " | ".join(_cell(cells.get(col)) for col in cols)
+                + " |"
+            )
+        tables[method] = "\n".join(lines)
+    return tables
+
+
+def _cell(c: Check | None) -> str:
+    if c is None:
+        return "–"
+    return c.measured + {True: " ✓", False: " **✗**", None: ""}[c.met]

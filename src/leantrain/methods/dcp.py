@@ -70,6 +70,12 @@ class DCP(Method):
         min_channels: no layer keeps fewer channels than this.
         mode: ``"slice"`` computes only the selected channels (real savings); ``"mask"`` computes
             all and zeroes the unselected ones, as the authors' code does (reference, no savings).
+        compute_multiple: slice mode: each layer computes a multiple of this many channels,
+            the selected ones plus the highest-utility unselected ones as padding, gated to zero
+            (the function, gradients and statistics are those of the exact selection). CPU
+            convolution kernels are much slower at odd widths: a ResNet-32 step with every inner
+            width at half + 1 took 1.5× as long as at exactly half (AMD EPYC, channels_last).
+            1 computes exactly the selected channels.
         export: at the end, cut the unselected channels out for good (the compact model).
         snapshot_every: epochs between utility snapshots logged for the heatmap plot.
     """
@@ -82,6 +88,7 @@ class DCP(Method):
     warmup: float = 0.05
     min_channels: int = 1
     mode: str = "slice"
+    compute_multiple: int = 8
     export: bool = True
     snapshot_every: int = 1
 
@@ -98,9 +105,14 @@ class DCP(Method):
             raise ValueError("dcp.min_channels must be ≥ 1 (a layer cannot be emptied).")
         if self.mode not in ("slice", "mask"):
             raise ValueError(f"dcp.mode = {self.mode!r}; choose 'slice' or 'mask'.")
+        if self.compute_multiple < 1:
+            raise ValueError(
+                f"dcp.compute_multiple = {self.compute_multiple} must be ≥ 1 (1: no padding)."
+            )
         self.utilities: dict[str, Tensor] = {}
         self.kept: dict[str, Tensor | None] = {}
         self._saliency: dict[str, Tensor] = {}
+        self._computed_widths: list[int] = []  # per set, padding included (-1: full width)
         self._events: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ hooks
@@ -176,6 +188,7 @@ class DCP(Method):
         for s in sets:
             s.producer.observer = None
             s.producer.out_index = None
+            s.producer.out_active = None
             s.producer.gate_mode = "slice"
             for c in s.consumers:
                 c.in_index = None
@@ -199,16 +212,37 @@ class DCP(Method):
         k = self.kept.get(s.name)
         return len(s) if k is None else len(k)
 
+    def _computed(self, s: ChannelSet) -> tuple[Tensor | None, Tensor | None]:
+        """The channels layer `s` computes, and the positions of the selected ones among them."""
+        kept = self.kept[s.name]
+        if kept is None or self.mode == "mask" or self.compute_multiple <= 1:
+            return kept, None
+        m = self.compute_multiple
+        width = min(len(s), -(-len(kept) // m) * m)
+        if width == len(kept):
+            return kept, None
+        # Pad with the unselected channels most likely to be selected next (highest utility),
+        # so the computed set changes little from step to step. Stable sort: deterministic.
+        u = self.utilities[s.name].clone()
+        u[kept] = -torch.inf
+        extra = torch.sort(u, descending=True, stable=True).indices[: width - len(kept)]
+        index = torch.cat([kept, extra]).sort().values
+        return index, torch.isin(index, kept).nonzero().flatten()
+
     def _apply_selection(self, sets: list[ChannelSet]) -> None:
+        self._computed_widths = []
         for s in sets:
-            k = self.kept[s.name]
-            s.producer.out_index = k
+            index, active = self._computed(s)
+            s.producer.out_index = index
+            s.producer.out_active = active
             s.producer.gate_mode = self.mode
             for c in s.consumers:
-                c.in_index = k if self.mode == "slice" else None
+                c.in_index = index if self.mode == "slice" else None
+            self._computed_widths.append(-1 if index is None else len(index))
 
     def cost_key(self, model: nn.Module) -> Any:
-        return tuple(len(k) if k is not None else -1 for k in self.kept.values())
+        # The computed widths (padding included) set the step's FLOPs.
+        return tuple(self._computed_widths)
 
     def events(self) -> list[dict[str, Any]]:
         out, self._events = self._events, []

@@ -15,6 +15,10 @@ Attribute contract (set by a method, e.g. DCP, before a forward pass):
     channels); ``"mask"`` computes all channels and zeroes the unselected ones after BN.
   * ``in_index``: the input tensor holds only these input channels (set on consumers in slice
     mode only; None means the input is full width).
+  * ``out_active``: slice mode, optional: positions within ``out_index`` of the channels that
+    are really selected. The others pad the computed width (to a multiple of 8, say, where the
+    convolution kernels are fast) and are gated to zero after BN, without moving their BN
+    statistics, so the function equals computing the selected channels alone.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class ConvBN(nn.Module):
         self.act = act
         self.out_index: Tensor | None = None
         self.in_index: Tensor | None = None
+        self.out_active: Tensor | None = None
         self.gate_mode: str = "slice"
         # Called during backward with (a, ∂L/∂a) for the BN output a, when set (DCP saliency);
         # for act=True the post-ReLU pair is passed, whose product a·∂L/∂a is the same.
@@ -96,7 +101,11 @@ class ConvBN(nn.Module):
         if self.in_index is not None:
             weight = weight.index_select(1, self.in_index)
         y = F.conv2d(x, weight, None, self.conv.stride, self.conv.padding)
-        return _sliced_bn(self.bn, y, self.out_index)
+        y = _sliced_bn(self.bn, y, self.out_index, self.out_active)
+        if self.out_active is not None:  # padding channels: computed for speed, gated off
+            assert self.out_index is not None
+            y = y * _mask(self.out_active, len(self.out_index), y)
+        return y
 
 
 class SelectLinear(nn.Linear):
@@ -116,8 +125,13 @@ def _mask(index: Tensor, size: int, like: Tensor) -> Tensor:
     return mask.view(1, -1, 1, 1)
 
 
-def _sliced_bn(bn: nn.BatchNorm2d, y: Tensor, index: Tensor | None) -> Tensor:
-    """BatchNorm over the selected channels only; only their running statistics move."""
+def _sliced_bn(
+    bn: nn.BatchNorm2d, y: Tensor, index: Tensor | None, active: Tensor | None = None
+) -> Tensor:
+    """BatchNorm over the computed channels ``index``; only the ``active`` ones' statistics move.
+
+    ``active`` (positions within ``index``; None: all) leaves padding channels' statistics alone.
+    """
     if index is None:
         return bn(y)
     weight, bias = bn.weight.index_select(0, index), bn.bias.index_select(0, index)
@@ -128,6 +142,8 @@ def _sliced_bn(bn: nn.BatchNorm2d, y: Tensor, index: Tensor | None) -> Tensor:
     # F.batch_norm updates the gathered copies in place; write them back to the full buffers.
     out = F.batch_norm(y, mean, var, weight, bias, True, bn.momentum or 0.1, bn.eps)
     with torch.no_grad():
+        if active is not None:
+            index, mean, var = index[active], mean[active], var[active]
         bn.running_mean.index_copy_(0, index, mean)
         bn.running_var.index_copy_(0, index, var)
         if bn.num_batches_tracked is not None:

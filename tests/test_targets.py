@@ -1,0 +1,78 @@
+"""The generated targets tables: each paper target judged from hand-made result rows."""
+
+from __future__ import annotations
+
+import copy
+
+from leantrain.report import summarize
+from leantrain.targets import check_targets, targets_tables
+
+from test_report import _row  # tests/ is on sys.path (pytest rootdir conftest)
+
+
+def _with(row: dict, suite: str, **method_args) -> dict:
+    row = copy.deepcopy(row)
+    row["suite"], row["_file"] = suite, f"{suite}.jsonl"
+    row["config"]["method_args"] = method_args
+    return row
+
+
+def _checks(rows: list[dict]) -> dict[tuple[str, str], tuple[str, bool | None]]:
+    return {(c.where, c.column.split(" (")[0]): (c.measured, c.met)
+            for c in check_targets(summarize(rows))}
+
+
+def test_learndrop_targets_judge_time_accuracy_and_time_per_flops() -> None:
+    rows = [
+        _with(_row("dense", "none", 0, 0.90, 10.0, model="resnet56"), "learndrop"),
+        # 0.4× the time, 2 points lower, 70% of training FLOPs saved for 60% of time saved
+        _with(_row("learndrop", "learndrop", 0, 0.88, 4.0, model="resnet56", train=90.0),
+              "learndrop", learndrop={"tau": 0.5}),
+        _with(_row("dense", "none", 0, 0.90, 10.0, model="vgg11"), "learndrop"),
+        _with(_row("learndrop", "learndrop", 0, 0.85, 9.0, model="vgg11", train=150.0),
+              "learndrop"),
+    ]
+    c = _checks(rows)
+    r56, vgg = "learndrop: cifar10 / resnet56 / learndrop", "learndrop: cifar10 / vgg11 / learndrop"
+    assert c[(r56, "Time vs dense")] == ("0.40×", True)
+    assert c[(r56, "Accuracy drop")] == ("+2.00", True)  # ResNet bar: 3.2 points
+    assert c[(r56, "Time saving / train-FLOPs saving")] == ("60% / 70% = 0.86×", True)
+    assert c[(vgg, "Time vs dense")] == ("0.90×", None)  # the paper's time claim is on ResNets
+    assert c[(vgg, "Accuracy drop")] == ("+5.00", False)  # VGG bar: 2.38 points
+    assert c[(vgg, "Time saving / train-FLOPs saving")] == ("10% / 50% = 0.20×", False)
+
+
+def test_dcp_targets_compare_with_the_authors_and_the_masked_twin() -> None:
+    def dcp(label, seed, acc, t, mode="slice", p=0.5):
+        return _with(_row(label, "dcp", seed, acc, t, model="resnet32", macs=24), "dcp",
+                     dcp={"p": p, "mode": mode})
+
+    rows = [
+        _with(_row("dense", "none", 0, 0.90, 10.0, model="resnet32"), "dcp"),
+        _with(_row("dense", "none", 1, 0.90, 10.0, model="resnet32"), "dcp"),
+        dcp("dcp-p0.5", 0, 0.895, 7.0), dcp("dcp-p0.5", 1, 0.885, 7.0),
+        dcp("dcp-mask-p0.5", 0, 0.86, 11.0, "mask"), dcp("dcp-mask-p0.5", 1, 0.86, 11.0, "mask"),
+    ]
+    c = _checks(rows)
+    sliced, masked = "dcp: cifar10 / resnet32 / dcp-p0.5", "dcp: cifar10 / resnet32 / dcp-mask-p0.5"
+    assert c[(sliced, "Compact FLOPs cut")] == ("52.0% (authors 50.2%)", True)
+    assert c[(sliced, "Accuracy drop at authors' p")] == ("+1.00", True)
+    assert c[(sliced, "Sliced time at p = 0.5")] == ("0.70×", True)
+    assert c[(masked, "Masked time")] == ("1.10×", True)
+    measured, met = c[(sliced, "Sliced − masked accuracy")]
+    assert measured.startswith("+3.00 (2σ = 1.41)") and met is False
+    table = targets_tables(check_targets(summarize(rows)))["DCP"]
+    assert "52.0% (authors 50.2%) ✓" in table and "| 2 |" in table
+
+
+def test_one_seed_is_not_judged_for_noise() -> None:
+    rows = [
+        _with(_row("dense", "none", 0, 0.90, 10.0, model="resnet20"), "quick"),
+        _with(_row("dcp-p0.5", "dcp", 0, 0.80, 6.0, model="resnet20"), "quick", dcp={"p": 0.5}),
+        _with(_row("dcp-mask-p0.5", "dcp", 0, 0.81, 10.0, model="resnet20"), "quick",
+              dcp={"p": 0.5, "mode": "mask"}),
+    ]
+    c = _checks(rows)
+    assert c[("quick: cifar10 / resnet20 / dcp-p0.5", "Sliced − masked accuracy")] == ("-1.00", None)
+    table = targets_tables(check_targets(summarize(rows)))["DCP"]
+    assert "1 (single seed)" in table
