@@ -46,6 +46,27 @@ def _select(method: DCP, model: torch.nn.Module, seed: int = 1) -> None:
     method.step(model, Progress(50, 100, 10))
 
 
+def _assert_same_step(
+    a: torch.nn.Module, a_method: DCP, b: torch.nn.Module, b_method: DCP, **utility_tol: float
+) -> None:
+    """One training forward/backward of both: outputs, gradients, BN statistics, utilities agree."""
+    x, y = _batch()
+    outs = []
+    for model, method in ((a, a_method), (b, b_method)):
+        model.train()
+        out = model(x)
+        F.cross_entropy(out, y).backward()
+        method.after_backward(model, Progress(51, 100, 10))
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    for (n, p1), (_, p2) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-5, msg=n)
+    for (n, b1), (_, b2) in zip(a.named_buffers(), b.named_buffers()):
+        torch.testing.assert_close(b1, b2, rtol=1e-4, atol=1e-5, msg=n)
+    for key in a_method.utilities:
+        torch.testing.assert_close(a_method.utilities[key], b_method.utilities[key], **utility_tol)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_sliced_equals_masked(name: str) -> None:
     """Property 1: outputs, parameter gradients, utilities and BN statistics agree."""
@@ -57,21 +78,7 @@ def test_sliced_equals_masked(name: str) -> None:
     _select(m_slice, sliced)
     _select(m_mask, masked)
     assert any(k is not None for k in m_slice.kept.values())
-    x, y = _batch()
-    outs = []
-    for model, method in ((sliced, m_slice), (masked, m_mask)):
-        model.train()
-        out = model(x)
-        F.cross_entropy(out, y).backward()
-        method.after_backward(model, Progress(51, 100, 10))
-        outs.append(out)
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
-    for (n, p1), (_, p2) in zip(sliced.named_parameters(), masked.named_parameters()):
-        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-5, msg=n)
-    for (n, b1), (_, b2) in zip(sliced.named_buffers(), masked.named_buffers()):
-        torch.testing.assert_close(b1, b2, rtol=1e-4, atol=1e-5, msg=n)
-    for key in m_slice.utilities:
-        torch.testing.assert_close(m_slice.utilities[key], m_mask.utilities[key], rtol=1e-4, atol=1e-6)
+    _assert_same_step(sliced, m_slice, masked, m_mask, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -148,21 +155,7 @@ def test_computed_widths_are_padded_to_the_multiple_and_gated() -> None:
             assert set(kept.tolist()) <= set(index.tolist())
             widths.append((len(kept), len(index)))
     assert any(k < n for k, n in widths), "some layer should be padded, or this proves little"
-    x, y = _batch()
-    outs = []
-    for model, method in ((exact_model, exact), (padded_model, padded)):
-        model.train()
-        out = model(x)
-        F.cross_entropy(out, y).backward()
-        method.after_backward(model, Progress(51, 100, 10))
-        outs.append(out)
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
-    for (n, p1), (_, p2) in zip(exact_model.named_parameters(), padded_model.named_parameters()):
-        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-5, msg=n)
-    for (n, b1), (_, b2) in zip(exact_model.named_buffers(), padded_model.named_buffers()):
-        torch.testing.assert_close(b1, b2, rtol=1e-4, atol=1e-5, msg=n)
-    for key in exact.utilities:
-        torch.testing.assert_close(exact.utilities[key], padded.utilities[key])
+    _assert_same_step(exact_model, exact, padded_model, padded)
 
 
 def _train_steps(method: DCP | None, steps: int = 6, seed: int = 0) -> torch.nn.Module:

@@ -365,7 +365,8 @@ def test_stage_blocks_count_non_droppable_blocks_and_fall_back_to_units() -> Non
         def channel_sets(self) -> list[Any]:
             return []
 
-    expected = {k: len(v) for k, v in stage_blocks_of(_model("test_resnet")).items()}
+    expected = {"layer1": 2, "layer2": 2, "layer3": 2}  # test_resnet: 2 blocks per stage
+    assert {k: len(v) for k, v in stage_blocks_of(_model("test_resnet")).items()} == expected
     assert {k: len(v) for k, v in stage_blocks_of(OwnModel()).items()} == expected
 
 

@@ -85,13 +85,14 @@ def _set_aside_stale(path: Path, keys: set[str]) -> int:
     deleted, in a file the report does not read.
     """
     rows = read_results(path)
+    current = [row for row in rows if row.get("key") in keys]
     stale = [row for row in rows if row.get("key") not in keys]
     if not stale:
         return 0
     with path.with_name(path.name + ".stale").open("a") as f:
         f.writelines(json.dumps(row, default=float) + "\n" for row in stale)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows if r not in stale))
+    tmp.write_text("".join(json.dumps(row, default=float) + "\n" for row in current))
     tmp.replace(path)  # atomic: an interruption leaves the old or the new file, never half
     return len(stale)
 

@@ -98,7 +98,7 @@ def stage_blocks_of(model: nn.Module) -> dict[str, list[str]]:
 
     Uses the model's own ``stage_blocks()`` when it has one (a VGG stage's widening conv is no
     unit but still a block of its stage); otherwise the units, downsampling ones included,
-    grouped by stage.
+    grouped by stage, which for a ResNet is every live block.
     """
     own = getattr(model, "stage_blocks", None)
     if callable(own):

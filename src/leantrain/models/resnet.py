@@ -233,13 +233,6 @@ class ResNet(nn.Module):
                 )
         return units
 
-    def stage_blocks(self) -> dict[str, list[str]]:
-        """Live residual blocks per stage, identity and downsampling alike."""
-        out: dict[str, list[str]] = {}
-        for name, stage_name, _ in self._live_blocks():
-            out.setdefault(stage_name, []).append(name)
-        return out
-
     def channel_sets(self) -> list[ChannelSet]:
         """Inner block widths: BasicBlock conv1; Bottleneck conv1 and conv2.
 
