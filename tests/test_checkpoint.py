@@ -50,7 +50,8 @@ def _fit(data, model_name, method, folder=None, stop=None, resume=False):
     train, test, spec = data
     torch.manual_seed(0)
     model = create_model(model_name)
-    methods = build_methods([method] if method else [], {"learndrop": LEARNDROP, "dcp": DCP})
+    methods = build_methods([method] if method else [],
+                            {"learndrop": LEARNDROP, "dcp": DCP, "static": {"p": 0.5}})
     loader = TensorLoader(train, spec, 16, train=True, seed=0)
     if stop is not None:
         loader = Interrupting(loader, stop)
@@ -69,6 +70,7 @@ def _same_state(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("model_name, method", [
     ("test_resnet", None), ("test_resnet", "learndrop"), ("test_vgg", "dcp"),
+    ("test_resnet", "static"),
 ])
 def test_fit_resume_equals_uninterrupted(tiny_cifar, tmp_path, model_name, method) -> None:
     straight, want = _fit(tiny_cifar, model_name, method)

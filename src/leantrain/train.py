@@ -211,7 +211,9 @@ def fit(
         if checkpointer is not None:
             checkpointer.resumed_from(ckpt)
     for m in methods:
-        m.setup(model, Progress(state.step, total, steps_per_epoch))
+        if change := m.setup(model, Progress(state.step, total, steps_per_epoch)):
+            change.apply_to(opt)  # a method that cuts before the first step (static widths)
+            state.version += 1
     if ckpt is not None:
         for m in methods:
             m.events()  # setup events of a resume repeat those the log already has

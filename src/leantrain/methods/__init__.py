@@ -37,4 +37,4 @@ def build_methods(names: list[str], args: dict[str, dict[str, Any]]) -> list[Met
     return methods
 
 # Registration happens on import; kept at the bottom because the modules import register_method.
-from . import dcp, freezeout, learndrop, stochastic_depth, tp_prune  # noqa: E402,F401
+from . import dcp, freezeout, learndrop, static, stochastic_depth, tp_prune  # noqa: E402,F401

@@ -55,8 +55,9 @@ class Method:
 
     name: str = "none"
 
-    def setup(self, model: nn.Module, progress: Progress) -> None:
-        """Called once before the first step (and again after a resume)."""
+    def setup(self, model: nn.Module, progress: Progress) -> Change | None:
+        """Called once before the first step (and again after a resume); returns the `Change`
+        when it cut the model (the optimizer must then be re-keyed)."""
 
     def after_backward(self, model: nn.Module, progress: Progress) -> None:
         """Called after ``loss.backward()`` and before ``optimizer.step()``."""
