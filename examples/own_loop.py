@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
         method = leantrain.DCP(p=0.5, warmup=0.1)  # leantrain
     else:  # leantrain
         method = leantrain.LearnDrop(tau=1.0, warmup=0.0, stop=1.0, every_steps=2)  # leantrain
-    method.setup(model, leantrain.Progress(0, total, len(loader)))  # leantrain
+    if change := method.setup(model, leantrain.Progress(0, total, len(loader))):  # leantrain
+        change.apply_to(opt)  # leantrain: only methods that cut up front (static) return one
 
     step = 0
     for epoch in range(args.epochs):

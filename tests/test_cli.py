@@ -118,3 +118,26 @@ def test_unwritable_run_folder(cifar_root, tmp_path, capsys) -> None:
     blocker.write_text("not a folder")
     assert main(_train_args(cifar_root, blocker / "runs")) == 2
     assert "cannot write the run folder" in capsys.readouterr().err
+
+
+def test_static_widths_from_the_command_line(cifar_root, tmp_path, capsys) -> None:
+    from leantrain.registry import create_model
+    from leantrain.structure import channel_sets_of
+
+    widths = [max(1, len(s) // 2) for s in channel_sets_of(create_model("test_resnet"))]
+    args = _train_args(cifar_root, tmp_path / "runs", "--method", "static",
+                       "--static.widths", *map(str, widths))
+    assert main(args) == 0
+    run = next((tmp_path / "runs").glob("cifar10-test_resnet-static-*/seed0"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_params"] < summary["dense_params"]
+    model = load_model(run / "model.safetensors")  # the cut architecture reloads
+    assert [len(s) for s in channel_sets_of(model)] == widths
+    # One width too few: one sentence naming the count the model needs.
+    bad = _train_args(cifar_root, tmp_path / "runs2", "--method", "static",
+                      "--static.widths", *map(str, widths[1:]))
+    capsys.readouterr()
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert f"lists {len(widths) - 1} widths" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

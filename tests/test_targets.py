@@ -63,6 +63,35 @@ def test_dcp_targets_compare_with_the_authors_and_the_masked_twin() -> None:
     assert measured.startswith("+3.00 (2σ = 1.41)") and met is False
     table = targets_tables(check_targets(summarize(rows)))["DCP"]
     assert "52.0% (authors 50.2%) ✓" in table and "| 2 |" in table
+    # No static controls in these rows: their columns stay empty.
+    assert not any(col.startswith(("Control", "Bound")) for _, col in c)
+
+
+def test_dcp_row_shows_its_static_controls() -> None:
+    """Static rows at a DCP run's final widths (same final MACs) sit beside it: exact widths
+    give the accuracy control, the same widths padded to a multiple the time bound; neither is
+    judged. Another DCP run (other widths) gets neither."""
+    widths = [3, 4, 8]
+    rows = [
+        _with(_row("dense", "none", 0, 0.90, 10.0, model="resnet32"), "dcp"),
+        _with(_row("dcp-p0.5", "dcp", 0, 0.86, 9.0, model="resnet32", macs=24), "dcp",
+              dcp={"p": 0.5}),
+        _with(_row("dcp-p0.3", "dcp", 0, 0.87, 9.5, model="resnet32", macs=35), "dcp",
+              dcp={"p": 0.3}),
+        _with(_row("static-dcp-widths", "static", 0, 0.87, 8.5, model="resnet32", macs=24),
+              "dcp", static={"widths": widths}),
+        _with(_row("static-dcp-computed", "static", 0, 0.88, 8.0, model="resnet32", macs=30),
+              "dcp", static={"widths": widths, "multiple": 8}),
+        _with(_row("static-p0.5", "static", 0, 0.80, 7.0, model="resnet32", macs=24), "dcp",
+              static={"p": 0.5}),  # uniform widths: no control, even at equal MACs
+    ]
+    c = _checks(rows)
+    sliced = "dcp: cifar10 / resnet32 / dcp-p0.5"
+    assert c[(sliced, "Sliced time at p = 0.5")] == ("0.90×", False)
+    assert c[(sliced, "Control: its widths from scratch, drop")] == ("+3.00", None)
+    assert c[(sliced, "Bound: static net at its computed widths, time")] == ("0.80×", None)
+    other = "dcp: cifar10 / resnet32 / dcp-p0.3"
+    assert not any(where == other and col.startswith(("Control", "Bound")) for where, col in c)
 
 
 def test_one_seed_is_not_judged_for_noise() -> None:

@@ -376,7 +376,12 @@ def write_report(
                 "The papers' claims and our acceptance bars, checked against the rows below at "
                 "this machine's scale (`leantrain.targets` cites where each target comes from). "
                 "✓ met, **✗** missed, no mark: not judged (a time target only the paper's "
-                "ResNets carry, or one seed where noise must be estimated).",
+                "ResNets carry, or one seed where noise must be estimated). The DCP table's "
+                "*Control* and *Bound* columns are context, never judged: `static` rows trained "
+                "densely from the first step at a DCP run's final widths (the same architecture "
+                "from scratch: its accuracy drop) and at those widths rounded up to DCP's "
+                "`compute_multiple` (the network DCP's slice mode computes: the fastest any "
+                "per-step selection of those widths could train here).",
                 "",
             ]
             for method, table in targets_tables(checks).items():

@@ -45,6 +45,8 @@ COLUMNS = {
         f"Sliced time at p = 0.5 (≤ {DCP_MAX_TIME_RATIO}×)",
         "Masked time (≥ 1.0×)",
         "Sliced − masked accuracy (within 2σ)",
+        "Control: its widths from scratch, drop",
+        "Bound: static net at its computed widths, time",
     ],
 }
 
@@ -94,7 +96,11 @@ def _learndrop(s: Summary) -> list[Check]:
     return out
 
 
-def _dcp(s: Summary, masked: dict[tuple[str, str, str, float], Summary]) -> list[Check]:
+def _dcp(
+    s: Summary,
+    masked: dict[tuple[str, str, str, float], Summary],
+    controls: list[Summary],
+) -> list[Check]:
     cols, where, out = COLUMNS["DCP"], _where(s), []
     args = _args(s, "dcp")
     p, mode = float(args.get("p", 0.3)), args.get("mode", "slice")
@@ -122,7 +128,29 @@ def _dcp(s: Summary, masked: dict[tuple[str, str, str, float], Summary]) -> list
         met = abs(diff) <= 2 * max(stds) if stds and n >= 2 else None
         noise = f" (2σ = {2 * max(stds):.2f})" if stds and n >= 2 else ""
         out.append(Check("DCP", cols[4], where, f"{diff:+.2f}{noise}", met, n))
+    # Context, not targets: static networks at this run's final widths (see `_controls_of`).
+    scratch, bound = _controls_of(s, controls)
+    if scratch is not None and (drop := _drop(scratch)) is not None:
+        out.append(Check("DCP", cols[5], where, f"{drop:+.2f}", None, scratch.n))
+    if bound is not None and bound.speedup:
+        out.append(Check("DCP", cols[6], where, f"{1 / bound.speedup:.2f}×", None, bound.n))
     return out
+
+
+def _controls_of(s: Summary, statics: list[Summary]) -> tuple[Summary | None, Summary | None]:
+    """The `static` rows that control DCP run `s`: trained at the exact final widths of one of
+    its seeds (found by equal final MACs: the same architecture), and at those widths rounded
+    up to a multiple (the widths DCP's slice mode computed: the speed bound)."""
+    macs = {r.get("final_macs") for r in s.rows}
+    same = [c for c in statics if (c.suite, c.dataset, c.model) == (s.suite, s.dataset, s.model)]
+    scratch = next((c for c in same if int(_args(c, "static").get("multiple", 1)) == 1
+                    and c.rows[0].get("final_macs") in macs), None)
+    if scratch is None:
+        return None, None
+    widths = _args(scratch, "static")["widths"]
+    bound = next((c for c in same if int(_args(c, "static").get("multiple", 1)) > 1
+                  and _args(c, "static")["widths"] == widths), None)
+    return scratch, bound
 
 
 def check_targets(summaries: list[Summary]) -> list[Check]:
@@ -132,12 +160,14 @@ def check_targets(summaries: list[Summary]) -> list[Check]:
         for s in summaries
         if s.method == "dcp" and _args(s, "dcp").get("mode") == "mask"
     }
+    # Static rows with explicit widths: controls of the DCP runs whose final widths they copy.
+    controls = [s for s in summaries if s.method == "static" and _args(s, "static").get("widths")]
     out: list[Check] = []
     for s in summaries:
         if s.method == "learndrop" and s.suite in LD_SUITES:
             out += _learndrop(s)
         elif s.method == "dcp":
-            out += _dcp(s, masked)
+            out += _dcp(s, masked, controls)
     return out
 
 
