@@ -183,3 +183,17 @@ def test_commands_have_help(command, capsys) -> None:
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: leantrain " + command in capsys.readouterr().out
+
+
+def test_rows_of_seeds_not_run_now_are_not_stale(tmp_path) -> None:
+    """`bench SUITE --seeds 0` after `--seeds 0 1`: the seed-1 rows keep their settings (the
+    digest holds no seed), so they stay; a changed digest sets every seed's row aside."""
+    from leantrain.bench import _set_aside_stale
+
+    path = tmp_path / "s-env.jsonl"
+    rows = [{"key": f"s|cifar10/resnet20/dense/seed{k}|abcd1234"} for k in (0, 1)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _set_aside_stale(path, {"s|cifar10/resnet20/dense/seed0|abcd1234"}) == 0
+    assert read_results(path) == rows
+    assert _set_aside_stale(path, {"s|cifar10/resnet20/dense/seed0|ffff0000"}) == 2
+    assert read_results(path) == [] and read_results(path.with_name(path.name + ".stale")) == rows

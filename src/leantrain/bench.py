@@ -77,6 +77,13 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def _without_seed(key: str) -> str:
+    """``suite|data/model/label/seedN|digest`` → ``suite|data/model/label|digest``."""
+    suite, _, rest = key.partition("|")
+    name, _, digest = rest.rpartition("|")
+    return f"{suite}|{name.rpartition('/')[0]}|{digest}"
+
+
 def _set_aside_stale(path: Path, keys: set[str]) -> int:
     """Move rows whose run is no longer in the suite (its config changed) to ``PATH.stale``.
 
@@ -84,9 +91,12 @@ def _set_aside_stale(path: Path, keys: set[str]) -> int:
     they would be averaged with the new ones as if they were more seeds. They are kept, not
     deleted, in a file the report does not read.
     """
+    # A run's settings digest does not include its seed, so rows of seeds this call does not
+    # run (`--seeds 0` after `--seeds 0 1`) stay current as long as their settings do.
+    settings = {_without_seed(k) for k in keys}
     rows = read_results(path)
-    current = [row for row in rows if row.get("key") in keys]
-    stale = [row for row in rows if row.get("key") not in keys]
+    current = [row for row in rows if _without_seed(row.get("key", "")) in settings]
+    stale = [row for row in rows if _without_seed(row.get("key", "")) not in settings]
     if not stale:
         return 0
     with path.with_name(path.name + ".stale").open("a") as f:
