@@ -101,7 +101,11 @@ def test_one_seed_is_not_judged_for_noise() -> None:
         _with(_row("dcp-mask-p0.5", "dcp", 0, 0.81, 10.0, model="resnet20"), "quick",
               dcp={"p": 0.5, "mode": "mask"}),
     ]
+    rows.append(_with(_row("dcp-p0.5-gamma0.9", "dcp", 0, 0.70, 6.0, model="resnet20"), "quick",
+                      dcp={"p": 0.5, "gamma": 0.9}))
     c = _checks(rows)
     assert c[("quick: cifar10 / resnet20 / dcp-p0.5", "Sliced − masked accuracy")] == ("-1.00", None)
+    # Another γ is another method: the γ = 0.6 masked row is not its twin.
+    assert ("quick: cifar10 / resnet20 / dcp-p0.5-gamma0.9", "Sliced − masked accuracy") not in c
     table = targets_tables(check_targets(summarize(rows)))["DCP"]
     assert "1 (single seed)" in table

@@ -11,6 +11,7 @@ saving).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,7 @@ def _learndrop(s: Summary) -> list[Check]:
 
 def _dcp(
     s: Summary,
-    masked: dict[tuple[str, str, str, float], Summary],
+    masked: dict[tuple[str, str, str, str], Summary],
     controls: list[Summary],
 ) -> list[Check]:
     cols, where, out = COLUMNS["DCP"], _where(s), []
@@ -118,7 +119,7 @@ def _dcp(
             out.append(Check("DCP", cols[1], where, f"{drop:+.2f}", drop <= DCP_MAX_DROP, s.n))
     if abs(p - 0.5) < 1e-9 and ratio is not None:
         out.append(Check("DCP", cols[2], where, f"{ratio:.2f}×", ratio <= DCP_MAX_TIME_RATIO, s.n))
-    twin = masked.get((s.suite, s.dataset, s.model, p))
+    twin = masked.get(_twin_key(s))
     acc, twin_acc = s.mean("acc"), twin.mean("acc") if twin else None
     if twin is not None and acc is not None and twin_acc is not None:
         diff = acc - twin_acc
@@ -135,6 +136,12 @@ def _dcp(
     if bound is not None and bound.speedup:
         out.append(Check("DCP", cols[6], where, f"{1 / bound.speedup:.2f}×", None, bound.n))
     return out
+
+
+def _twin_key(s: Summary) -> tuple[str, str, str, str]:
+    """Sliced and masked twins share every DCP setting but the mode (p, γ, warm-up, ...)."""
+    args = {k: v for k, v in _args(s, "dcp").items() if k != "mode"}
+    return (s.suite, s.dataset, s.model, json.dumps(args, sort_keys=True))
 
 
 def _controls_of(s: Summary, statics: list[Summary]) -> tuple[Summary | None, Summary | None]:
@@ -156,7 +163,7 @@ def _controls_of(s: Summary, statics: list[Summary]) -> tuple[Summary | None, Su
 def check_targets(summaries: list[Summary]) -> list[Check]:
     """Every target that the summaries can answer, in table order."""
     masked = {
-        (s.suite, s.dataset, s.model, float(_args(s, "dcp").get("p", 0.3))): s
+        _twin_key(s): s
         for s in summaries
         if s.method == "dcp" and _args(s, "dcp").get("mode") == "mask"
     }
