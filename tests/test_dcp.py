@@ -14,6 +14,7 @@ from leantrain.cost import count_macs, count_params
 from leantrain.io import load_model, save_model
 from leantrain.methods.base import Progress
 from leantrain.methods.dcp import DCP, select_channels
+from leantrain.methods.static import StaticWidths
 from leantrain.registry import create_model
 from leantrain.structure import channel_sets_of
 
@@ -267,7 +268,8 @@ def test_rejects_min_channels_larger_than_a_layer() -> None:
         DCP(min_channels=999).setup(create_model("test_resnet"), Progress(0, 10, 5))
 
 
-def test_rejects_model_without_prunable_channels() -> None:
+@pytest.mark.parametrize("method", [DCP, StaticWidths])
+def test_rejects_model_without_prunable_channels(method) -> None:
     class NoChannels(torch.nn.Module):
         def droppable_units(self, include_downsampling=False):
             return []
@@ -276,9 +278,9 @@ def test_rejects_model_without_prunable_channels() -> None:
             return []
 
     with pytest.raises(ValueError, match="no prunable channels"):
-        DCP().setup(NoChannels(), Progress(0, 10, 5))
+        method().setup(NoChannels(), Progress(0, 10, 5))
     with pytest.raises(TypeError, match="does not describe its structure"):
-        DCP().setup(torch.nn.Linear(2, 2), Progress(0, 10, 5))
+        method().setup(torch.nn.Linear(2, 2), Progress(0, 10, 5))
 
 
 @pytest.mark.parametrize("mode", ["slice", "mask"])

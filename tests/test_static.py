@@ -1,5 +1,6 @@
 """Fixed-width baseline (`static`): the cut before the first step, its equivalence to training a
-narrow network from the start, and clear errors."""
+narrow network from the start, and clear errors (a model without prunable channels is tested
+for both methods in tests/test_dcp.py)."""
 
 from __future__ import annotations
 
@@ -95,15 +96,3 @@ def test_rejects_widths_that_do_not_fit_the_model() -> None:
     too_wide = [len(s) + 1 for s in channel_sets_of(model)]
     with pytest.raises(ValueError, match="is outside 1.."):
         StaticWidths(widths=too_wide).setup(model, Progress(0, 10, 5))
-
-
-def test_rejects_model_without_prunable_channels() -> None:
-    class NoChannels(torch.nn.Module):
-        def droppable_units(self, include_downsampling=False):
-            return []
-
-        def channel_sets(self):
-            return []
-
-    with pytest.raises(ValueError, match="no prunable channels"):
-        StaticWidths().setup(NoChannels(), Progress(0, 10, 5))

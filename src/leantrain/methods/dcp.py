@@ -26,7 +26,13 @@ from ..surgery import Change, prune_channels
 from . import register_method
 from .base import Method, Progress
 
-__all__ = ["DCP", "select_channels"]
+__all__ = ["DCP", "computed_width", "select_channels"]
+
+
+def computed_width(selected: int, width: int, multiple: int) -> int:
+    """Channels slice mode computes for `selected` channels of a `width`-channel layer: rounded
+    up to a multiple of `multiple` (fast kernel widths), never above the layer's width."""
+    return min(width, -(-selected // multiple) * multiple)
 
 
 def select_channels(
@@ -217,8 +223,7 @@ class DCP(Method):
         kept = self.kept[s.name]
         if kept is None or self.mode == "mask" or self.compute_multiple <= 1:
             return kept, None
-        m = self.compute_multiple
-        width = min(len(s), -(-len(kept) // m) * m)
+        width = computed_width(len(kept), len(s), self.compute_multiple)
         if width == len(kept):
             return kept, None
         # Pad with the unselected channels most likely to be selected next (highest utility),

@@ -7,9 +7,10 @@ against a network of the same widths trained densely from the start. It also bou
 speed: no per-step selection can train faster than a static network of the widths it computes.
 
 The widths are either uniform (every channel set keeps ``round(C · (1 - p))`` channels) or given
-per channel set (e.g. the final widths of a DCP run), optionally rounded up to a multiple. Which channels are kept does not matter at
-initialisation (the first ones are). The cut happens in `setup`, which returns the `Change`, so
-`fit()` re-keys the optimizer; in an own loop, build the optimizer after `setup` or apply it.
+per channel set (e.g. the final widths of a DCP run), optionally rounded up to a multiple. Which
+channels are kept does not matter at initialisation (the first ones are). The cut happens in
+`setup`, which returns the `Change`, so `fit()` re-keys the optimizer; in an own loop, build the
+optimizer after `setup` or apply it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..structure import channel_sets_of
+from ..structure import ChannelSet, channel_sets_of
 from ..surgery import Change, prune_channels
 from . import register_method
 from .base import Method, Progress
+from .dcp import computed_width
 
 __all__ = ["StaticWidths"]
 
@@ -59,7 +61,9 @@ class StaticWidths(Method):
 
     def target_widths(self, model: nn.Module) -> list[int]:
         """The kept width of every channel set of `model`, in `channel_sets_of` order."""
-        sets = channel_sets_of(model)
+        return self._widths(channel_sets_of(model))
+
+    def _widths(self, sets: list[ChannelSet]) -> list[int]:
         if not sets:
             raise ValueError("this model has no prunable channels, so there is nothing to cut; use --method none.")
         if self.widths:
@@ -74,13 +78,15 @@ class StaticWidths(Method):
             wanted = list(self.widths)
         else:
             wanted = [max(self.min_channels, round(len(s) * (1 - self.p))) for s in sets]
-        return [min(len(s), -(-w // self.multiple) * self.multiple) for s, w in zip(sets, wanted)]
+        # The same rounding as DCP's slice mode, so DCP's final widths with its compute_multiple
+        # give exactly the network it computed.
+        return [computed_width(w, len(s), self.multiple) for s, w in zip(sets, wanted)]
 
     def setup(self, model: nn.Module, progress: Progress) -> Change | None:
         if self._cut:  # resumed: the checkpoint's model is already cut
             return None
         sets = channel_sets_of(model)
-        widths = self.target_widths(model)
+        widths = self._widths(sets)
         self._cut = True
         keep = {
             s.name: torch.arange(w, device=s.producer.conv.weight.device)
