@@ -18,6 +18,7 @@ from leantrain.cost import (
     measure_step_flops,
 )
 from leantrain.models.layers import ConvBN, SelectLinear
+from leantrain.structure import prepare, structure_of
 from leantrain.timing import Stopwatch
 
 SHAPE = (3, 8, 8)
@@ -51,7 +52,13 @@ class Net(nn.Module):
 @pytest.fixture
 def net() -> Net:
     torch.manual_seed(0)
-    return Net()
+    model = Net()
+    prepare(model, SHAPE)
+    return model
+
+
+def _select(net: Net, name: str, index: Tensor | None, mode: str = "slice") -> None:
+    structure_of(net).channel_set(name).select(index, mode=mode)
 
 
 def _forward_flops_by_counter(model: nn.Module, shape: tuple[int, int, int]) -> int:
@@ -97,8 +104,7 @@ def test_count_macs_restores_training_flags(net: Net) -> None:
 
 def test_sliced_convbn_reduces_macs_exactly(net: Net) -> None:
     half = torch.arange(0, 8, 2)
-    net.c1.out_index = half
-    net.c2.in_index = half
+    _select(net, "c1", half)
     expected = DENSE_MACS - C1_MACS // 2 - C2_MACS // 2
     assert count_macs(net, SHAPE, include_bias=False) == expected
     # The sliced path really computes less: FlopCounterMode sees the gathered-weight conv.
@@ -106,9 +112,9 @@ def test_sliced_convbn_reduces_macs_exactly(net: Net) -> None:
     assert measure_step_flops(net, SHAPE).forward_flops == 2 * expected
 
     # Slicing the last layer's input features shrinks the classifier too.
-    net.c1.out_index = net.c2.in_index = None
+    _select(net, "c1", None)
     quarter = torch.arange(4)
-    net.c2.out_index = quarter
+    net.c2.conv.out_index = net.c2.bn.out_index = quarter  # c2's reader c3 is narrowed by hand
     net.c3.weight.data = net.c3.weight.data[:, :4].clone()  # hand-narrowed plain consumer
     net.c3.in_channels = 4
     assert count_macs(net, SHAPE, include_bias=False) == (
@@ -117,8 +123,7 @@ def test_sliced_convbn_reduces_macs_exactly(net: Net) -> None:
 
 
 def test_masked_convbn_costs_full_width(net: Net) -> None:
-    net.c1.gate_mode = "mask"
-    net.c1.out_index = torch.arange(4)
+    _select(net, "c1", torch.arange(4), mode="mask")
     assert count_macs(net, SHAPE, include_bias=False) == DENSE_MACS
 
 
@@ -133,11 +138,11 @@ def test_select_linear_in_index() -> None:
 
 def test_layer_costs_rows_add_up(net: Net) -> None:
     rows = layer_costs(net, SHAPE)
-    assert [r["name"] for r in rows] == ["c1", "c2", "c3", "bn", "fc"]
-    types = ["ConvBN", "ConvBN", "Conv2d", "BatchNorm2d", "SelectLinear"]
+    assert [r["name"] for r in rows] == ["c1.conv", "c1.bn", "c2.conv", "c2.bn", "c3", "bn", "fc"]
+    types = ["SliceConv2d", "SliceBatchNorm2d"] * 2 + ["SliceConv2d", "SliceBatchNorm2d", "SelectLinear"]
     assert [r["type"] for r in rows] == types
     assert rows[0]["macs"] == C1_MACS and rows[0]["output_shape"] == (8, 8, 8)
-    assert rows[1]["output_shape"] == (16, 4, 4)
+    assert rows[2]["output_shape"] == (16, 4, 4)
     assert rows[-1]["output_shape"] == (10,)
     assert sum(r["macs"] for r in rows) == count_macs(net, SHAPE)
     assert sum(r["params"] for r in rows) == count_params(net)
@@ -236,8 +241,7 @@ def test_cost_meter_integrates_piecewise(net: Net) -> None:
     for _ in range(10):
         meter.add(8)
     half = torch.arange(0, 8, 2)
-    net.c1.out_index = half
-    net.c2.in_index = half
+    _select(net, "c1", half)
     small = meter.recount(net)
     assert small.forward_flops < dense.forward_flops
     for _ in range(5):

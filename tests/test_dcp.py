@@ -16,7 +16,7 @@ from leantrain.methods.base import Progress
 from leantrain.methods.dcp import DCP, select_channels
 from leantrain.methods.static import StaticWidths
 from leantrain.registry import create_model
-from leantrain.structure import channel_sets_of
+from leantrain.structure import StructureError, channel_sets_of
 
 MODELS = ["test_resnet", "test_vgg", "test_resnet_bottleneck"]
 
@@ -98,8 +98,8 @@ def test_unselected_channels_get_zero_gradient_and_frozen_utility(name: str) -> 
             continue
         off = torch.ones(len(s), dtype=torch.bool)
         off[kept] = False
-        assert s.producer.conv.weight.grad[off].abs().max() == 0
-        assert s.producer.bn.weight.grad[off].abs().max() == 0
+        assert s.conv.weight.grad[off].abs().max() == 0
+        assert s.bn.weight.grad[off].abs().max() == 0
         torch.testing.assert_close(method.utilities[s.name][off], before[s.name][off])
         assert not torch.equal(method.utilities[s.name][kept], before[s.name][kept])
 
@@ -127,8 +127,7 @@ def test_compact_export_equals_gated_model(name: str, multiple: int) -> None:
     for s in channel_sets_of(model):
         if widths[s.name] is not None:
             assert len(s) == widths[s.name]
-            assert all(c.weight.shape[1] == widths[s.name] if hasattr(c, "weight") and c.weight.dim() == 2
-                       else c.conv.in_channels == widths[s.name] for c in s.consumers)
+            assert all(c.weight.shape[1] == widths[s.name] for c in s.consumers)
     if multiple == 1:  # the gated model computed exactly the kept channels
         assert count_macs(model, (3, 32, 32)) == gated_macs
     else:  # it also computed padding channels, gated off
@@ -150,7 +149,7 @@ def test_computed_widths_are_padded_to_the_multiple_and_gated() -> None:
     }
     widths = []
     for s in channel_sets_of(padded_model):
-        index, kept = s.producer.out_index, padded.kept[s.name]
+        index, kept = s.conv.out_index, padded.kept[s.name]
         if kept is not None:
             assert len(index) % 8 == 0 or len(index) == len(s)
             assert set(kept.tolist()) <= set(index.tolist())
@@ -225,7 +224,7 @@ def test_selection_prunes_round_np_in_model() -> None:
     total = sum(len(s) for s in sets)
     kept = sum(len(method.kept[s.name]) if method.kept[s.name] is not None else len(s) for s in sets)
     assert total - kept == round(total * 0.3)
-    assert all(s.producer.out_index is None or len(s.producer.out_index) >= 3 for s in sets)
+    assert all(s.conv.out_index is None or len(s.conv.out_index) >= 3 for s in sets)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -279,23 +278,25 @@ def test_rejects_model_without_prunable_channels(method) -> None:
 
     with pytest.raises(ValueError, match="no prunable channels"):
         method().setup(NoChannels(), Progress(0, 10, 5))
-    with pytest.raises(TypeError, match="does not describe its structure"):
+    with pytest.raises(StructureError, match=r"call leantrain.prepare\(model, example_input\)"):
         method().setup(torch.nn.Linear(2, 2), Progress(0, 10, 5))
 
 
 @pytest.mark.parametrize("mode", ["slice", "mask"])
 def test_saliency_equals_taylor_term_of_the_bn_output(mode: str) -> None:
-    """The observer's a·g (taken after ReLU to save memory) equals the spec's BN-output term."""
-    from leantrain.models.layers import ConvBN
+    """The observer's a·g (its view of a is overwritten by the in-place ReLU, to save memory)
+    equals the spec's BN-output term."""
+    from leantrain.models.layers import ConvBN, make_sliceable
+    from leantrain.structure import ChannelSet
 
     torch.manual_seed(0)
     unit = ConvBN(3, 8, 3)
-    unit.out_index = torch.tensor([0, 2, 3, 6])
-    unit.gate_mode = mode
+    index = torch.tensor([0, 2, 3, 6])
+    ChannelSet("unit", make_sliceable(unit.conv), make_sliceable(unit.bn)).select(index, mode=mode)
     seen = {}
-    unit.observer = lambda u, a, g: seen.update(s=(a * g).sum((2, 3)).abs().sum(0))
+    unit.bn.observer = lambda u, a, g: seen.update(s=(a * g).sum((2, 3)).abs().sum(0))
     x = torch.randn(4, 3, 8, 8)
-    w = torch.randn(4, len(unit.out_index) if mode == "slice" else 8, 8, 8)
+    w = torch.randn(4, len(index) if mode == "slice" else 8, 8, 8)
     (unit(x) * w).sum().backward()
     # reference: the BN output a (before gate and ReLU) and ∂L/∂a, by plain autograd
     ref = ConvBN(3, 8, 3)
@@ -303,13 +304,13 @@ def test_saliency_equals_taylor_term_of_the_bn_output(mode: str) -> None:
     a = ref.bn(ref.conv(x))
     a.retain_grad()
     gate = torch.zeros(8)
-    gate[unit.out_index] = 1
+    gate[index] = 1
     out = torch.relu(a * gate.view(1, -1, 1, 1))
     if mode == "slice":
-        out = out[:, unit.out_index]
+        out = out[:, index]
     (out * w).sum().backward()
     expected = (a * a.grad).sum((2, 3)).abs().sum(0)
     got = seen["s"]
     if mode == "slice":
-        expected = expected[unit.out_index]
+        expected = expected[index]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)

@@ -3,6 +3,8 @@ errors, resume, fit() against an own loop, and the plot."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import json
 import math
@@ -29,7 +31,7 @@ from leantrain.scores import (
     normalize,
     relative_change,
 )
-from leantrain.structure import Unit, stage_blocks_of, units_of
+from leantrain.structure import StructureError, Unit, prepare, stage_blocks_of, units_of
 from leantrain.surgery import drop_units
 from leantrain.train import fit, lr_at, make_optimizer
 
@@ -330,9 +332,9 @@ def test_downsampling_blocks_are_replaced_by_their_shortcut(decay_score, tmp_pat
         # test_resnet: layer1 = 2 identity blocks; layer2, layer3 = downsampling + identity.
         ("test_resnet", 1, {"layer1": 1, "layer2": 1, "layer3": 1}),
         ("test_resnet", 2, {"layer1": 2, "layer2": 2, "layer3": 2}),
-        # test_vgg: block2 and block3 = widening conv + one equal-width conv each.
-        ("test_vgg", 1, {"block2": 1, "block3": 1}),
-        ("test_vgg", 2, {"block2": 2, "block3": 2}),
+        # test_vgg: stages 2 and 3 = widening conv + one equal-width conv each.
+        ("test_vgg", 1, {"features:2": 1, "features:3": 1}),
+        ("test_vgg", 2, {"features:2": 2, "features:3": 2}),
     ],
 )
 def test_per_stage_minimum_holds_when_every_unit_scores_low(
@@ -347,12 +349,12 @@ def test_per_stage_minimum_holds_when_every_unit_scores_low(
 
 
 def test_stage_blocks_count_non_droppable_blocks_and_fall_back_to_units() -> None:
-    vgg = _model("test_vgg")  # block2 and block3: a widening conv and an equal-width conv each
+    vgg = _model("test_vgg")  # stages 2 and 3: a widening conv and an equal-width conv each
     assert {k: len(v) for k, v in stage_blocks_of(vgg).items()} == {
-        "block1": 1, "block2": 2, "block3": 2
+        "features:1": 1, "features:2": 2, "features:3": 2
     }
     drop_units(vgg, ["features.3"])
-    assert stage_blocks_of(vgg)["block2"] == ["features.2"]
+    assert stage_blocks_of(vgg)["features:2"] == ["features.2"]
 
     class OwnModel(nn.Module):  # the protocol without the optional stage_blocks()
         def __init__(self) -> None:
@@ -360,7 +362,10 @@ def test_stage_blocks_count_non_droppable_blocks_and_fall_back_to_units() -> Non
             self.inner = create_model("test_resnet")
 
         def droppable_units(self, include_downsampling: bool = False) -> list[Unit]:
-            return self.inner.droppable_units(include_downsampling)
+            return [
+                dataclasses.replace(u, name=f"inner.{u.name}", members=(f"inner.{u.name}",))
+                for u in units_of(self.inner, include_downsampling)
+            ]
 
         def channel_sets(self) -> list[Any]:
             return []
@@ -495,10 +500,11 @@ def test_invalid_settings_are_clear_errors(kw: dict[str, Any], match: str) -> No
 
 def test_model_without_droppable_unit_is_a_clear_error() -> None:
     vgg = VGG([8, "M", 16], num_classes=10, in_channels=3, input_size=SIZE)  # no equal-width pair
+    prepare(vgg, (3, SIZE, SIZE))
     with pytest.raises(ValueError, match="no droppable unit.*--method none"):
         LearnDrop().setup(vgg, Progress(0, 10, 10))
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
-    with pytest.raises(TypeError, match="droppable_units"):
+    with pytest.raises(StructureError, match=r"call leantrain.prepare\(model, example_input\)"):
         LearnDrop().setup(plain, Progress(0, 10, 10))
 
 

@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from leantrain.models import BasicBlock, Bottleneck, ConvBN, ResNet, SelectLinear, VGG
+from leantrain.models import (
+    VGG, BasicBlock, Bottleneck, ConvBN, ResNet, SelectLinear, SliceBatchNorm2d, SliceConv2d,
+)
 from leantrain.registry import Registry, create_model, list_models
-from leantrain.structure import Prunable, channel_sets_of, units_of
+from leantrain.structure import channel_sets_of, prepare, units_of
 
 SMALL = ["vgg11", "resnet20", "test_vgg", "test_resnet", "test_resnet_bottleneck"]
 # Only constructed: a CPU forward of these is too slow for the unit suite.
@@ -180,8 +182,8 @@ def test_vgg_skips_pools_on_small_inputs() -> None:
 def test_every_model_builds_and_runs(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_classes=5, input_size=16)
-    assert isinstance(model, Prunable)
     assert isinstance(model, (VGG, ResNet))
+    assert prepare(model).units  # discovery traces every model of the zoo
     if name in NO_FORWARD:
         return
     # 16 px keeps the big ones fast; the small models run at 28/32 px in the next test.
@@ -244,8 +246,8 @@ def test_unit_names_and_stages() -> None:
     # The stem and the classifier never appear.
     assert not any(n.startswith(("conv1", "fc")) for n in names)
     vgg_units = units_of(_shared("test_vgg"))
-    assert [(u.name, u.stage) for u in vgg_units] == [("features.3", "block2"),
-                                                      ("features.6", "block3")]
+    assert [(u.name, u.stage) for u in vgg_units] == [("features.3", "features:2"),
+                                                      ("features.6", "features:3")]
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_resnet_bottleneck"])
@@ -271,9 +273,11 @@ def test_dropping_a_zero_branch_block_preserves_the_function(name: str) -> None:
         if unit.kind == "projection":
             # The projection's parameters carry over: the same module object.
             assert model.get_submodule(unit.name)[0] is block.downsample
-    # Replaced blocks are no longer listed.
+    # Replaced blocks are no longer listed. With every block gone, the stem and the projections
+    # feed only convs (and the classifier), so their channels become prunable: found again.
     assert units_of(model, include_downsampling=True) == []
-    assert channel_sets_of(model) == []
+    projections = [u.name for u in units if u.kind == "projection"]
+    assert [s.name for s in channel_sets_of(model)] == ["conv1"] + [f"{n}.0" for n in projections]
 
 
 def test_vgg_drop_keeps_shapes_and_relinks_channel_sets() -> None:
@@ -289,7 +293,7 @@ def test_vgg_drop_keeps_shapes_and_relinks_channel_sets() -> None:
     sets = {s.name: s for s in channel_sets_of(model)}
     assert list(sets) == ["features.0", "features.2", "features.5"]
     # Consumers link across the dropped convs.
-    assert sets["features.2"].consumers == (model.features[5],)
+    assert sets["features.2"].consumers == (model.features[5].conv,)
     assert sets["features.5"].consumers == (model.classifier,)
 
 
@@ -302,29 +306,34 @@ def test_channel_sets_are_consistent(name: str) -> None:
     model = _shared(name)
     sets = channel_sets_of(model)
     assert sets
-    producers = [s.producer for s in sets]
+    producers = [s.conv for s in sets]
     assert len({id(p) for p in producers}) == len(producers)  # each producer listed once
     for s in sets:
-        assert isinstance(s.producer, ConvBN)
-        assert model.get_submodule(s.name) is s.producer
-        assert len(s) == s.producer.out_channels
+        assert isinstance(s.conv, SliceConv2d) and isinstance(s.bn, SliceBatchNorm2d)
+        holder = model.get_submodule(s.name)
+        assert holder.conv is s.conv and holder.bn is s.bn  # named by its ConvBN
+        assert len(s) == s.conv.out_channels == s.bn.num_features
         assert s.consumers
         for c in s.consumers:
-            assert isinstance(c, (ConvBN, SelectLinear))
-            width = c.in_channels if isinstance(c, ConvBN) else c.in_features
-            assert width == s.producer.out_channels
+            assert isinstance(c, (SliceConv2d, SelectLinear))
+            width = c.in_channels if isinstance(c, nn.Conv2d) else c.in_features
+            assert width == s.conv.out_channels
     if isinstance(model, ResNet):
-        # Residual-path producers (stem, block output conv, projection) are never listed.
-        residual = {id(model.conv1)}
-        for _, _, block in model._live_blocks():
-            residual.add(id(block.conv2 if isinstance(block, BasicBlock) else block.conv3))
+        # Residual-path producers (block output conv, projection) are never listed; the stem
+        # only when it feeds no add directly (a first block with a projection: ImageNet-style).
+        blocks = [b for _, st in model.named_children() if isinstance(st, nn.Sequential)
+                  for b in st if isinstance(b, (BasicBlock, Bottleneck))]
+        residual = set()
+        for block in blocks:
+            residual.add(id((block.conv2 if isinstance(block, BasicBlock) else block.conv3).conv))
             if block.downsample is not None:
-                residual.add(id(block.downsample))
+                residual.add(id(block.downsample.conv))
         assert not residual & {id(p) for p in producers}
         per_block = 2 if isinstance(model.layer1[0], Bottleneck) else 1
-        assert len(sets) == per_block * len(model._live_blocks())
+        stem = int(model.layer1[0].downsample is not None)
+        assert (id(model.conv1.conv) in {id(p) for p in producers}) == bool(stem)
+        assert len(sets) == per_block * len(blocks) + stem
     else:
         # VGG: every conv is prunable; the last one feeds the classifier.
         assert len(sets) == sum(isinstance(m, ConvBN) for m in model.features)
         assert sets[-1].consumers == (model.classifier,)
-

@@ -3,6 +3,7 @@ learndrop+dcp composition: each property the benchmark relies on, on tiny models
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -65,25 +66,38 @@ def test_survival_probabilities_decay_linearly_to_p_last() -> None:
 
 def test_skipped_block_is_identity_in_training_and_runs_in_eval() -> None:
     model = create_model("test_resnet", input_size=SIZE)
+    ref = copy.deepcopy(model.layer1[1]).eval()  # no gate, no hook
+    sd = StochasticDepth(p_last=0.5)
+    sd.setup(model, Progress(0, 10, 10))
     block = model.layer1[1]
     x = torch.relu(torch.randn(2, 8, SIZE, SIZE))  # a block's input is post-ReLU
     block.train()
-    block.skip = True
-    assert torch.equal(block(x), x)
-    block.eval()
-    full = torch.relu(block.conv2(block.conv1(x)) + x)
-    assert torch.allclose(block(x), full)
+    sd._gates["layer1.1"].skip = True
+    assert torch.equal(block(x), x)  # the branch is not computed: the shortcut alone
+    model.eval()
+    p = sd.survival["layer1.1"]
+    with torch.no_grad():
+        full = torch.relu(p * ref.conv2(ref.conv1(x)) + x)
+        assert torch.allclose(block(x), full, atol=1e-6)
 
 
 def test_eval_scales_the_residual_branch() -> None:
-    model = create_model("test_resnet", input_size=SIZE).eval()
+    model = create_model("test_resnet", input_size=SIZE)
+    ref = copy.deepcopy(model.layer2[1])  # no gate, no hook
+    sd = StochasticDepth(p_last=0.3)
+    sd.setup(model, Progress(0, 10, 10))
     block = model.layer2[1]
+    p = sd.survival["layer2.1"]
+    assert p < 1
     x = torch.relu(torch.randn(2, 16, SIZE // 2, SIZE // 2))
-    block.residual_scale = 0.3
-    expected = torch.relu(0.3 * block.conv2(block.conv1(x)) + x)
-    assert torch.allclose(block(x), expected, atol=1e-6)
-    block.train()  # training ignores the scale (the Bernoulli gate replaces it)
-    assert torch.allclose(block(x), torch.relu(block.conv2(block.conv1(x)) + x), atol=1e-6)
+    model.eval(), ref.eval()
+    with torch.no_grad():
+        expected = torch.relu(p * ref.conv2(ref.conv1(x)) + x)
+        assert torch.allclose(block(x), expected, atol=1e-6)
+    model.train(), ref.train()  # training ignores the scale (the Bernoulli gate replaces it)
+    with torch.no_grad():
+        plain = torch.relu(ref.conv2(ref.conv1(x)) + x)
+        assert torch.allclose(block(x), plain, atol=1e-6)
 
 
 def test_stochastic_depth_samples_identity_blocks_at_their_rates() -> None:
@@ -94,13 +108,12 @@ def test_stochastic_depth_samples_identity_blocks_at_their_rates() -> None:
     assert sd.survival == pytest.approx(
         {"layer1.0": 1 - 1 / 12, "layer1.1": 1 - 2 / 12, "layer2.1": 1 - 4 / 12, "layer3.1": 0.5}
     )
-    assert model.layer2[0].residual_scale == 1.0  # downsampling blocks always run
+    assert "layer2.0" not in sd._gates  # downsampling blocks always run
     skips = {name: 0 for name in sd.survival}
     for step in range(400):
         sd.step(model, Progress(step + 1, 400, 400))
         for name in skips:
-            skips[name] += model.get_submodule(name).skip
-        assert not model.layer2[0].skip and not model.layer3[0].skip
+            skips[name] += sd._gates[name].skip
     assert 0.40 < skips["layer3.1"] / 400 < 0.60
     assert skips["layer1.0"] / 400 < 0.16
 
@@ -115,9 +128,10 @@ def test_stochastic_depth_saves_flops_and_folds_the_eval_scale(tiny_cifar) -> No
     )
     result = fit(model, *loaders, cfg, [StochasticDepth(p_last=0.2)], show_progress=False)
     assert result.costs["train_flops"] < result.costs["dense_train_flops"]
-    # finish() folded p_l into the last BN: an ordinary ResNet with every block on
-    blocks = [b for _, s in model.stages() for b in s]
-    assert all(b.residual_scale == 1.0 and not b.skip for b in blocks)
+    # finish() folded p_l into the branch BN and removed its gates and hooks: an ordinary ResNet
+    blocks = [b for stage in (model.layer1, model.layer2, model.layer3) for b in stage]
+    assert all("forward" not in b.__dict__ for b in blocks)
+    assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_fold_preserves_the_eval_function() -> None:
@@ -155,9 +169,9 @@ def test_freezeout_freezes_in_order_and_leaves_the_optimizer() -> None:
     # t_i = 0.5 + 0.5 i / 7: layers 0..3 (t ≤ 0.714) are frozen at 0.75, in order
     assert fo.frozen == names[:4]
     live = _optimizer_params(opt)
-    for name, module in layers_in_order(model):
+    for name, members in layers_in_order(model):
         frozen = name in fo.frozen
-        for p in module.parameters():
+        for p in (p for m in members for p in model.get_submodule(m).parameters()):
             assert p.requires_grad is not frozen
             assert (id(p) in live) is not frozen
     # a frozen layer runs in eval mode: its BN statistics no longer move
@@ -194,7 +208,8 @@ def test_freezeout_update_scaling_equals_a_per_layer_lr() -> None:
     opt_a = make_optimizer(a, cfg)
     layers = layers_in_order(b)
     opt_b = torch.optim.SGD(
-        [{"params": list(m.parameters()), "layer": n} for n, m in layers],
+        [{"params": [p for m in ms for p in b.get_submodule(m).parameters()], "layer": n}
+         for n, ms in layers],
         lr=0.1,
         momentum=0.9,
         weight_decay=5e-4,

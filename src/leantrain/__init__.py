@@ -15,14 +15,19 @@ from .methods.learndrop import LearnDrop
 from .methods.stochastic_depth import StochasticDepth
 from .methods.tp_prune import TPPrune
 from .registry import create_model, list_models
-from .structure import ChannelSet, Prunable, Unit, channel_sets_of, units_of
+from .structure import (
+    ChannelSet, Excluded, Structure, StructureError, Unit, channel_sets_of, prepare, structure_of,
+    units_of,
+)
 from .surgery import Change, drop_units, freeze_units, prune_channels, remap_optimizer
 from .train import Result, evaluate, fit, lr_at
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Checkpointer", "DCP", "FreezeOut", "LearnDrop", "StochasticDepth", "TPPrune", "METHODS", "Change", "ChannelSet", "CostMeter", "Method", "Progress", "Prunable",
+    "Checkpointer", "DCP", "FreezeOut", "LearnDrop", "StochasticDepth", "TPPrune", "METHODS",
+    "Change", "ChannelSet", "CostMeter", "Excluded", "Method", "Progress", "Structure",
+    "StructureError", "prepare", "structure_of",
     "Result", "StepCost", "Unit", "channel_sets_of", "count_macs", "count_params",
     "create_model", "drop_units", "evaluate", "fit", "freeze_units", "list_models",
     "load_checkpoint", "load_model",

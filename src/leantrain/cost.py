@@ -12,10 +12,10 @@ Conventions (every field says which unit it is in):
   * BatchNorm, ReLU, pooling, the loss and element-wise ops are excluded from both counts: they are
     a few percent of a CNN's arithmetic and FlopCounterMode does not count them either.
 
-`ConvBN` units that compute only a subset of their channels (``gate_mode="slice"`` with
-``out_index``/``in_index``) are counted at their effective width, since they call
-``F.conv2d`` with gathered weights; in ``"mask"`` mode they still compute every channel and are
-counted at full width. Parameters are always counted at their stored size.
+Sliceable layers that compute only a subset of their channels (``gate_mode="slice"`` with
+``out_index``/``in_index``, see `leantrain.models.layers`) are counted at their effective width,
+read from the tensors each call actually sees; in ``"mask"`` mode they still compute every
+channel and are counted at full width. Parameters are always counted at their stored size.
 
 Training cost is measured rather than derived: `measure_step_flops` runs one real forward and
 backward under FlopCounterMode, so frozen parameters (no weight gradient) and the first layer
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models.layers import ConvBN
+from .models.layers import SliceBatchNorm2d
 
 __all__ = [
     "StepCost",
@@ -68,7 +68,7 @@ def count_macs(
     """Forward multiply-accumulates of one sample, counted analytically (pycls formulas).
 
     Runs one forward pass of a batch of one in eval mode under ``torch.no_grad`` with hooks on
-    every `ConvBN`, ``nn.Conv2d`` and ``nn.Linear``, then restores each module's training flag.
+    every ``nn.Conv2d`` and ``nn.Linear``, then restores each module's training flag.
 
     Args:
         model: the network, in its current (possibly sliced) configuration.
@@ -86,9 +86,9 @@ def count_macs(
 def layer_costs(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dict[str, Any]]:
     """Per-layer parameters and forward MACs, in execution order (for ``leantrain cost -v``).
 
-    One row per executed `ConvBN` (its conv and BN together), ``nn.Conv2d``, ``nn.Linear`` and
-    BatchNorm layer outside a `ConvBN` (BatchNorm rows have 0 MACs but carry parameters, so the
-    rows' ``params`` add up to `count_params` for a typical CNN). A module called several times
+    One row per executed ``nn.Conv2d``, ``nn.Linear`` and BatchNorm layer (BatchNorm rows have 0
+    MACs but carry parameters, so the rows' ``params`` add up to `count_params` for a typical
+    CNN). A module called several times
     appears once with its MACs summed. The rows' ``macs`` add up to `count_macs`.
 
     Args:
@@ -138,7 +138,7 @@ def measure_step_flops(
     Runs a forward pass in train mode and a cross-entropy backward on random labels, counting the
     two phases separately. Afterwards every buffer (BN running statistics,
     ``num_batches_tracked``), every ``.grad`` and every module's training flag are put back, and
-    the global RNG state is untouched, so calling this mid-training changes nothing. `ConvBN`
+    the global RNG state is untouched, so calling this mid-training changes nothing. BN
     observers (DCP saliency hooks) are switched off during the measurement.
 
     Args:
@@ -158,7 +158,7 @@ def measure_step_flops(
     ]
     params = list(model.parameters())
     grads = [p.grad for p in params]
-    observers = {m: m.observer for m in model.modules() if isinstance(m, ConvBN)}
+    observers = {m: m.observer for m in model.modules() if isinstance(m, SliceBatchNorm2d)}
     try:
         for p in params:
             # Detach the old .grad so backward allocates fresh tensors instead of accumulating
@@ -312,13 +312,6 @@ def _fork_rng(device: torch.device) -> Any:
 def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dict[str, Any]]:
     """Run a batch of one in eval mode and record the MACs of every compute layer."""
     device, dtype = _device_dtype(model)
-    inside_convbn = {
-        id(sub)
-        for m in model.modules()
-        if isinstance(m, ConvBN)
-        for sub in m.modules()
-        if sub is not m
-    }
     rows: dict[int, dict[str, Any]] = {}  # insertion order = first call order
     handles = []
 
@@ -342,9 +335,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dict[str
         return fn
 
     for name, m in model.named_modules():
-        if id(m) in inside_convbn:
-            continue  # counted at the ConvBN level, where the effective width is visible
-        if isinstance(m, (ConvBN, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
             handles.append(m.register_forward_hook(hook(name or type(m).__name__, m)))
 
     training = {m: m.training for m in model.modules()}
@@ -364,15 +355,13 @@ def _module_macs(mod: nn.Module, x: Tensor, out: Tensor) -> tuple[int, int]:
     """(MACs, bias MACs) of one call, from the tensors actually seen (so slicing is respected)."""
     batch = x.shape[0]
     out_per_sample = out.numel() // batch
-    if isinstance(mod, ConvBN):
-        # x holds only the in_index channels and out only the out_index ones in slice mode;
-        # in mask mode both are full width, as is the compute.
-        kh, kw = mod.conv.kernel_size
-        macs = out_per_sample * (x.shape[1] // mod.conv.groups) * kh * kw
-        return macs, out_per_sample if mod.conv.bias is not None else 0
     if isinstance(mod, nn.Conv2d):
+        # x holds only the in_index channels and out only the out_index ones in slice mode (in
+        # mask mode both are full width, as is the compute); a depthwise conv that follows a
+        # selection has as many groups as channels it computes.
         kh, kw = mod.kernel_size
-        macs = out_per_sample * (x.shape[1] // mod.groups) * kh * kw
+        groups = out.shape[1] if getattr(mod, "depthwise_follow", False) and mod.out_index is not None else mod.groups
+        macs = out_per_sample * (x.shape[1] // groups) * kh * kw
         return macs, out_per_sample if mod.bias is not None else 0
     if isinstance(mod, nn.Linear):
         # x.shape[-1] is the effective in_features (SelectLinear reads only in_index).

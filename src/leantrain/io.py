@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .registry import create_model
-from .structure import Prunable
+from .structure import channel_sets_of
 from .surgery import drop_units, prune_channels
 
 __all__ = [
@@ -51,9 +51,7 @@ def architecture(model: nn.Module) -> dict[str, Any]:
         raise TypeError("only models made by leantrain.create_model() can be saved with their architecture.")
     if reason := getattr(model, "external_surgery", None):
         raise TypeError(f"this model's architecture cannot be described ({reason}); save its weights only.")
-    widths = {}
-    if isinstance(model, Prunable):
-        widths = {s.name: len(s) for s in model.channel_sets()}
+    widths = {s.name: len(s) for s in channel_sets_of(model)}
     return {
         "format": FORMAT,
         "arch": dict(model.arch),
@@ -104,9 +102,7 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
             for unit in desc["dropped_units"]:
                 projection = unit.get("kind") == "projection"
                 drop_units(model, [unit["name"]], include_downsampling=projection)
-            sets = {}
-            if isinstance(model, Prunable):
-                sets = {s.name: len(s) for s in model.channel_sets()}
+            sets = {s.name: len(s) for s in channel_sets_of(model)}
             keep = {
                 name: torch.arange(width) for name, width in desc["widths"].items()
                 if name in sets and width < sets[name]

@@ -265,18 +265,26 @@ class ResidualNormScore(UnitScore):
             if u.kind == "projection":
                 self._attach_projection(u)
             else:
-                self._handles.append(u.module.register_forward_hook(self._identity_hook(u.name)))
+                self._attach_identity(u)
 
-    def _identity_hook(self, name: str) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+    def _attach_identity(self, u: Unit) -> None:
+        # The unit's input enters its first member and its output leaves its last one (the
+        # same module for a residual block; conv and activation for a torchvision VGG layer).
+        def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
             if module.training:
-                self._pending[name] = _relative_residual(out, args[0])
+                self._reference[u.name] = args[0].detach()
 
-        return hook
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+            ref = self._reference.pop(u.name, None)
+            if module.training and ref is not None:
+                self._pending[u.name] = _relative_residual(out, ref)
+
+        self._handles.append(u.first.register_forward_pre_hook(capture))
+        self._handles.append(u.last.register_forward_hook(hook))
 
     def _attach_projection(self, u: Unit) -> None:
         repl = u.replacement
-        inside = {id(m) for m in u.module.modules()}
+        inside = {id(m) for m in u.module.modules()}  # projection units are one block
         if not (isinstance(repl, nn.Sequential) and len(repl) > 0 and id(repl[0]) in inside):
             raise ValueError(
                 f"residual_norm cannot score {u.name}: its replacement does not start with a "

@@ -13,8 +13,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .models.layers import ConvBN, SelectLinear
-from .structure import channel_sets_of, units_of
+from .structure import ChannelSet, bump_version, channel_sets_of, sliceable_layers, units_of
 
 __all__ = [
     "ParamEdit",
@@ -82,14 +81,16 @@ def drop_units(model: nn.Module, names: Iterable[str], include_downsampling: boo
     edits: list[ParamEdit] = []
     for name in names:
         unit = units[name]
-        kept = {id(p) for p in unit.replacement.parameters()}
-        edits += [ParamEdit(p, None) for p in unit.module.parameters() if id(p) not in kept]
-        set_submodule(model, name, unit.replacement)
+        kept = {id(p) for r in unit.replacements for p in r.parameters()}
+        edits += [ParamEdit(p, None) for p in unit.parameters() if id(p) not in kept]
+        for member, replacement in zip(unit.members, unit.replacements):
+            set_submodule(model, member, replacement)
         # Recorded on the model so its architecture can be rebuilt from JSON (leantrain.io).
         dropped = getattr(model, "dropped_units", [])
         model.dropped_units = [*dropped, {"name": name, "kind": unit.kind}]
         _log_surgery(model, {"op": "drop", "name": name, "kind": unit.kind})
     clear_selections(model)
+    bump_version(model)
     return Change(removed=names, edits=edits)
 
 
@@ -100,12 +101,9 @@ def clear_selections(model: nn.Module) -> None:
     the layer after the dropped one), so a selection set before the drop may no longer fit. The
     model runs at full width until the channel method selects again on its next `step`.
     """
-    for module in model.modules():
-        if isinstance(module, ConvBN):
-            module.out_index = None
-            module.in_index = None
-        elif isinstance(module, SelectLinear):
-            module.in_index = None
+    for module in sliceable_layers(model):
+        for attr in ("out_index", "in_index", "out_active"):
+            module.__dict__.pop(attr, None)  # back to the class default: None
 
 
 def freeze_units(model: nn.Module, names: Iterable[str]) -> Change:
@@ -120,8 +118,7 @@ def freeze_units(model: nn.Module, names: Iterable[str]) -> Change:
     for name in names:
         if name not in units:
             raise ValueError(f"cannot freeze {name!r}: not a droppable unit of this model")
-        module = units[name].module
-        for p in module.parameters():
+        for p in units[name].parameters():
             if p.requires_grad:
                 p.requires_grad_(False)
                 edits.append(ParamEdit(p, None))
@@ -135,35 +132,43 @@ def _slice_param(p: nn.Parameter, dim: int, index: Tensor) -> nn.Parameter:
     return new
 
 
-def _slice_convbn_out(unit: ConvBN, keep: Tensor, edits: list[ParamEdit]) -> None:
-    conv, bn = unit.conv, unit.bn
+def _slice_out(conv: nn.Conv2d, bn: nn.BatchNorm2d, keep: Tensor, edits: list[ParamEdit],
+               depthwise: bool = False) -> None:
+    """Keep output channels `keep` of a conv (and of its input too for a depthwise one) and BN."""
     new_w = _slice_param(conv.weight, 0, keep)
     edits.append(ParamEdit(conv.weight, new_w, (keep, None, None, None)))
     conv.weight = new_w
+    if conv.bias is not None:
+        old = conv.bias
+        conv.bias = _slice_param(old, 0, keep)
+        edits.append(ParamEdit(old, conv.bias, (keep,)))
     conv.out_channels = len(keep)
+    if depthwise:
+        conv.in_channels = conv.groups = len(keep)
     for pname in ("weight", "bias"):
         old = getattr(bn, pname)
+        if old is None:
+            continue
         new = _slice_param(old, 0, keep)
         edits.append(ParamEdit(old, new, (keep,)))
         setattr(bn, pname, new)
-    assert bn.running_mean is not None and bn.running_var is not None
-    bn.running_mean = bn.running_mean.index_select(0, keep).clone()
-    bn.running_var = bn.running_var.index_select(0, keep).clone()
+    if bn.running_mean is not None and bn.running_var is not None:
+        bn.running_mean = bn.running_mean.index_select(0, keep).clone()
+        bn.running_var = bn.running_var.index_select(0, keep).clone()
     bn.num_features = len(keep)
-    unit.out_index = None
 
 
-def _slice_consumer_in(consumer: ConvBN | SelectLinear, keep: Tensor, edits: list[ParamEdit]) -> None:
-    layer = consumer.conv if isinstance(consumer, ConvBN) else consumer
+def _slice_in(layer: nn.Module, keep: Tensor, edits: list[ParamEdit]) -> None:
+    """Keep input channels (features) `keep` of a conv or linear consumer."""
+    assert isinstance(layer, (nn.Conv2d, nn.Linear))
     new_w = _slice_param(layer.weight, 1, keep)
-    keep_dims = (None, keep, None, None) if isinstance(consumer, ConvBN) else (None, keep)
+    keep_dims = (None, keep) + (None,) * (layer.weight.dim() - 2)
     edits.append(ParamEdit(layer.weight, new_w, keep_dims))
     layer.weight = new_w
-    if isinstance(consumer, ConvBN):
-        consumer.conv.in_channels = len(keep)
+    if isinstance(layer, nn.Conv2d):
+        layer.in_channels = len(keep)
     else:
-        consumer.in_features = len(keep)
-    consumer.in_index = None
+        layer.in_features = len(keep)
 
 
 def prune_channels(model: nn.Module, keep: Mapping[str, Tensor]) -> Change:
@@ -179,23 +184,31 @@ def prune_channels(model: nn.Module, keep: Mapping[str, Tensor]) -> Change:
     edits: list[ParamEdit] = []
     removed: list[str] = []
     kept: dict[str, list[int]] = {}
+    clear_selections(model)
     for name, index in keep.items():
         cs = sets[name]
-        index = torch.as_tensor(index, dtype=torch.long, device=cs.producer.conv.weight.device)
+        index = torch.as_tensor(index, dtype=torch.long, device=cs.device)
         index = index.sort().values
         width = len(cs)
         if len(index) == 0 or int(index.max()) >= width or len(index.unique()) != len(index):
             raise ValueError(f"invalid kept channels for {name}: need 1..{width} distinct indices")
         if len(index) == width:
             continue
-        _slice_convbn_out(cs.producer, index, edits)
-        for consumer in cs.consumers:
-            _slice_consumer_in(consumer, index, edits)
+        _cut_set(cs, index, edits)
         removed.append(f"{name}: {width - len(index)} of {width}")
         kept[name] = index.tolist()
     if kept:
         _log_surgery(model, {"op": "prune", "keep": kept})
+        bump_version(model)
     return Change(removed=removed, edits=edits)
+
+
+def _cut_set(cs: ChannelSet, index: Tensor, edits: list[ParamEdit]) -> None:
+    _slice_out(cs.conv, cs.bn, index, edits)
+    for conv, bn in cs.followers:
+        _slice_out(conv, bn, index, edits, depthwise=True)
+    for consumer in cs.consumers:
+        _slice_in(consumer, index, edits)
 
 
 def _log_surgery(model: nn.Module, entry: dict) -> None:

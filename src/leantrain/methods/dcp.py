@@ -7,7 +7,7 @@ are updated from a first-order Taylor saliency of their BN output; at the end th
 channels are kept and the rest are cut out, giving a compact model.
 
 Unlike the authors' code, which multiplies full-width activations by a 0/1 mask, the selected
-channels are gathered into smaller convolutions each step (`leantrain.models.layers.ConvBN`), so
+channels are gathered into smaller convolutions each step (`leantrain.models.layers`), so
 training gets faster as p grows. ``mode="mask"`` reproduces the authors' computation for tests
 and for the benchmark's masked row.
 """
@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..models.layers import ConvBN
 from ..structure import ChannelSet, channel_sets_of
 from ..surgery import Change, prune_channels
 from . import register_method
@@ -141,26 +140,25 @@ class DCP(Method):
             )
         for s in sets:
             if s.name not in self.utilities:  # keep utilities loaded by load_state_dict
-                device = s.producer.conv.weight.device
-                self.utilities[s.name] = torch.full((len(s),), 1.0 / len(s), device=device)
+                self.utilities[s.name] = torch.full((len(s),), 1.0 / len(s), device=s.device)
                 self.kept[s.name] = None
-            s.producer.observer = self._observe
+            s.bn.observer = self._observe
         self._apply_selection(sets)
 
-    def _observe(self, unit: ConvBN, a: Tensor, g: Tensor) -> None:
+    def _observe(self, bn: nn.Module, a: Tensor, g: Tensor) -> None:
         # s_c = 1/(B·H·W) Σ_b |Σ_hw a·g|: the first-order Taylor saliency of the BN output.
         b, _, h, w = a.shape
         s = (a * g).sum((2, 3)).abs().sum(0) / (b * h * w)
-        if unit.out_index is not None and unit.gate_mode == "slice":
-            full = torch.zeros(unit.out_channels, dtype=s.dtype, device=s.device)
-            s = full.index_copy_(0, unit.out_index, s)
-        self._saliency[id(unit)] = s
+        if bn.out_index is not None and bn.gate_mode == "slice":
+            full = torch.zeros(bn.num_features, dtype=s.dtype, device=s.device)
+            s = full.index_copy_(0, bn.out_index, s)
+        self._saliency[id(bn)] = s
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, progress: Progress) -> None:
         gamma = self.gamma_at(progress.fraction)
         for s in channel_sets_of(model):
-            saliency = self._saliency.pop(id(s.producer), None)
+            saliency = self._saliency.pop(id(s.bn), None)
             if saliency is None:
                 continue
             v = saliency / saliency.max().clamp_min(1e-30)  # best channel of the layer gets 1
@@ -192,12 +190,8 @@ class DCP(Method):
         sets = channel_sets_of(model)
         keep = {s.name: k for s in sets if (k := self.kept[s.name]) is not None}
         for s in sets:
-            s.producer.observer = None
-            s.producer.out_index = None
-            s.producer.out_active = None
-            s.producer.gate_mode = "slice"
-            for c in s.consumers:
-                c.in_index = None
+            s.bn.observer = None
+            s.clear()
         if not self.export or not keep:
             return None
         change = prune_channels(model, keep)
@@ -238,11 +232,7 @@ class DCP(Method):
         self._computed_widths = []
         for s in sets:
             index, active = self._computed(s)
-            s.producer.out_index = index
-            s.producer.out_active = active
-            s.producer.gate_mode = self.mode
-            for c in s.consumers:
-                c.in_index = index if self.mode == "slice" else None
+            s.select(index, active, self.mode)
             self._computed_widths.append(-1 if index is None else len(index))
 
     def cost_key(self, model: nn.Module) -> Any:

@@ -1,7 +1,7 @@
 """FreezeOut (Brock et al. 2017, arXiv 1706.04983): progressive layer freezing, a peer baseline.
 
-The network is split into layers in forward order: the stem, every residual block (ResNet) or
-every conv (VGG), and the classifier. Layer i of 0..L stops training at
+The network is split into layers in forward order, as the discovered `Structure` lists them
+(`Structure.layers`): the stem, every residual block (ResNet) or conv (VGG), and the classifier. Layer i of 0..L stops training at
 
     t_i = f(t_0 + (1 − t_0) · i / L),   f(x) = x, x² or x³ (linear / squared / cubic schedule)
 
@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..structure import structure_of
 from ..surgery import Change, ParamEdit
 from . import register_method
 from .base import Method, Progress
@@ -57,33 +58,23 @@ def freeze_times(num_layers: int, t_0: float, schedule: str = "cubic") -> list[f
     return [(t_0 + (1 - t_0) * i / last) ** power for i in range(num_layers)]
 
 
-def layers_in_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """FreezeOut's layers, in forward order: stem, blocks / convs, classifier.
+def layers_in_order(model: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
+    """FreezeOut's layers, in forward order: ``(name, member module paths)``, stem to classifier."""
+    layers = structure_of(model).layers
+    if len(layers) < 2:
+        raise ValueError(
+            f"FreezeOut freezes layers one after another, and {type(model).__name__} has fewer "
+            "than two parameterised layers; use another method."
+        )
+    return layers
 
-    Raises:
-        ValueError: for a model that is neither a leantrain ResNet nor a VGG.
-    """
-    stages = getattr(model, "stages", None)
-    if callable(stages) and hasattr(model, "conv1") and hasattr(model, "fc"):
-        blocks = [
-            (f"{name}.{i}", block)
-            for name, stage in stages()
-            for i, block in enumerate(stage)
-            if any(True for _ in block.parameters())
-        ]
-        return [("conv1", model.conv1), *blocks, ("fc", model.fc)]
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential) and hasattr(model, "classifier"):
-        convs = [
-            (f"features.{i}", m)
-            for i, m in enumerate(features)
-            if any(True for _ in m.parameters())
-        ]
-        return [*convs, ("classifier", model.classifier)]
-    raise ValueError(
-        f"FreezeOut needs the layer order of the model, and {type(model).__name__} is neither a "
-        "leantrain ResNet nor a VGG; use a model from leantrain.create_model()."
-    )
+
+def _params(model: nn.Module, members: tuple[str, ...]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for path in members:
+        for p in model.get_submodule(path).parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
 
 
 def _cos(x: float) -> float:
@@ -120,6 +111,7 @@ class FreezeOut(Method):
                 f"freezeout.schedule = {self.schedule!r}; choose one of: {', '.join(_SCHEDULES)}."
             )
         self.times: dict[str, float] = {}
+        self.members: dict[str, tuple[str, ...]] = {}
         self.frozen: list[str] = []
         # Per training layer: its LR factor this step and its parameters before the update.
         self._before: dict[str, tuple[float, list[tuple[nn.Parameter, Tensor]]]] = {}
@@ -130,11 +122,12 @@ class FreezeOut(Method):
 
     def setup(self, model: nn.Module, progress: Progress) -> None:
         layers = layers_in_order(model)
+        self.members = dict(layers)
         self.times = dict(
             zip((n for n, _ in layers), freeze_times(len(layers), self.t_0, self.schedule))
         )
         for name in self.frozen:  # a resumed run: freeze again what was frozen
-            self._freeze_module(model.get_submodule(name))
+            self._freeze(model, name)
         self._events.append({"kind": "fo_setup", "freeze_at": dict(self.times)})
 
     @torch.no_grad()
@@ -143,7 +136,7 @@ class FreezeOut(Method):
         for name, t_i in self.times.items():
             if t_i >= 1 or name in self.frozen:
                 continue  # the classifier follows the recipe (factor 1)
-            params = [p for p in model.get_submodule(name).parameters() if p.requires_grad]
+            params = [p for p in _params(model, self.members[name]) if p.requires_grad]
             self._before[name] = (
                 self.lr_scale(name, progress.fraction),
                 [(p, p.detach().clone()) for p in params],
@@ -164,9 +157,8 @@ class FreezeOut(Method):
             return None
         edits: list[ParamEdit] = []
         for name in due:
-            module = model.get_submodule(name)
-            params = [p for p in module.parameters() if p.requires_grad]
-            self._freeze_module(module)
+            params = [p for p in _params(model, self.members[name]) if p.requires_grad]
+            self._freeze(model, name)
             edits += [ParamEdit(p, None) for p in params]
             self.frozen.append(name)
             self._events.append(
@@ -187,11 +179,13 @@ class FreezeOut(Method):
 
     # ------------------------------------------------------------------ helpers
 
-    def _freeze_module(self, module: nn.Module) -> None:
-        for p in module.parameters():
+    def _freeze(self, model: nn.Module, name: str) -> None:
+        for p in _params(model, self.members[name]):
             p.requires_grad_(False)
             p.grad = None  # a stale gradient would only hold memory now
-        self._hooks.append(module.register_forward_pre_hook(_eval_mode))
+        for path in self.members[name]:
+            module = model.get_submodule(path)
+            self._hooks += [m.register_forward_pre_hook(_eval_mode) for m in module.modules()]
 
     def lr_scale(self, name: str, fraction: float) -> float:
         """FreezeOut's LR of layer `name` relative to the recipe's cosine at `fraction`."""

@@ -89,7 +89,7 @@ class StaticWidths(Method):
         widths = self._widths(sets)
         self._cut = True
         keep = {
-            s.name: torch.arange(w, device=s.producer.conv.weight.device)
+            s.name: torch.arange(w, device=s.device)
             for s, w in zip(sets, widths)
             if w < len(s)
         }

@@ -2,15 +2,18 @@
 
 Every training step, each identity-shortcut residual block l survives with probability p_l and
 is otherwise skipped for that step: its residual branch is not computed at all (the block is its
-shortcut), so a skipped block saves its forward and backward work. The survival probability
-decays linearly with depth, p_l = 1 − (l / L)(1 − p_L), from 1 at the input to ``p_last`` = p_L
-at the last of the L blocks (the paper's "linear decay rule" with its default p_L = 0.5). At
-evaluation every block runs with its residual branch scaled by p_l (its expected value during
-training); at the end of training that scale is folded into the branch's last BatchNorm, so the
-model handed back is an ordinary ResNet that computes the same function.
+replacement, the shortcut), so a skipped block saves its forward and backward work. The survival
+probability decays linearly with depth, p_l = 1 − (l / L)(1 − p_L), from 1 at the input to
+``p_last`` = p_L at the last of the L blocks (the paper's "linear decay rule" with its default
+p_L = 0.5). At evaluation every block runs with its residual branch scaled by p_l (its expected
+value during training); at the end of training that scale is folded into the branch's last
+BatchNorm, so the model handed back computes the same function with no hooks.
 
-Blocks with a projection shortcut are never skipped (they change the tensor shape) and keep
-p_l = 1; they still count in l and L, as in the paper. Our own baseline, not the authors' code.
+Blocks come from the discovered `Structure` (residual units, in forward order). Blocks with a
+projection shortcut are never skipped (they change the tensor shape) and keep p_l = 1; they still
+count in l and L, as in the paper. A block whose branch does not end in a BatchNorm cannot be
+scaled for evaluation, so it is never skipped either (listed in the setup event). Our own
+baseline, not the authors' code.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..models.layers import ConvBN
-from ..models.resnet import BasicBlock, Bottleneck
+from ..structure import Unit, structure_of
 from . import register_method
 from .base import Method, Progress
 
@@ -38,25 +40,38 @@ def survival_probabilities(num_blocks: int, p_last: float) -> list[float]:
     return [1 - (i / num_blocks) * (1 - p_last) for i in range(1, num_blocks + 1)]
 
 
-def _residual_blocks(model: nn.Module) -> list[tuple[str, str, BasicBlock | Bottleneck]]:
-    """Live residual blocks ``(name, stage, block)`` in forward order (re-read every time)."""
-    stages = getattr(model, "stages", None)
-    if not callable(stages):
+def _residual_blocks(model: nn.Module) -> list[Unit]:
+    """Live residual blocks in forward order, downsampling ones included."""
+    blocks = [u for u in structure_of(model).units if u.residual and len(u.modules) == 1]
+    if not blocks:
         raise ValueError(
-            f"stochastic depth skips residual blocks, and {type(model).__name__} has none (it is "
-            "not a leantrain ResNet; VGG has no shortcuts); use a ResNet or another method."
+            f"stochastic depth skips residual blocks, and {type(model).__name__} has none "
+            "(a VGG has no shortcuts); use a ResNet-like model or another method."
         )
-    return [
-        (f"{stage_name}.{i}", stage_name, block)
-        for stage_name, stage in stages()
-        for i, block in enumerate(stage)
-        if isinstance(block, (BasicBlock, Bottleneck))
-    ]
+    return blocks
 
 
-def _last_bn(block: BasicBlock | Bottleneck) -> nn.BatchNorm2d:
-    last: ConvBN = block.conv3 if isinstance(block, Bottleneck) else block.conv2
-    return last.bn
+class _Skippable:
+    """A block's forward that returns its replacement's output while ``skip`` is set (training
+    only): the residual branch is then not computed at all."""
+
+    def __init__(self, block: nn.Module, replacement: nn.Module) -> None:
+        self.block = block
+        self.forward = block.forward
+        self.replacement = replacement
+        self.skip = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        if self.skip and self.block.training:
+            return self.replacement(*args, **kwargs)
+        return self.forward(*args, **kwargs)
+
+
+def _scale_in_eval(p: float) -> Any:
+    def hook(module: nn.Module, args: Any, out: Tensor) -> Tensor | None:
+        return None if module.training else out * p
+
+    return hook
 
 
 @register_method
@@ -80,46 +95,55 @@ class StochasticDepth(Method):
                 f"stochastic_depth.p_last = {self.p_last} must lie in (0, 1]: it is the survival "
                 "probability of the last block (the paper uses 0.5)."
             )
-        self.survival: dict[str, float] = {}  # identity block name → p_l
+        self.survival: dict[str, float] = {}  # skippable block name → p_l
         self._generator: torch.Generator | None = None
         self._resumed_skips: list[str] | None = None
         self._skipped_names: list[str] = []  # skipped in the next step
         self._skipped_sum = 0
         self._steps = 0
+        self._gates: dict[str, _Skippable] = {}
+        self._stages: dict[str, str] = {}
+        self._handles: list[Any] = []
         self._events: list[dict[str, Any]] = []
 
     def setup(self, model: nn.Module, progress: Progress) -> None:
         blocks = _residual_blocks(model)
         probs = survival_probabilities(len(blocks), self.p_last)
-        self.survival = {
-            name: p for (name, _, block), p in zip(blocks, probs) if block.downsample is None
-        }
-        if not self.survival:
-            raise ValueError("this ResNet has no identity-shortcut block to skip.")
+        skippable = [(u, p) for u, p in zip(blocks, probs) if u.kind == "identity" and u.branch_bn is not None]
+        if not skippable:
+            raise ValueError("this model has no identity-shortcut block whose branch ends in a "
+                             "BatchNorm, so stochastic depth has nothing to skip.")
+        self.survival = {u.name: p for u, p in skippable}
         skips = set(self._resumed_skips or ())  # a resumed run: the next step's draw
-        for name, _, block in blocks:
-            block.skip = name in skips
-            block.residual_scale = self.survival.get(name, 1.0)
+        self._detach()
+        for u, p in skippable:
+            gate = _Skippable(u.module, u.replacement)
+            gate.skip = u.name in skips
+            u.module.forward = gate  # instance attribute: the class and parameters stay
+            self._gates[u.name] = gate
+            self._stages[u.name] = u.stage
+            assert u.branch_bn is not None
+            self._handles.append(u.branch_bn.register_forward_hook(_scale_in_eval(p)))
+        self._skipped_names = sorted(skips)
         self._resumed_skips = None
         if self._generator is None:
             # Own generator: sampling must not shift the global stream (data order, init).
             self._generator = torch.Generator().manual_seed(torch.initial_seed() + self.seed)
-        self._events.append({"kind": "sd_setup", "survival": dict(self.survival)})
+        self._events.append({
+            "kind": "sd_setup", "survival": dict(self.survival),
+            "never_skipped": [u.name for u in blocks if u.name not in self.survival],
+        })
 
     def step(self, model: nn.Module, progress: Progress) -> None:
         """Draw the blocks skipped in the next step (after this step's update)."""
         assert self._generator is not None, "setup() must run first"
         names = []
-        for name, _, block in _residual_blocks(model):
-            p = self.survival.get(name)
-            if p is None:
-                continue
-            block.skip = bool(torch.rand((), generator=self._generator) >= p)
-            if block.skip:
+        for name, gate in self._gates.items():
+            gate.skip = bool(torch.rand((), generator=self._generator) >= self.survival[name])
+            if gate.skip:
                 names.append(name)
         self._skipped_names = names
-        skipped = len(names)
-        self._skipped_sum += skipped
+        self._skipped_sum += len(names)
         self._steps += 1
         if progress.epoch_ended:
             self._events.append(
@@ -133,21 +157,29 @@ class StochasticDepth(Method):
         return None
 
     def finish(self, model: nn.Module) -> None:
-        """Stop skipping and fold each block's eval scale p_l into its last BN (exact)."""
+        """Stop skipping and fold each block's eval scale p_l into its branch's BN (exact)."""
+        blocks = {u.name: u for u in _residual_blocks(model)}
+        self._detach()
         with torch.no_grad():
-            for _, _, block in _residual_blocks(model):
-                block.skip = False
-                if block.residual_scale != 1.0:
-                    bn = _last_bn(block)
-                    bn.weight.mul_(block.residual_scale)
-                    bn.bias.mul_(block.residual_scale)
-                    block.residual_scale = 1.0
+            for name, p in self.survival.items():
+                bn = blocks[name].branch_bn
+                if p != 1.0 and bn is not None:
+                    bn.weight.mul_(p)
+                    bn.bias.mul_(p)
+        self.survival = {}
         return None
+
+    def _detach(self) -> None:
+        for gate in self._gates.values():
+            gate.block.__dict__.pop("forward", None)
+        for h in self._handles:
+            h.remove()
+        self._gates, self._handles = {}, []
 
     def cost_key(self, model: nn.Module) -> Any:
         # Identity blocks of one stage cost the same, so the per-stage count of skipped blocks
         # determines the step's FLOPs: far fewer recounts than one per skip pattern.
-        counts = Counter(stage for _, stage, b in _residual_blocks(model) if b.skip)
+        counts = Counter(self._stages[n] for n, g in self._gates.items() if g.skip)
         return tuple(sorted(counts.items()))
 
     def events(self) -> list[dict[str, Any]]:

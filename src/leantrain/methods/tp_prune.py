@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..cost import count_macs
+from ..structure import bump_version, structure_of
 from ..surgery import Change, ParamEdit, remap_optimizer
 from . import register_method
 from .base import Method, Progress
@@ -47,13 +48,14 @@ class _FreshStateChange(Change):
 
 
 def _classifier(model: nn.Module) -> nn.Module:
-    for attr in ("fc", "classifier"):
-        if isinstance(getattr(model, attr, None), nn.Linear):
-            return getattr(model, attr)
-    raise ValueError(
-        f"tp_prune keeps the classifier's outputs, but {type(model).__name__} has no `fc` or "
-        "`classifier` linear layer; use a model from leantrain.create_model()."
-    )
+    """The last layer before the output, from the discovered structure."""
+    name = structure_of(model).classifier
+    if name is None:
+        raise ValueError(
+            f"tp_prune keeps the classifier's outputs, but no layer of {type(model).__name__} "
+            "was found before its output."
+        )
+    return model.get_submodule(name)
 
 
 def prune_to_flops(
@@ -149,11 +151,7 @@ class TPPrune(Method):
 
     def setup(self, model: nn.Module, progress: Progress) -> None:
         _classifier(model)
-        arch = getattr(model, "arch", None)
-        if not isinstance(arch, dict) or "in_channels" not in arch:
-            raise ValueError("tp_prune needs a model from leantrain.create_model() (input shape).")
-        size = int(arch["input_size"])
-        self._input_shape = (int(arch["in_channels"]), size, size)
+        self._input_shape = structure_of(model).input_shape  # type: ignore[assignment]
 
     def step(self, model: nn.Module, progress: Progress) -> Change | None:
         if self.done or progress.fraction < self.at:
@@ -169,6 +167,7 @@ class TPPrune(Method):
             max_pruning_ratio=self.max_pruning_ratio,
         )
         self.done = True
+        bump_version(model)
         # Recorded on the model: leantrain.io cannot rebuild a residual stream pruned this way.
         model.external_surgery = "pruned by torch-pruning (residual widths changed)"
         after = dict(model.named_parameters())

@@ -1,24 +1,29 @@
-"""Building blocks whose width can change every step: the compute side of channel pruning.
+"""Layers whose width can change every step: the compute side of channel pruning.
 
-`ConvBN` is a conv → BatchNorm → optional ReLU unit that can compute only a subset of its output
-channels and read only a subset of its input channels, by gathering weight slices each step. This
-is what makes Dynamic Channel Propagation (arXiv 2007.01486) save real time: the authors' code
-multiplies full-width activations by a 0/1 mask, which costs as much as dense training. A masked
-mode is kept so tests can prove the two compute the same function, gradients and statistics.
+`SliceConv2d`, `SliceBatchNorm2d` and `SelectLinear` are drop-in subclasses of ``nn.Conv2d``,
+``nn.BatchNorm2d`` and ``nn.Linear``. With no selection set they *are* those layers (the same
+forward, one attribute check more). `leantrain.prepare` turns a model's own layers into them in
+place, by changing the class of the existing module object, so the user's model keeps its
+forward, its parameter tensors and its state-dict keys.
 
-`SelectLinear` is an `nn.Linear` that can read a subset of its input features (the classifier of
-a VGG whose last conv is pruned).
+With a selection set, a `SliceConv2d` gathers weight slices and computes only the selected output
+channels (and reads only the selected input channels). This is what makes Dynamic Channel
+Propagation (arXiv 2007.01486) save real time: the authors' code multiplies full-width
+activations by a 0/1 mask, which costs as much as dense training. A masked mode is kept so tests
+can prove the two compute the same function, gradients and statistics.
 
-Attribute contract (set by a method, e.g. DCP, before a forward pass):
-  * ``out_index``: sorted int64 indices of the selected output channels, or None for all.
+Attribute contract (set through `leantrain.structure.ChannelSet.select`, never by hand):
+  * ``out_index``: sorted int64 indices of the computed output channels, or None for all.
   * ``gate_mode``: ``"slice"`` computes only ``out_index`` (the output has ``len(out_index)``
-    channels); ``"mask"`` computes all channels and zeroes the unselected ones after BN.
-  * ``in_index``: the input tensor holds only these input channels (set on consumers in slice
-    mode only; None means the input is full width).
-  * ``out_active``: slice mode, optional: positions within ``out_index`` of the channels that
-    are really selected. The others pad the computed width (to a multiple of 8, say, where the
-    convolution kernels are fast) and are gated to zero after BN, without moving their BN
-    statistics, so the function equals computing the selected channels alone.
+    channels); ``"mask"`` computes all channels and the BN zeroes the unselected ones.
+  * ``in_index``: the input tensor holds only these input channels (consumers, slice mode only;
+    None means the input is full width).
+  * ``depthwise_follow``: a depthwise conv that follows its input's selection: ``out_index``
+    then also selects its input channels and its groups.
+  * ``out_active`` (BN, slice mode, optional): positions within ``out_index`` of the channels
+    that are really selected. The others pad the computed width (to a multiple of 8, say, where
+    the convolution kernels are fast) and are gated to zero by a zero BN scale and shift, without
+    moving their BN statistics, so the function equals computing the selected channels alone.
 """
 
 from __future__ import annotations
@@ -29,18 +34,117 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvBN", "SelectLinear", "init_weights"]
+__all__ = [
+    "ConvBN",
+    "SliceConv2d",
+    "SliceBatchNorm2d",
+    "SelectLinear",
+    "make_sliceable",
+    "init_weights",
+]
+
+
+class SliceConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that can compute a subset of its output channels and read a subset of its
+    input channels (see the module docstring for the attributes)."""
+
+    out_index: Tensor | None = None
+    in_index: Tensor | None = None
+    gate_mode: str = "slice"
+    depthwise_follow: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.out_index is None and self.in_index is None) or self.gate_mode == "mask":
+            return super().forward(x)
+        weight, bias, groups = self.weight, self.bias, self.groups
+        if self.out_index is not None:
+            weight = weight.index_select(0, self.out_index)
+            bias = None if bias is None else bias.index_select(0, self.out_index)
+            if self.depthwise_follow:
+                groups = len(self.out_index)
+        if self.in_index is not None:
+            weight = weight.index_select(1, self.in_index)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+
+class SliceBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` over the computed channels, gating the unselected ones.
+
+    ``observer``: called during backward with ``(bn, a, ∂L/∂a)`` for this BN's output ``a``
+    (DCP's saliency), when set.
+    """
+
+    out_index: Tensor | None = None
+    out_active: Tensor | None = None
+    gate_mode: str = "slice"
+    observer: Callable[[nn.Module, Tensor, Tensor], None] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.out_index is None:
+            y = super().forward(x)
+        elif self.gate_mode == "mask":
+            y = _masked_bn(self, x, self.out_index)
+            y = y * _mask(self.out_index, self.num_features, y)
+        else:
+            y = _sliced_bn(self, x, self.out_index, self.out_active)
+        if self.observer is not None and y.requires_grad:
+            # The hook keeps a view of `a`, not a copy. When an in-place ReLU/ReLU6 follows, the
+            # view then reads relu(a), but the hook receives ∂L/∂a of the pre-ReLU value, which
+            # is 0 wherever relu(a) ≠ a, so relu(a)·∂L/∂a = a·∂L/∂a exactly, at no extra memory.
+            y.register_hook(lambda g, a=y.detach(): self.observer(self, a, g))  # type: ignore[misc]
+        return y
+
+
+class SelectLinear(nn.Linear):
+    """``nn.Linear`` that can read only the input features listed in ``in_index``."""
+
+    in_index: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.in_index is None:
+            return super().forward(x)
+        return F.linear(x, self.weight.index_select(1, self.in_index), self.bias)
+
+
+_SLICEABLE: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv2d: SliceConv2d,
+    nn.BatchNorm2d: SliceBatchNorm2d,
+    nn.Linear: SelectLinear,
+}
+
+
+def make_sliceable(module: nn.Module) -> nn.Module:
+    """Turn a plain ``Conv2d``/``BatchNorm2d``/``Linear`` into its sliceable subclass, in place.
+
+    Only the class changes: the object, its parameters, buffers, hooks and state-dict keys stay.
+    Subclasses of those layers (a user's own conv) are refused, since their forward may differ.
+
+    Raises:
+        TypeError: for any other module type.
+    """
+    if type(module) in _SLICEABLE.values():
+        return module
+    target = _SLICEABLE.get(type(module))
+    if target is None:
+        raise TypeError(f"{type(module).__name__} cannot compute a subset of its channels.")
+    module.__class__ = target
+    return module
 
 
 class ConvBN(nn.Module):
-    """Conv2d (no bias) → BatchNorm2d → optional ReLU, computing all or a subset of its channels.
+    """Conv2d (no bias) → BatchNorm2d → optional ReLU: the conv unit of leantrain's own models.
+
+    A plain composite: `leantrain.prepare` finds it by tracing like any user's conv+BN pair.
 
     Args:
         in_channels: input channels of the convolution.
         out_channels: output channels of the convolution and the BN.
         kernel_size: square kernel size.
         stride: convolution stride.
-        act: apply ReLU after BN (after the channel gate, so a gated channel stays zero).
+        act: apply ReLU after BN.
     """
 
     def __init__(
@@ -52,13 +156,6 @@ class ConvBN(nn.Module):
         )
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = act
-        self.out_index: Tensor | None = None
-        self.in_index: Tensor | None = None
-        self.out_active: Tensor | None = None
-        self.gate_mode: str = "slice"
-        # Called during backward with (a, ∂L/∂a) for the BN output a, when set (DCP saliency);
-        # for act=True the post-ReLU pair is passed, whose product a·∂L/∂a is the same.
-        self.observer: Callable[[ConvBN, Tensor, Tensor], None] | None = None
 
     @property
     def out_channels(self) -> int:
@@ -69,50 +166,10 @@ class ConvBN(nn.Module):
         return self.conv.in_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.out_index is None and self.in_index is None:
-            y = self.bn(self.conv(x))
-        elif self.gate_mode == "mask":
-            y = _masked_bn(self.bn, self.conv(x), self.out_index)
-        else:
-            y = self._sliced(x)
-        observe = self.observer is not None and y.requires_grad
-        if observe and not self.act:
-            self._observe(y)
-        if self.gate_mode == "mask" and self.out_index is not None:
-            y = y * _mask(self.out_index, self.out_channels, y)
-        if not self.act:
-            return y
-        out = F.relu(y)
-        if observe:
-            # a·∂L/∂a of the BN output a equals r·∂L/∂r of the ReLU output r, exactly: where
-            # a ≤ 0 (or the channel is gated off) both products are 0, elsewhere r = a and the
-            # gradient passes through unchanged. ReLU keeps r for its backward anyway, so
-            # observing r costs no extra activation memory, unlike keeping a alive.
-            self._observe(out)
-        return out
-
-    def _observe(self, t: Tensor) -> None:
-        t.register_hook(lambda g, a=t.detach(): self.observer(self, a, g))  # type: ignore[misc]
-
-    def _sliced(self, x: Tensor) -> Tensor:
-        weight = self.conv.weight
-        if self.out_index is not None:
-            weight = weight.index_select(0, self.out_index)
-        if self.in_index is not None:
-            weight = weight.index_select(1, self.in_index)
-        y = F.conv2d(x, weight, None, self.conv.stride, self.conv.padding)
-        return _sliced_bn(self.bn, y, self.out_index, self.out_active)
-
-
-class SelectLinear(nn.Linear):
-    """`nn.Linear` that can read only the input features listed in ``in_index``."""
-
-    in_index: Tensor | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.in_index is None:
-            return super().forward(x)
-        return F.linear(x, self.weight.index_select(1, self.in_index), self.bias)
+        y = self.bn(self.conv(x))
+        # In place: BN's backward does not need its output, and an in-place ReLU lets DCP's
+        # observer on the BN output share the activation's memory (see SliceBatchNorm2d).
+        return F.relu(y, inplace=True) if self.act else y
 
 
 def _mask(index: Tensor, size: int, like: Tensor) -> Tensor:
@@ -122,7 +179,7 @@ def _mask(index: Tensor, size: int, like: Tensor) -> Tensor:
 
 
 def _sliced_bn(
-    bn: nn.BatchNorm2d, y: Tensor, index: Tensor | None, active: Tensor | None = None
+    bn: nn.BatchNorm2d, y: Tensor, index: Tensor, active: Tensor | None = None
 ) -> Tensor:
     """BatchNorm over the computed channels ``index``; only the ``active`` ones' statistics move.
 
@@ -132,18 +189,19 @@ def _sliced_bn(
     the per-channel parameters instead of multiplying the output by a mask saves a pass over the
     activation forward and backward.
     """
-    if index is None:
-        return bn(y)
-    weight, bias = bn.weight.index_select(0, index), bn.bias.index_select(0, index)
+    weight = None if bn.weight is None else bn.weight.index_select(0, index)
+    bias = None if bn.bias is None else bn.bias.index_select(0, index)
     if active is not None:
-        gate = _mask(active, len(index), weight).flatten()
-        weight, bias = weight * gate, bias * gate
-    assert bn.running_mean is not None and bn.running_var is not None
+        gate = _mask(active, len(index), y).flatten()
+        weight = gate if weight is None else weight * gate
+        bias = torch.zeros_like(gate) if bias is None else bias * gate
+    if bn.running_mean is None or bn.running_var is None:
+        return F.batch_norm(y, None, None, weight, bias, True, 0.0, bn.eps)
     mean, var = bn.running_mean.index_select(0, index), bn.running_var.index_select(0, index)
     if not bn.training:
         return F.batch_norm(y, mean, var, weight, bias, False, 0.0, bn.eps)
     # F.batch_norm updates the gathered copies in place; write them back to the full buffers.
-    out = F.batch_norm(y, mean, var, weight, bias, True, bn.momentum or 0.1, bn.eps)
+    out = F.batch_norm(y, mean, var, weight, bias, True, _momentum(bn), bn.eps)
     with torch.no_grad():
         if active is not None:
             index, mean, var = index[active], mean[active], var[active]
@@ -154,21 +212,26 @@ def _sliced_bn(
     return out
 
 
-def _masked_bn(bn: nn.BatchNorm2d, y: Tensor, index: Tensor | None) -> Tensor:
+def _masked_bn(bn: nn.BatchNorm2d, y: Tensor, index: Tensor) -> Tensor:
     """Full-width BatchNorm (reference path) whose unselected channels keep their statistics."""
-    if index is None or not bn.training:
-        return bn(y)
-    assert bn.running_mean is not None and bn.running_var is not None
+    if not bn.training or bn.running_mean is None or bn.running_var is None:
+        return nn.BatchNorm2d.forward(bn, y)
     # Run on copies of the statistics (autograd saves them, so the buffers must not be edited
     # after the op), then write back only the selected channels.
     mean, var = bn.running_mean.clone(), bn.running_var.clone()
-    out = F.batch_norm(y, mean, var, bn.weight, bn.bias, True, bn.momentum or 0.1, bn.eps)
+    out = F.batch_norm(y, mean, var, bn.weight, bn.bias, True, _momentum(bn), bn.eps)
     with torch.no_grad():
         bn.running_mean.index_copy_(0, index, mean.index_select(0, index))
         bn.running_var.index_copy_(0, index, var.index_select(0, index))
         if bn.num_batches_tracked is not None:
             bn.num_batches_tracked += 1
     return out
+
+
+def _momentum(bn: nn.BatchNorm2d) -> float:
+    # momentum=None means a cumulative average in torch; selected channels are updated a varying
+    # number of times, so that average is not defined per channel. 0.1 is torch's default.
+    return 0.1 if bn.momentum is None else bn.momentum
 
 
 def init_weights(model: nn.Module) -> None:

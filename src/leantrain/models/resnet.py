@@ -1,33 +1,21 @@
 """ResNets: CIFAR-style (He et al. 2016, §4.2) and ImageNet-style (torchvision layout, v1.5).
 
-Every conv+BN is a `ConvBN` and the classifier a `SelectLinear`, so channel pruning can compute
-only the selected channels. Shortcuts that change shape are 1×1 conv+BN projections (option B),
-which the golden counts assume (CIFAR ResNet-56: 855,770 parameters, 125,747,850 MACs at 32 px).
-
-The model implements the `leantrain.structure.Prunable` protocol:
-  * droppable units: blocks with an identity shortcut (optionally also downsampling blocks, which
-    are then replaced by their projection shortcut followed by ReLU);
-  * prunable channels: the inner widths of a block (BasicBlock conv1; Bottleneck conv1 and conv2),
-    never the residual path.
+Plain modules: `leantrain.prepare` finds what can be removed by tracing the forward, as for any
+user's model (blocks with an identity shortcut are droppable units; the inner widths of a block,
+BasicBlock conv1 and Bottleneck conv1 and conv2, are prunable channel sets; the residual path
+never is). Shortcuts that change shape are 1×1 conv+BN projections (option B), which the golden
+counts assume (CIFAR ResNet-56: 855,770 parameters, 125,747,850 MACs at 32 px).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Module import, not `from ..structure import Unit`: structure imports models.layers, which runs
-# this package's __init__ first, so the names may not exist yet while structure is loading.
-from .. import structure
 from ..registry import MODELS
-from .layers import ConvBN, SelectLinear, init_weights
-
-if TYPE_CHECKING:
-    from ..structure import ChannelSet, Unit
+from .layers import ConvBN, init_weights
 
 __all__ = [
     "BasicBlock",
@@ -55,24 +43,6 @@ def _projection(in_channels: int, out_channels: int, stride: int) -> ConvBN | No
     return ConvBN(in_channels, out_channels, 1, stride, act=False)
 
 
-def _init_depth_gate(block: nn.Module) -> None:
-    """Stochastic-depth state of a block (Huang et al. 2016, arXiv 1603.09382).
-
-    ``skip``: in training mode, the residual branch is not computed for this step (the block is
-    its identity shortcut; only set on identity-shortcut blocks). ``residual_scale``: in eval mode
-    the residual branch is multiplied by it (the survival probability p_l, its expected value in
-    training). Both are plain attributes, not state: defaults leave the block unchanged.
-    """
-    block.skip = False
-    block.residual_scale = 1.0
-
-
-def _scaled(block: nn.Module, residual: Tensor) -> Tensor:
-    if block.residual_scale != 1.0 and not block.training:
-        return residual * block.residual_scale
-    return residual
-
-
 class BasicBlock(nn.Module):
     """Two 3×3 conv+BN layers with a shortcut: ``relu(conv2(conv1(x)) + shortcut(x))``.
 
@@ -83,21 +53,16 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
-    skip: bool  # stochastic depth, see _init_depth_gate
-    residual_scale: float
 
     def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = ConvBN(in_channels, width, 3, stride, act=True)
         self.conv2 = ConvBN(width, width, 3, 1, act=False)
         self.downsample = _projection(in_channels, width, stride)
-        _init_depth_gate(self)
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        if self.skip and self.training:
-            return shortcut  # = relu(0 + x): x is post-ReLU already (identity blocks only)
-        return F.relu(_scaled(self, self.conv2(self.conv1(x))) + shortcut)
+        return F.relu(self.conv2(self.conv1(x)) + shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -110,8 +75,6 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
-    skip: bool  # stochastic depth, see _init_depth_gate
-    residual_scale: float
 
     def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
         super().__init__()
@@ -120,13 +83,10 @@ class Bottleneck(nn.Module):
         self.conv2 = ConvBN(width, width, 3, stride, act=True)
         self.conv3 = ConvBN(width, out_channels, 1, 1, act=False)
         self.downsample = _projection(in_channels, out_channels, stride)
-        _init_depth_gate(self)
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        if self.skip and self.training:
-            return shortcut  # = relu(0 + x): x is post-ReLU already (identity blocks only)
-        return F.relu(_scaled(self, self.conv3(self.conv2(self.conv1(x)))) + shortcut)
+        return F.relu(self.conv3(self.conv2(self.conv1(x))) + shortcut)
 
 
 class ResNet(nn.Module):
@@ -176,7 +136,7 @@ class ResNet(nn.Module):
                 channels = width * block.expansion
             self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = SelectLinear(channels, num_classes)
+        self.fc = nn.Linear(channels, num_classes)
         init_weights(self)
 
     def stages(self) -> list[tuple[str, nn.Sequential]]:
@@ -188,69 +148,6 @@ class ResNet(nn.Module):
         for _, stage in self.stages():
             x = stage(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    def _live_blocks(self) -> list[tuple[str, str, BasicBlock | Bottleneck]]:
-        # Dropped blocks are nn.Identity (or a projection replacement) now; skip them.
-        return [
-            (f"{stage_name}.{i}", stage_name, m)
-            for stage_name, stage in self.stages()
-            for i, m in enumerate(stage)
-            if isinstance(m, (BasicBlock, Bottleneck))
-        ]
-
-    def droppable_units(self, include_downsampling: bool = False) -> list[Unit]:
-        """Live blocks with an identity shortcut, plus downsampling blocks on request.
-
-        Dropping an identity block is exact when its residual branch is zero, since its input is
-        already post-ReLU. A downsampling block with a zero residual branch computes
-        ``relu(downsample(x))``, so that is its replacement (sharing the same projection module,
-        so its trained parameters carry over).
-
-        Args:
-            include_downsampling: also list blocks with a projection shortcut (kind
-                ``"projection"``).
-
-        Returns:
-            Units named like ``"layer2.3"`` with stage ``"layer2"``.
-        """
-        units = []
-        for name, stage_name, block in self._live_blocks():
-            if block.downsample is None:
-                units.append(
-                    structure.Unit(
-                        name=name, stage=stage_name, module=block, replacement=nn.Identity()
-                    )
-                )
-            elif include_downsampling:
-                units.append(
-                    structure.Unit(
-                        name=name,
-                        stage=stage_name,
-                        module=block,
-                        replacement=nn.Sequential(block.downsample, nn.ReLU()),
-                        kind="projection",
-                    )
-                )
-        return units
-
-    def channel_sets(self) -> list[ChannelSet]:
-        """Inner block widths: BasicBlock conv1; Bottleneck conv1 and conv2.
-
-        The outputs of the stem, of a block's last conv and of the projections all feed the
-        residual sum, whose width must stay equal across the stage, so they are never listed.
-        """
-        sets = []
-        for name, _, block in self._live_blocks():
-            sets.append(
-                structure.ChannelSet(f"{name}.conv1", producer=block.conv1, consumers=(block.conv2,))
-            )
-            if isinstance(block, Bottleneck):
-                sets.append(
-                    structure.ChannelSet(
-                        f"{name}.conv2", producer=block.conv2, consumers=(block.conv3,)
-                    )
-                )
-        return sets
 
 
 # --- CIFAR-style: 3 stages of n = (depth - 2) / 6 BasicBlocks, widths 16/32/64 -----------------

@@ -1,27 +1,18 @@
 """CIFAR-style VGG with BatchNorm (as open_lth's cifar_vgg): conv stack, global pool, one linear.
 
-Every conv is a `ConvBN` so Dynamic Channel Propagation can compute only the selected channels,
-and the classifier is a `SelectLinear` so it can read only the last conv's selected channels. The
-model implements the `leantrain.structure.Prunable` protocol: each equal-width stride-1 conv is a
-droppable unit, and every conv's output channels are a prunable channel set.
+Plain modules: `leantrain.prepare` finds by tracing that each equal-width stride-1 conv is a
+droppable unit and every conv's output channels are a prunable channel set (the last one read by
+the classifier after the global pool).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
-# Module import, not `from ..structure import Unit`: structure imports models.layers, which runs
-# this package's __init__ first, so the names may not exist yet while structure is loading.
-from .. import structure
 from ..registry import MODELS
-from .layers import ConvBN, SelectLinear, init_weights
-
-if TYPE_CHECKING:
-    from ..structure import ChannelSet, Unit
+from .layers import ConvBN, init_weights
 
 __all__ = ["VGG", "PLANS", "vgg11", "vgg13", "vgg16", "vgg19", "test_vgg"]
 
@@ -58,74 +49,24 @@ class VGG(nn.Module):
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        # Stage of each conv, keyed by its index in `features`, numbered by the planned pooling
-        # segment so names do not shift when a pool is skipped for a small input.
-        self._stage_of: dict[int, str] = {}
-        channels, size, segment = in_channels, input_size, 1
+        channels, size = in_channels, input_size
         for item in plan:
             if item == "M":
                 if size >= 2:
                     layers.append(nn.MaxPool2d(2))
                     size //= 2
-                segment += 1
                 continue
             width = int(item)
-            self._stage_of[len(layers)] = f"block{segment}"
             layers.append(ConvBN(channels, width, 3, act=True))
             channels = width
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = SelectLinear(channels, num_classes)
+        self.classifier = nn.Linear(channels, num_classes)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
-
-    def _live_convs(self) -> list[tuple[int, ConvBN]]:
-        # Dropped convs are nn.Identity now; only the remaining ConvBNs describe the structure.
-        return [(i, m) for i, m in enumerate(self.features) if isinstance(m, ConvBN)]
-
-    def droppable_units(self, include_downsampling: bool = False) -> list[Unit]:
-        """Every live conv with equal input and output width and stride 1.
-
-        Args:
-            include_downsampling: no effect for VGG (a VGG has no projection shortcuts).
-
-        Returns:
-            One identity `Unit` per eligible conv, named ``"features.<i>"``.
-        """
-        del include_downsampling  # max-pools are never removed, and widening convs cannot be
-        return [
-            structure.Unit(
-                name=f"features.{i}",
-                stage=self._stage_of[i],
-                module=m,
-                replacement=nn.Identity(),
-            )
-            for i, m in self._live_convs()
-            if m.in_channels == m.out_channels and m.conv.stride == (1, 1)
-        ]
-
-    def stage_blocks(self) -> dict[str, list[str]]:
-        """Live convs per stage, droppable or not (a stage's widening conv counts too)."""
-        out: dict[str, list[str]] = {}
-        for i, _ in self._live_convs():
-            out.setdefault(self._stage_of[i], []).append(f"features.{i}")
-        return out
-
-    def channel_sets(self) -> list[ChannelSet]:
-        """One set per live conv; its consumer is the next live conv, or the classifier."""
-        convs = self._live_convs()
-        sets = []
-        for k, (i, m) in enumerate(convs):
-            consumer: ConvBN | SelectLinear = (
-                convs[k + 1][1] if k + 1 < len(convs) else self.classifier
-            )
-            sets.append(
-                structure.ChannelSet(name=f"features.{i}", producer=m, consumers=(consumer,))
-            )
-        return sets
 
 
 def _vgg(plan_name: str, num_classes: int, in_channels: int, input_size: int) -> VGG:
