@@ -11,6 +11,12 @@ import pytest
 import torch
 
 from leantrain.data import Split, get_spec
+from torchvision_stub import import_torchvision_models
+
+# Test set-up only (see torchvision_stub.py): torchvision's model definitions, importable with the
+# CPU torch, so the tests build torchvision models exactly as users do. Importing it here once
+# means `create_model("torchvision:…")` finds it in sys.modules.
+import_torchvision_models()
 from leantrain.data.loaders import TensorLoader
 
 SHARED_DATA = Path(os.environ.get("LEANTRAIN_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

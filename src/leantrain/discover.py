@@ -334,6 +334,11 @@ class _Discovery:
                         raise _Refused(f"its channels are reshaped by {self._describe(user)}")
                     stack.append(user)
                     continue
+                if self._is_reshape(user):
+                    before = self._shape(node) or ()
+                    raise _Refused(
+                        f"its channels are flattened with their {_fmt((0, *before[2:]))} positions "
+                        f"by {self._describe(user)} (only a 1×1 map keeps one feature per channel)")
                 raise _Refused(f"its channels reach {self._describe(user)}, which cannot read a "
                                "subset of them")
         return followers, consumers
@@ -362,6 +367,11 @@ class _Discovery:
             if user.target == "mean":
                 return self._spatial_mean(node, user)
         return False
+
+    def _is_reshape(self, user: fx.Node) -> bool:
+        return (self._is(user, nn.Flatten)
+                or (user.op == "call_function" and user.target in _RESHAPES_FUNCTIONS)
+                or (user.op == "call_method" and user.target in _RESHAPE_METHODS))
 
     def _flattens_1x1(self, node: fx.Node, user: fx.Node) -> bool:
         before, after = self._shape(node), self._shape(user)

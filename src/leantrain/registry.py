@@ -4,12 +4,18 @@ A model family registers one factory per architecture name with ``@MODELS.regist
 build a model with ``create_model("resnet56", num_classes=10)``. Every model built this way carries
 ``model.arch``, a plain JSON-serialisable dict from which `create_model` rebuilds the same
 architecture (checkpoints store it next to the weights).
+
+Models from elsewhere are named by reference, never unpickled:
+  * ``"torchvision:resnet50"``: ``torchvision.models.get_model("resnet50", num_classes=…)``;
+  * ``"package.module:factory"``: the user's own factory function, imported and called with the
+    keyword arguments given (``num_classes`` too, when the factory takes it).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
 from typing import Any, Callable, Generic, TypeVar, overload
 
 from torch import nn
@@ -104,38 +110,107 @@ def _check_int(name: str, value: object) -> int:
 
 
 def create_model(
-    name: str, *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build a registered model and record its architecture in ``model.arch``.
+    """Build a registered model, a torchvision model or a user's factory, and record ``model.arch``.
 
     Args:
-        name: registry name, e.g. ``"resnet56"`` (see `list_models`).
+        name: registry name, e.g. ``"resnet56"`` (see `list_models`), ``"torchvision:NAME"`` or
+            ``"package.module:factory"``.
         num_classes: number of output classes (at least 2).
         in_channels: image channels, 1 (grey) or 3 (RGB).
         input_size: side of the square input in pixels (at least 8); some models adapt their
             stem or pooling to it.
+        kwargs: extra keyword arguments for a torchvision model or a factory (JSON values).
 
     Returns:
-        The model, with ``model.arch = {"name", "num_classes", "in_channels", "input_size"}``.
+        The model, with ``model.arch = {"name", "num_classes", "in_channels", "input_size"}``
+        (plus ``"kwargs"`` when given), from which the same model can be built again.
 
     Raises:
-        ValueError: for an unknown name or an invalid argument.
+        ValueError: for an unknown name, a factory that cannot be imported, or an invalid argument.
     """
-    _load_models()
-    factory = MODELS.get(name)
     if _check_int("num_classes", num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
     if _check_int("in_channels", in_channels) not in (1, 3):
         raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}.")
     if _check_int("input_size", input_size) < 8:
         raise ValueError(f"input_size must be at least 8 pixels, got {input_size}.")
-    model = factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(f"model kwargs must be a table of keyword arguments, got {kwargs!r}.")
+    if ":" in name:
+        model = _from_reference(name, num_classes, in_channels, dict(kwargs or {}))
+    else:
+        if kwargs:
+            raise ValueError(
+                f"model '{name}' is a leantrain model and takes no extra keyword arguments "
+                f"({', '.join(sorted(kwargs))}); remove them."
+            )
+        _load_models()
+        factory = MODELS.get(name)
+        model = factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
     model.arch = {
         "name": name,
         "num_classes": num_classes,
         "in_channels": in_channels,
         "input_size": input_size,
     }
+    if kwargs:
+        model.arch["kwargs"] = dict(kwargs)
+    return model
+
+
+def _from_reference(
+    ref: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    source, _, attr = ref.partition(":")
+    if not source or not attr:
+        raise ValueError(
+            f"model reference {ref!r} is incomplete; write torchvision:NAME or package.module:factory."
+        )
+    if source == "torchvision":
+        try:
+            models = importlib.import_module("torchvision.models")
+        except Exception as e:  # ImportError, or a torchvision built for another torch
+            raise ValueError(
+                f"model {ref!r} needs torchvision, which cannot be imported here ({e}); install "
+                "the torchvision that matches your torch."
+            ) from None
+        if in_channels != 3:
+            raise ValueError(
+                f"torchvision models take RGB input, but this data has {in_channels} channel; "
+                "use an RGB data set (cifar10, imagenette) or your own factory."
+            )
+        try:
+            return models.get_model(attr, num_classes=num_classes, **kwargs)
+        except ValueError:
+            raise ValueError(
+                f"torchvision has no model {attr!r}; choose one of torchvision.models.list_models()."
+            ) from None
+    try:
+        module = importlib.import_module(source)
+    except ImportError as e:
+        raise ValueError(
+            f"cannot import {source!r} for model {ref!r} ({e}); check the module name and that "
+            "it is on PYTHONPATH."
+        ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"{source} has no callable {attr!r}; name a factory function that builds the model.")
+    params = inspect.signature(factory).parameters
+    if "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs.setdefault("num_classes", num_classes)
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"calling {ref} failed ({e}); check the model keyword arguments.") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{ref} returned {type(model).__name__}, not a torch.nn.Module.")
     return model
 
 

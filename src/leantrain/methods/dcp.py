@@ -163,6 +163,8 @@ class DCP(Method):
                 continue
             v = saliency / saliency.max().clamp_min(1e-30)  # best channel of the layer gets 1
             u, kept = self.utilities[s.name], self.kept[s.name]
+            v = v.to(u.dtype)  # utilities stay float32 whatever the model's precision
+            u, kept = self.utilities[s.name], self.kept[s.name]
             if kept is None:
                 u.mul_(gamma).add_(v)
             else:  # unselected channels keep their (frozen) utility

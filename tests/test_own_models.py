@@ -1,0 +1,266 @@
+"""Users' own models: torchvision's and hand-written ones, through the same discovery.
+
+For each model: the discovered structure is pinned (units, channel sets, exclusions with their
+reasons); a sliced DCP step equals the masked step (outputs, gradients, BN statistics); the
+compact export equals the gated network; a Learn&Drop drop keeps the forward running and takes
+the parameters and their optimizer state out of the optimizer; save → load gives the same outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import user_models
+from leantrain.io import load_model, save_model
+from leantrain.methods.base import Progress
+from leantrain.methods.dcp import DCP
+from leantrain.registry import create_model
+from leantrain.structure import channel_sets_of, prepare, structure_of, units_of
+from leantrain.surgery import drop_units
+
+SHAPE = (3, 32, 32)
+
+# name → (model reference, keyword arguments)
+MODELS = {
+    "resnet18": ("torchvision:resnet18", {}),
+    "resnet50": ("torchvision:resnet50", {}),
+    "vgg16_bn": ("torchvision:vgg16_bn", {}),
+    # Dropout 0: the equality tests compare two networks step by step.
+    "mobilenet_v2": ("torchvision:mobilenet_v2", {"dropout": 0.0}),
+    "plain_cnn": ("user_models:plain_cnn", {}),
+    "preact_resnet": ("user_models:preact_resnet", {}),
+    "concat_net": ("user_models:concat_net", {}),
+    "grouped_net": ("user_models:grouped_net", {}),
+}
+
+# The discovered structure of each model: droppable units, projection units, channel sets
+# (count, first and last), and excluded parts with a word of their reason.
+PINNED = {
+    "resnet18": dict(
+        units=["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"],
+        projections=["layer2.0", "layer3.0", "layer4.0"],
+        sets=(8, "layer1.0.conv1", "layer4.1.conv1"),
+        excluded={"conv1": "residual add in layer1.0", "layer2.0.downsample": "residual add",
+                  "layer4.1.conv2": "residual add in layer4.1", "layer2.0": "projection shortcut"},
+    ),
+    "resnet50": dict(
+        units=["layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer2.3", "layer3.1",
+               "layer3.2", "layer3.3", "layer3.4", "layer3.5", "layer4.1", "layer4.2"],
+        projections=["layer1.0", "layer2.0", "layer3.0", "layer4.0"],
+        # The stem feeds layer1.0's conv1 and its projection, never an add: prunable.
+        sets=(33, "conv1", "layer4.2.conv2"),
+        excluded={"layer1.0.conv3": "residual add", "layer3.0.downsample": "residual add"},
+    ),
+    "vgg16_bn": dict(
+        units=["features.3", "features.10", "features.17", "features.20", "features.27",
+               "features.30", "features.34", "features.37", "features.40"],
+        projections=[],
+        sets=(12, "features.0", "features.37"),
+        # The last conv's 512 channels are flattened with their 7×7 positions into 25088
+        # features of classifier.0: refused.
+        excluded={"features.40": "flattened with their 7×7 positions", "features.0": "shape"},
+    ),
+    "mobilenet_v2": dict(
+        units=["features.3", "features.5", "features.6", "features.8", "features.9",
+               "features.10", "features.12", "features.13", "features.15", "features.16"],
+        projections=[],
+        sets=(20, "features.0", "features.18"),
+        excluded={"features.3.conv.2": "residual add in features.3"},
+    ),
+    "plain_cnn": dict(
+        units=["body.0", "body.7"], projections=[],
+        sets=(4, "stem", "body.7"),
+        excluded={"body.4": "changes the shape"},
+    ),
+    "preact_resnet": dict(
+        units=["stage1.0", "stage1.1", "stage2.1"], projections=[],
+        sets=(4, "stage1.0.conv1", "stage2.1.conv1"),
+        excluded={"conv": "not followed by a BatchNorm", "stage2.0.shortcut": "BatchNorm"},
+    ),
+    "concat_net": dict(
+        units=[], projections=[],
+        sets=(2, "stem", "conv"),
+        excluded={"mix.a": "concat (torch.cat) in mix", "mix.b": "concat (torch.cat) in mix"},
+    ),
+    "grouped_net": dict(
+        units=["blocks.0", "blocks.1"], projections=[],
+        sets=(0, None, None),
+        excluded={"blocks.0.conv1": "grouped conv blocks.0.conv2 (groups=4)",
+                  "blocks.1.conv2": "grouped convolution (groups=4)"},
+    ),
+}
+
+# DCP needs prunable channels; these are the models that have them.
+WITH_SETS = [n for n, pin in PINNED.items() if pin["sets"][0] > 0]
+
+
+def _build(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    ref, kwargs = MODELS[name]
+    model = create_model(ref, kwargs=kwargs or None)
+    _randomise_bn(model)
+    prepare(model)
+    return model
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
+    """Random BN statistics and affine parameters, so comparisons are not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def _batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _select(method: DCP, model: nn.Module, seed: int = 1) -> None:
+    """Random utilities, then one selection step past the warm-up."""
+    method.setup(model, Progress(0, 100, 10))
+    g = torch.Generator().manual_seed(seed)
+    for u in method.utilities.values():
+        u.copy_(torch.rand(len(u), generator=g))
+    method.step(model, Progress(50, 100, 10))
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_discovered_structure_is_pinned(name: str) -> None:
+    pin = PINNED[name]
+    s = structure_of(_build(name))
+    assert [u.name for u in s.droppable()] == pin["units"]
+    assert [u.name for u in s.units if u.kind == "projection"] == pin["projections"]
+    count, first, last = pin["sets"]
+    names = [c.name for c in s.channel_sets]
+    assert len(names) == count
+    if count:
+        assert (names[0], names[-1]) == (first, last)
+    reasons = {e.name: e.reason for e in s.excluded}
+    for part, words in pin["excluded"].items():
+        assert words in reasons[part], (part, reasons[part])
+    # Nothing is both pruned and excluded, and every exclusion says why.
+    assert not set(names) & {e.name for e in s.excluded if e.what == "channels"}
+    assert all(e.reason for e in s.excluded)
+    assert "Excluded" in str(s) and all(u.name in str(s) for u in s.units)
+
+
+@pytest.mark.parametrize("name", WITH_SETS)
+def test_sliced_step_equals_masked_step(name: str) -> None:
+    # float64: deep nets at 32 px end in 1×1 maps whose batch statistics over 4 samples amplify
+    # float32 summation-order differences (ResNet-50: 7e-4 relative); in float64 they vanish.
+    sliced = _build(name).double()
+    masked = copy.deepcopy(sliced)
+    m_slice, m_mask = DCP(p=0.5, mode="slice"), DCP(p=0.5, mode="mask")
+    _select(m_slice, sliced)
+    _select(m_mask, masked)
+    assert any(k is not None for k in m_slice.kept.values())
+    x, y = _batch()
+    x = x.double()
+    outs = []
+    for model, method in ((sliced, m_slice), (masked, m_mask)):
+        model.train()
+        torch.manual_seed(0)  # the same dropout masks in both (VGG's classifier)
+        out = model(x)
+        F.cross_entropy(out, y).backward()
+        method.after_backward(model, Progress(51, 100, 10))
+        outs.append(out)
+    _assert_close(outs[0], outs[1], "output")
+    for (n, p1), (_, p2) in zip(sliced.named_parameters(), masked.named_parameters()):
+        _assert_close(p1.grad, p2.grad, n)
+    for (n, b1), (_, b2) in zip(sliced.named_buffers(), masked.named_buffers()):
+        _assert_close(b1, b2, n)
+    for key in m_slice.utilities:
+        _assert_close(m_slice.utilities[key], m_mask.utilities[key], key)
+
+
+def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Equal up to summation order (the sliced and the full convolution add their terms in
+    different orders), relative to the tensor's largest value."""
+    a, b = a.detach().double(), b.detach().double()
+    scale = max(float(b.abs().max()), 1e-3) if b.numel() else 1.0
+    assert float((a - b).abs().max()) <= 1e-9 * scale, (what, float((a - b).abs().max()), scale)
+
+
+@pytest.mark.parametrize("name", WITH_SETS)
+def test_compact_export_equals_gated_network(name: str) -> None:
+    model = _build(name)
+    method = DCP(p=0.5)
+    _select(method, model)
+    model.eval()
+    x, _ = _batch()
+    with torch.no_grad():
+        gated = model(x)
+    params_before = sum(p.numel() for p in model.parameters())
+    change = method.finish(model)
+    assert change is not None and change.removed
+    with torch.no_grad():
+        compact = model(x)
+    assert (compact - gated).abs().max() <= 1e-5
+    assert sum(p.numel() for p in model.parameters()) < params_before
+    for s in channel_sets_of(model):  # the widths are the kept ones, found again by tracing
+        kept = method.kept.get(s.name)
+        assert kept is None or len(s) == len(kept)
+
+
+@pytest.mark.parametrize("name", [n for n, pin in PINNED.items() if pin["units"]])
+def test_learndrop_drop_keeps_forward_and_leaves_the_optimizer(name: str) -> None:
+    model = _build(name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = _batch()
+    F.cross_entropy(model.train()(x), y).backward()
+    opt.step()  # momentum buffers exist now
+    unit = units_of(model)[0]
+    gone = {id(p) for p in unit.parameters()}
+    change = drop_units(model, [unit.name])
+    change.apply_to(opt)
+    live = {id(p) for p in model.parameters()}
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == live and not gone & in_opt
+    assert not gone & {id(p) for p in opt.state}
+    assert unit.name not in [u.name for u in units_of(model)]
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()  # the forward runs without the unit
+    opt.step()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "plain_cnn", "preact_resnet"])
+def test_save_and_load_by_reference_give_the_same_outputs(name: str, tmp_path) -> None:
+    model = _build(name)
+    method = DCP(p=0.5)
+    _select(method, model)
+    if change := method.finish(model):
+        assert change.removed
+    if units := units_of(model):
+        drop_units(model, [units[-1].name])
+    model.eval()
+    path = save_model(model, tmp_path / "model.safetensors")
+    loaded = load_model(path).eval()
+    x, _ = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert type(loaded) is type(model)
+
+
+def test_model_reference_errors_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="torchvision has no model 'resnet1000'"):
+        create_model("torchvision:resnet1000")
+    with pytest.raises(ValueError, match="cannot import 'no_such_module'"):
+        create_model("no_such_module:factory")
+    with pytest.raises(ValueError, match="user_models has no callable 'nothing'"):
+        create_model("user_models:nothing")
+    with pytest.raises(ValueError, match="torchvision models take RGB input"):
+        create_model("torchvision:resnet18", in_channels=1)
+    with pytest.raises(ValueError, match="check the model keyword arguments"):
+        create_model("user_models:plain_cnn", kwargs={"depth": 3})
+    with pytest.raises(ValueError, match="leantrain model and takes no extra keyword"):
+        create_model("resnet20", kwargs={"depth": 3})
