@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from leantrain.bench import load_suite, read_results, run_suite, suite_names
 from leantrain.cli import main
 from leantrain.config import ConfigError
+from leantrain.methods.dcp import DCP
 
 TINY = """
 name = "tiny"
@@ -52,7 +54,8 @@ def test_dense_runs_first_and_methods_follow_back_to_back(tmp_path) -> None:
     ]
     last = suite.runs[-1].config
     assert last.train.epochs == 2 and last.train.threads == 1 and last.train.lr == 0.05
-    assert last.method_args == {"dcp": {"p": 0.5, "mode": "mask", "warmup": 0.2}}
+    # every DCP setting is recorded, the given ones over the defaults
+    assert last.method_args == {"dcp": {**dataclasses.asdict(DCP()), "p": 0.5, "mode": "mask", "warmup": 0.2}}
     assert suite.runs[0].config.out_dir == "runs/bench/tiny"
     # a different recipe is a different run: its key (config digest) differs
     assert suite.runs[2].key != suite.runs[4].key
