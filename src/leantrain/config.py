@@ -34,6 +34,9 @@ __all__ = [
     "merge",
     "split_method",
     "check_fields",
+    "coerce_value",
+    "describe_type",
+    "toml_repr",
 ]
 
 
@@ -112,7 +115,7 @@ class TrainConfig:
 # ------------------------------------------------------------------------------- type checks
 
 
-def _toml(value: Any) -> str:
+def toml_repr(value: Any) -> str:
     """A value as it would be written in TOML (close enough for messages)."""
     try:
         return json.dumps(value)
@@ -120,11 +123,11 @@ def _toml(value: Any) -> str:
         return repr(value)
 
 
-def _describe(tp: Any) -> str:
+def describe_type(tp: Any) -> str:
     """What a value of annotation `tp` must be, in words."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{_describe(inner[0])} or left out"
+        return f"{describe_type(inner[0])} or left out"
     if typing.get_origin(tp) is list:
         (inner,) = typing.get_args(tp) or (Any,)
         return {int: "a list of whole numbers", float: "a list of numbers",
@@ -133,7 +136,7 @@ def _describe(tp: Any) -> str:
             str: "a string"}.get(tp, f"of type {getattr(tp, '__name__', tp)}")
 
 
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+def coerce_value(value: Any, tp: Any) -> tuple[bool, Any]:
     """(fits, value as stored): `value` against annotation `tp`; an int for a float becomes a
     float, so ``lr = 1`` and ``lr = 1.0`` are one setting (and one run identity)."""
     origin = typing.get_origin(tp)
@@ -141,12 +144,12 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         if value is None and type(None) in typing.get_args(tp):
             return True, None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, inner[0]) if len(inner) == 1 else (True, value)
+        return coerce_value(value, inner[0]) if len(inner) == 1 else (True, value)
     if origin is list:
         if not isinstance(value, list):
             return False, value
         (inner,) = typing.get_args(tp) or (Any,)
-        out = [_coerce(v, inner) for v in value]
+        out = [coerce_value(v, inner) for v in value]
         return all(ok for ok, _ in out), [v for _, v in out]
     if tp is bool:  # bool is checked first everywhere: True is an int in Python, not in a config
         return isinstance(value, bool), value
@@ -197,13 +200,13 @@ def check_fields(
     defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
     out = {}
     for name, value in values.items():
-        ok, out[name] = _coerce(value, types_[name])
+        ok, out[name] = coerce_value(value, types_[name])
         if not ok:
             where = f" in {source}" if source else ""
             example = defaults[name]
-            hint = "" if example is None or example == [] else f", e.g. {name} = {_toml(example)}"
+            hint = "" if example is None or example == [] else f", e.g. {name} = {toml_repr(example)}"
             raise ConfigError(
-                f"{section}.{name} = {_toml(value)}{where} must be {_describe(types_[name])}{hint}."
+                f"{section}.{name} = {toml_repr(value)}{where} must be {describe_type(types_[name])}{hint}."
             )
     return out
 
@@ -230,10 +233,10 @@ def _resolve_methods(method: Any, method_args: Any) -> tuple[str, dict[str, dict
     configuration is read, not when training starts.
     """
     if not isinstance(method, str):
-        raise ConfigError(f'method = {_toml(method)} must be a string, e.g. method = "dcp".')
+        raise ConfigError(f'method = {toml_repr(method)} must be a string, e.g. method = "dcp".')
     if not isinstance(method_args, dict) or not all(isinstance(v, dict) for v in method_args.values()):
         raise ConfigError(
-            f"method_args = {_toml(method_args)} must be a table of tables of method settings, "
+            f"method_args = {toml_repr(method_args)} must be a table of tables of method settings, "
             'e.g. method_args = {dcp = {p = 0.5}}.'
         )
     registry = _registry()
@@ -341,7 +344,7 @@ def _table(key: str, value: Any, source: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         where = f" in {source}" if source else ""
         raise ConfigError(
-            f"{key} = {_toml(value)}{where} must be a table of settings; put them under a "
+            f"{key} = {toml_repr(value)}{where} must be a table of settings; put them under a "
             f"[{key}] header."
         )
     return value
@@ -356,7 +359,7 @@ def merge(base: dict[str, Any], over: dict[str, Any], source: str | None = None)
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict):
-            out[k] = merge(_table(k, out[k], source), v, source) if k in out else dict(v)
+            out[k] = merge(_table(k, out[k], source) if k in out else {}, v, source)
         else:
             out[k] = v
     return out
@@ -384,12 +387,12 @@ def from_dict(
             kwargs[key] = _SECTIONS[key](**check_fields(_SECTIONS[key], _table(key, value, source),
                                                         key, source))
         elif key in _TOP_KEYS:
-            ok, kwargs[key] = _coerce(value, top_types[key])
+            ok, kwargs[key] = coerce_value(value, top_types[key])
             if not ok:
                 where = f" in {source}" if source else ""
-                example = _toml(_default(_TOP[key]))
+                example = toml_repr(_default(_TOP[key]))
                 raise ConfigError(
-                    f"{key} = {_toml(value)}{where} must be {_describe(top_types[key])}, "
+                    f"{key} = {toml_repr(value)}{where} must be {describe_type(top_types[key])}, "
                     f"e.g. {key} = {example}."
                 )
         elif key == "method_args":
