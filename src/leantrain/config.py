@@ -193,9 +193,13 @@ def check_fields(
     """
     types_ = field_types(cls)
     unknown = sorted(set(values) - set(types_))
-    if unknown:
+    if unknown and section in _SECTIONS:
         raise ConfigError(
             f"unknown key(s) {unknown} in [{section}]; valid keys are: {', '.join(sorted(types_))}."
+        )
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} for method {section!r}; valid: {', '.join(sorted(types_))}."
         )
     defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
     out = {}
