@@ -34,6 +34,7 @@ __all__ = [
     "merge",
     "split_method",
     "check_fields",
+    "field_types",
     "coerce_value",
     "describe_type",
     "toml_repr",
@@ -151,7 +152,7 @@ def coerce_value(value: Any, tp: Any) -> tuple[bool, Any]:
         (inner,) = typing.get_args(tp) or (Any,)
         out = [coerce_value(v, inner) for v in value]
         return all(ok for ok, _ in out), [v for _, v in out]
-    if tp is bool:  # bool is checked first everywhere: True is an int in Python, not in a config
+    if tp is bool:  # True is an int in Python, but `epochs = true` is a mistake, not 1 epoch
         return isinstance(value, bool), value
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
