@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from leantrain.bench import load_suite, read_results, run_suite, suite_names
 from leantrain.cli import main
 from leantrain.config import ConfigError
+from leantrain.methods.dcp import DCP
 
 TINY = """
 name = "tiny"
@@ -52,7 +54,8 @@ def test_dense_runs_first_and_methods_follow_back_to_back(tmp_path) -> None:
     ]
     last = suite.runs[-1].config
     assert last.train.epochs == 2 and last.train.threads == 1 and last.train.lr == 0.05
-    assert last.method_args == {"dcp": {"p": 0.5, "mode": "mask", "warmup": 0.2}}
+    # every DCP setting is recorded, the given ones over the defaults
+    assert last.method_args == {"dcp": {**dataclasses.asdict(DCP()), "p": 0.5, "mode": "mask", "warmup": 0.2}}
     assert suite.runs[0].config.out_dir == "runs/bench/tiny"
     # a different recipe is a different run: its key (config digest) differs
     assert suite.runs[2].key != suite.runs[4].key
@@ -71,6 +74,69 @@ def test_suite_errors_name_the_problem(tmp_path, bad, message) -> None:
     text = TINY.replace('methods = ["dcp-p0.5", "dense"]', bad)
     with pytest.raises(ConfigError, match=message):
         load_suite(_suite(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("seeds = [0]", 'seeds = "0"',
+         'suite file {path}: seeds = "0" must be a list of whole numbers, e.g. seeds = [0, 1].'),
+        ("seeds = [0]", "seeds = [true]",
+         "suite file {path}: seeds = [true] must be a list of whole numbers, e.g. seeds = [0, 1]."),
+        ('name = "tiny"', "name = 5",
+         'suite file {path}: name = 5 must be a string, e.g. name = "quick".'),
+        ('name = "tiny"', 'nmae = "tiny"',
+         "suite file {path}: unknown key(s) ['nmae']; valid keys are: name, description, seeds, "
+         "defaults, recipe, methods, grid."),
+        ('datasets = ["cifar10"]', 'datasets = "cifar10"',
+         'suite file {path}, [[grid]] #1: datasets = "cifar10" must be a list of strings, e.g. '
+         'datasets = ["cifar10"].'),
+        ('models = ["test_resnet"]', "models = [5]",
+         'suite file {path}, [[grid]] #1: models = [5] must be a list of strings, e.g. models = '
+         '["resnet20"].'),
+        ('methods = ["dcp-p0.5", "dense"]', 'methods = "dense"',
+         'suite file {path}, [[grid]] #1: methods = "dense" must be a list, e.g. methods = '
+         '["dense", "dcp-p0.5"].'),
+        ('models = ["test_resnet"]', 'models = ["test_resnet"]\ntrain = 5',
+         "suite file {path}, [[grid]] #1: train = 5 must be a table, e.g. train = { epochs = 3 }."),
+        ('dense = { method = "none" }', "dense = 5",
+         'suite file {path}: methods.dense = 5 must be a table, e.g. dense = { method = "none" }.'),
+        ('dense = { method = "none" }', "dense = { method = 5 }",
+         "suite file {path}, [[grid]] #1, method 'dense': method = 5 must be a string, e.g. "
+         'method = "dcp".'),
+        ("args = { dcp = { p = 0.5 } }", "args = 5",
+         "suite file {path}, [[grid]] #1, method 'dcp-p0.5': args = 5 must be a table, e.g. "
+         "args = { dcp = { p = 0.5 } }."),
+        ("train = { threads = 1 }", "train = 5",
+         "suite file {path}: defaults.train = 5 must be a table, e.g. train = { ... } inside "
+         "[defaults]."),
+        ("train = { epochs = 1, batch_size = 25, lr = 0.05 }", 'train = { epochs = "one" }',
+         "suite file {path}, [[grid]] #1, cifar10/test_resnet/dense: train.epochs = \"one\" "
+         "must be a whole number, e.g. epochs = 10."),
+        ("p = 0.5", 'p = "half"',
+         "suite file {path}, [[grid]] #1, cifar10/test_resnet/dcp-p0.5: dcp.p = \"half\" must be "
+         "a finite number, e.g. p = 0.5."),
+        ("args = { dcp = { p = 0.5 } }", "args = { learndrop = { tau = 0.5 } }",
+         "suite file {path}, [[grid]] #1, cifar10/test_resnet/dcp-p0.5: [learndrop] settings were "
+         "given but learndrop is not among the methods in use (dcp); add it with method = "
+         '"dcp+learndrop" or remove the [learndrop] table.'),
+    ],
+)
+def test_suite_values_of_the_wrong_type_name_file_and_field(tmp_path, old, new, message) -> None:
+    assert old in TINY
+    path = _suite(tmp_path, TINY.replace(old, new))
+    with pytest.raises(ConfigError) as e:
+        load_suite(path)
+    assert str(e.value) == message.replace("{path}", str(path))
+
+
+def test_bench_command_reports_a_bad_suite_in_one_line(tmp_path, capsys) -> None:
+    path = _suite(tmp_path, TINY.replace("seeds = [0]", 'seeds = "0"'))
+    assert main(["bench", str(path), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (
+        f'leantrain: error: suite file {path}: seeds = "0" must be a list of whole numbers, '
+        "e.g. seeds = [0, 1].\n"
+    )
 
 
 def test_unknown_method_setting_is_caught_before_running(tmp_path) -> None:

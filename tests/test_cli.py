@@ -141,3 +141,132 @@ def test_static_widths_from_the_command_line(cifar_root, tmp_path, capsys) -> No
     err = capsys.readouterr().err
     assert f"lists {len(widths) - 1} widths" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ one resolved configuration
+
+
+def _config_of(*argv: str):
+    """The resolved `RunConfig` a ``train`` command line would run (nothing is trained)."""
+    from leantrain.cli import build_parser
+    from leantrain.config_flags import config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (["--method", "dcp"], ["--method", "dcp", "--dcp.p", "0.5"]),
+        (["--method", "learndrop"], ["--method", "learndrop", "--learndrop.tau", "0.5"]),
+        (["--method", "dense"], []),
+        (["--lr", "1"], ["--lr", "1.0"]),
+        (["--data-dir", "/a"], ["--data-dir", "/b"]),
+    ],
+)
+def test_equivalent_command_lines_map_to_one_run_folder(a, b) -> None:
+    assert _config_of(*a).run_dir() == _config_of(*b).run_dir()
+
+
+def test_toml_and_flags_give_the_same_run(tmp_path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('method = "dcp"\n[dcp]\np = 0.3\n[train]\nepochs = 2\n')
+    flags = _config_of("--method", "dcp", "--dcp.p", "0.3", "--epochs", "2")
+    assert _config_of("-c", str(config)).run_dir() == flags.run_dir()
+    assert _config_of("-c", str(config), "--dcp.p", "0.4").method_args["dcp"]["p"] == 0.4
+
+
+def test_config_json_records_the_resolved_settings(cifar_root, tmp_path) -> None:
+    import dataclasses
+
+    from leantrain.methods.dcp import DCP
+
+    assert main(_train_args(cifar_root, tmp_path / "runs", "--method", "dcp", "--dcp.p", "0.25")) == 0
+    run = next((tmp_path / "runs").glob("cifar10-test_resnet-dcp-*/seed0"))
+    config = json.loads((run / "config.json").read_text())
+    assert config["method_args"] == {"dcp": {**dataclasses.asdict(DCP()), "p": 0.25}}
+    assert config["method"] == "dcp" and config["train"]["threads"] is None
+    same = _config_of(*_train_args(cifar_root, tmp_path / "runs", "--method", "dcp",
+                                   "--dcp.p", "0.25")[1:])
+    assert run == same.run_dir() and run.parent.name.endswith(same.digest())
+
+
+@pytest.mark.parametrize(
+    "toml, flags, message",
+    [
+        ('[train]\nepochs = "ten"\n', [],
+         'train.epochs = "ten" in {path} must be a whole number, e.g. epochs = 10.'),
+        ("[train]\nepochs = true\n", [],
+         "train.epochs = true in {path} must be a whole number, e.g. epochs = 10."),
+        ('[train]\nlr = "fast"\n', [],
+         'train.lr = "fast" in {path} must be a finite number, e.g. lr = 0.1.'),
+        ('method = "dcp"\n[dcp]\np = "half"\n', [],
+         'dcp.p = "half" in {path} must be a finite number, e.g. p = 0.5.'),
+        ('method = "learndrop"\n[learndrop]\ntau = true\n', [],
+         "learndrop.tau = true in {path} must be a finite number, e.g. tau = 0.5."),
+        ("train = 5\n", ["--epochs", "3"],
+         "train = 5 in {path} must be a table of settings; put them under a [train] header."),
+        ('model = "resnet"\n', ["--model", "vgg11"],
+         'model = "resnet" in {path} must be a table of settings; put them under a [model] '
+         "header."),
+        ('[train]\nmilestones = "half"\n', [],
+         'train.milestones = "half" in {path} must be a list of numbers, e.g. milestones = '
+         "[0.5, 0.75]."),
+        ("[data]\ntrain_subset = 25.5\n", [],
+         "data.train_subset = 25.5 in {path} must be a whole number or left out."),
+        ('method = "learndrop"\n[dcp]\np = 0.3\n', [],
+         "[dcp] settings were given but dcp is not among the methods in use (learndrop); add it "
+         'with method = "learndrop+dcp" or remove the [dcp] table.'),
+        ("", ["--threads", "0"],
+         "train.threads must be ≥ 1, or left out for torch's default (check your config or "
+         "command line)."),
+        ("", ["--threads", "-1"],
+         "train.threads must be ≥ 1, or left out for torch's default (check your config or "
+         "command line)."),
+        ("", ["--method", "learndrop", "--dcp.p", "0.3"],
+         "--dcp.p was given but dcp is not among the methods in use (learndrop); add it with "
+         "--method learndrop+dcp or drop the flag."),
+        ("", ["--dcp.p", "0.3", "--dcp.min-channels", "2"],
+         "--dcp.p, --dcp.min-channels were given but dcp is not among the methods in use (none); "
+         "add it with --method dcp or drop the flags."),
+        ('method = "learndrop"\n', ["--static.p", "0.3"],
+         "--static.p was given but static is not among the methods in use (learndrop); add it "
+         "with --method learndrop+static or drop the flag."),
+    ],
+)
+def test_bad_settings_give_one_exact_sentence(toml, flags, message, tmp_path, capsys) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(toml)
+    assert main(["train", "-c", str(config), "--out-dir", str(tmp_path), *flags]) == 2
+    assert capsys.readouterr().err == f"leantrain: error: {message.format(path=config)}\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_model_file_with_a_malformed_architecture(tmp_path, capsys) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from leantrain.io import save_model
+    from leantrain.registry import create_model
+
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    save_model(create_model("test_vgg"), good)
+    with safe_open(str(good), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta["leantrain_arch"] = json.dumps({**json.loads(meta["leantrain_arch"]), "arch": "resnet"})
+    save_file(tensors, str(bad), metadata=meta)
+    assert main(["eval", str(bad), "--dataset", "mnist-sample"]) == 2
+    assert capsys.readouterr().err == (
+        "leantrain: error: the saved architecture 'resnet' is not a table of a model name and its "
+        "arguments; the file is corrupt or was not written by leantrain.\n"
+    )
+
+
+def test_train_help_comes_from_the_dataclass_docs(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("--dcp.p P pruning rate, the fraction of all prunable channels switched off each "
+            "step, in [0, 1). (default: 0.5)") in out  # the DCP docstring's Args entry
+    assert "--lr LR peak learning rate (default: 0.1)" in out  # TrainConfig's inline comment
+    assert "dcp settings (--dcp.FIELD, also in a [dcp] TOML table)" in out

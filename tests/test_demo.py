@@ -9,7 +9,7 @@ from leantrain.demo import demo_configs, format_table, run_demo
 def test_demo_configs_are_the_three_rows_with_learndrop_checkpoints() -> None:
     configs = dict(demo_configs(epochs=3, train_subset=2000))
     assert list(configs) == ["dense", "learndrop", "dcp p=0.5"]
-    assert configs["dcp p=0.5"].method_args == {"dcp": {"p": 0.5}}
+    assert configs["dcp p=0.5"].method_args["dcp"]["p"] == 0.5
     # 2000 // 128 = 15 steps per epoch, 45 in all: six checkpoints, every 7 steps
     assert configs["learndrop"].method_args["learndrop"]["every_steps"] == 7
     assert len({cfg.seed for cfg in configs.values()}) == 1

@@ -197,3 +197,34 @@ def test_readme_without_markers_is_a_clear_error() -> None:
 def test_missing_results_file_is_a_user_error(tmp_path, capsys) -> None:
     assert main(["report", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.pop("dataset"), "row 3 has no 'dataset' field"),
+        (lambda r: r.pop("test_acc"), "row 3 has no 'test_acc' field"),
+        (lambda r: r.update(test_acc="high"), 'row 3 has test_acc = "high", which must be a number'),
+        (lambda r: r.update(train_s="1s"), 'row 3 has train_s = "1s", which must be a number'),
+        (lambda r: r.update(seed=True), "row 3 has seed = true, which must be a whole number"),
+        (lambda r: r.update(env=None), "row 3 has env = null, which must be an object"),
+        (lambda r: r["config"].update(data=5), "row 3 has config.data = 5, which must be an object"),
+    ],
+)
+def test_a_row_the_report_cannot_read_is_named(tmp_path, change, message, capsys) -> None:
+    rows = [dict(r, config=dict(r["config"])) for r in ROWS]
+    change(rows[2])
+    path = _write(tmp_path / "s-cpu2-torch2.13.0.jsonl", rows)
+    expected = (f"results file {path}: {message}; rerun its suite with `leantrain bench` or "
+                "delete that row.")
+    with pytest.raises(ValueError) as e:
+        load_rows([path])
+    assert str(e.value) == expected
+    assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"leantrain: error: {expected}\n"
+
+
+def test_rows_without_optional_measurements_are_reported(tmp_path) -> None:
+    rows = [dict(r, peak_rss_mb=None) for r in ROWS]  # peak RSS unknown on this platform
+    [*_, ld] = summarize(load_rows([_write(tmp_path / "s-cpu2-torch2.13.0.jsonl", rows)]))
+    assert ld.mean("peak_rss_mb") is None and ld.mean("acc") == pytest.approx(85.0)

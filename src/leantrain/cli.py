@@ -8,10 +8,7 @@ with status 2, never a traceback; ``LEANTRAIN_DEBUG=1`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import os
-import re
 import sys
 import warnings
 from typing import Any, Callable, Sequence
@@ -28,125 +25,30 @@ def _command(name: str):
     return wrap
 
 
-# --------------------------------------------------------------------------- flags from dataclasses
-
-
-def _flag_type(annotation: str) -> tuple[Any, dict[str, Any]]:
-    """argparse settings for a dataclass field annotation (written as a string)."""
-    base = annotation.replace(" | None", "").strip()
-    if base == "bool":
-        return None, {"action": argparse.BooleanOptionalAction}
-    if base.startswith("list["):
-        inner = base[5:-1]
-        return None, {"type": float if inner == "float" else int if inner == "int" else str, "nargs": "+"}
-    return None, {"type": {"int": int, "float": float}.get(base, str)}
-
-
-def _field_help(cls: type) -> dict[str, str]:
-    """Help text per field: the class docstring's ``Args:`` entries and inline ``# comments``."""
-    helps: dict[str, str] = {}
-    doc = inspect.getdoc(cls) or ""
-    for match in re.finditer(r"^\s{4}(\w+): (.+?)(?=^\s{4}\w+: |\Z)", doc.split("Args:")[-1], re.M | re.S):
-        helps[match.group(1)] = " ".join(match.group(2).split())
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return helps
-    for match in re.finditer(r"^\s+(\w+): [^=\n]+=.*?#\s*(.+)$", source, re.M):
-        helps.setdefault(match.group(1), match.group(2).strip())
-    return helps
-
-
-def _add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, section: str, prefix: str = ""
-) -> None:
-    title = f"{section} settings" + (f" (--{prefix}FIELD, also in a [{section}] TOML table)" if prefix else "")
-    group = parser.add_argument_group(title)
-    helps = _field_help(cls)
-    for f in dataclasses.fields(cls):
-        _, kwargs = _flag_type(str(f.type))
-        flags = [f"--{prefix}{f.name.replace('_', '-')}"]
-        if prefix and "_" in f.name:
-            flags.append(f"--{prefix}{f.name}")
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = None
-        if "action" not in kwargs:
-            kwargs["metavar"] = f.name.upper()
-        group.add_argument(
-            *flags, dest=f"{section}::{f.name}", default=argparse.SUPPRESS,
-            help=f"{helps.get(f.name, '')} (default: {default})".strip().replace("%", "%%"),
-            **kwargs,
-        )
-
-
-def _collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in vars(args).items():
-        if "::" in key:
-            section, name = key.split("::", 1)
-            if section == "top":
-                nested[name] = value
-            else:
-                nested.setdefault(section, {})[name] = value
-    return nested
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
 # --------------------------------------------------------------------------------------- commands
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .config import DataConfig, TrainConfig
-    from .methods import METHODS
+    from .config_flags import add_config_flags
 
     p = sub.add_parser(
         "train", help="train a model, optionally with a pruning method",
         description="Train a registered model on a data set; writes a run folder.",
     )
-    p.add_argument("-c", "--config", help="TOML config file; flags override it")
-    p.add_argument("--model", dest="model::name", default=argparse.SUPPRESS, metavar="NAME",
-                   help="registered model name, see `leantrain cost --list` (default: vgg11)")
-    p.add_argument("--method", dest="top::method", default=argparse.SUPPRESS, metavar="METHOD",
-                   help=f"none, {', '.join(sorted(METHODS))}, or several joined by '+' (default: none)")
-    p.add_argument("--seed", dest="top::seed", type=int, default=argparse.SUPPRESS, metavar="N",
-                   help="seeds model init, data order and subsets (default: 0)")
-    p.add_argument("--out-dir", dest="top::out_dir", default=argparse.SUPPRESS, metavar="DIR",
-                   help="parent folder of run folders (default: runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true",
                    help="continue this run (same settings and seed) from its last checkpoint")
     p.add_argument("--resume-from", metavar="RUN", default=None,
                    help="continue from another run folder's checkpoint, e.g. with a lower --lr")
-    p.add_argument("--checkpoint-every", dest="top::checkpoint_every", type=int, metavar="STEPS",
-                   default=argparse.SUPPRESS, help="also checkpoint every N steps (default: 0, "
-                   "epoch ends only)")
-    p.add_argument("--checkpoint-minutes", dest="top::checkpoint_minutes", type=float,
-                   metavar="MIN", default=argparse.SUPPRESS,
-                   help="also checkpoint every N minutes (default: 0, off)")
-    _add_dataclass_flags(p, DataConfig, "data")
-    _add_dataclass_flags(p, TrainConfig, "train")
-    for name, cls in sorted(METHODS.items()):
-        _add_dataclass_flags(p, cls, name, prefix=f"{name}.")
+    add_config_flags(p)
 
 
 @_command("train")
 def _train(args: argparse.Namespace) -> int:
-    from .config import from_dict, load_toml
-    from .methods import method_fields
+    from .config_flags import config_from_args
     from .runner import finished_summary, run
 
-    base = load_toml(args.config) if args.config else {}
-    cfg = from_dict(_merge(base, _collect_overrides(args)), method_fields())
+    cfg = config_from_args(args)
     if args.resume and args.resume_from:
         raise ValueError(
             "--resume continues this run's own checkpoint and --resume-from another's; give one."

@@ -2,7 +2,12 @@
 
 A run is described by one `RunConfig` (data, model, training recipe, methods and their
 hyperparameters, seed). It is read from TOML with `tomllib`, overridden by command-line flags
-generated from the same dataclass fields, validated, and written back to the run folder.
+generated from the same dataclass fields (`leantrain.config_flags`), checked against the fields'
+types, validated, and written back to the run folder.
+
+The configuration is *resolved*: ``method_args`` holds every field of every method in use, its
+defaults filled in, so ``config.json`` records what ran and `RunConfig.digest` (the run's
+identity) changes when a default does, while two commands that mean the same run share it.
 """
 
 from __future__ import annotations
@@ -10,10 +15,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 __all__ = [
     "DataConfig",
@@ -23,6 +31,13 @@ __all__ = [
     "ConfigError",
     "load_toml",
     "from_dict",
+    "merge",
+    "split_method",
+    "check_fields",
+    "field_types",
+    "coerce_value",
+    "describe_type",
+    "toml_repr",
 ]
 
 
@@ -85,8 +100,11 @@ class TrainConfig:
             (0 <= self.warmup < 1, "train.warmup is a fraction of training in [0, 1)"),
             (all(0 < m < 1 for m in self.milestones), "train.milestones are fractions in (0, 1)"),
             (0 < self.lr_decay <= 1, "train.lr_decay must be in (0, 1]"),
+            (0 <= self.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              "train.device must be auto, cpu or cuda"),
+            (self.threads is None or self.threads >= 1,
+             "train.threads must be ≥ 1, or left out for torch's default"),
             (self.eval_every >= 1, "train.eval_every must be ≥ 1"),
             (not self.nesterov or self.momentum > 0, "train.nesterov needs momentum > 0"),
         ]
@@ -95,14 +113,187 @@ class TrainConfig:
                 raise ConfigError(f"{message} (check your config or command line).")
 
 
+# ------------------------------------------------------------------------------- type checks
+
+
+def toml_repr(value: Any) -> str:
+    """A value as it would be written in TOML (close enough for messages)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def describe_type(tp: Any) -> str:
+    """What a value of annotation `tp` must be, in words."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{describe_type(inner[0])} or left out"
+    if typing.get_origin(tp) is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return {int: "a list of whole numbers", float: "a list of numbers",
+                str: "a list of strings"}.get(inner, "a list")
+    return {bool: "true or false", int: "a whole number", float: "a finite number",
+            str: "a string"}.get(tp, f"of type {getattr(tp, '__name__', tp)}")
+
+
+def coerce_value(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(fits, value as stored): `value` against annotation `tp`; an int for a float becomes a
+    float, so ``lr = 1`` and ``lr = 1.0`` are one setting (and one run identity)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return True, None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return coerce_value(value, inner[0]) if len(inner) == 1 else (True, value)
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        (inner,) = typing.get_args(tp) or (Any,)
+        out = [coerce_value(v, inner) for v in value]
+        return all(ok for ok, _ in out), [v for _, v in out]
+    if tp is bool:  # True is an int in Python, but `epochs = true` is a mistake, not 1 epoch
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (ok and math.isfinite(value)), (float(value) if ok else value)
+    if tp is str:
+        return isinstance(value, str), value
+    return True, value  # Any, or a type the configs do not use
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Settable fields of dataclass `cls` and their annotations, resolved to types."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def check_fields(
+    cls: type, values: Mapping[str, Any], section: str, source: str | None = None
+) -> dict[str, Any]:
+    """`values` checked against dataclass `cls`: no unknown key, every value of its field's type.
+
+    Args:
+        cls: the dataclass (a config section or a method).
+        values: settings given for it.
+        section: its name in messages (``train``, ``dcp``).
+        source: where the values came from (a file name), for messages.
+
+    Returns:
+        The values, ints given for float fields turned into floats.
+    """
+    types_ = field_types(cls)
+    unknown = sorted(set(values) - set(types_))
+    if unknown and section in _SECTIONS:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in [{section}]; valid keys are: {', '.join(sorted(types_))}."
+        )
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} for method {section!r}; valid: {', '.join(sorted(types_))}."
+        )
+    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
+    out = {}
+    for name, value in values.items():
+        ok, out[name] = coerce_value(value, types_[name])
+        if not ok:
+            where = f" in {source}" if source else ""
+            example = defaults[name]
+            hint = "" if example is None or example == [] else f", e.g. {name} = {toml_repr(example)}"
+            raise ConfigError(
+                f"{section}.{name} = {toml_repr(value)}{where} must be {describe_type(types_[name])}{hint}."
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------ methods
+
+
+def _registry() -> Mapping[str, type]:
+    from .methods import METHODS  # lazily: methods import torch, reading a config need not
+
+    return METHODS
+
+
+def split_method(method: str) -> list[str]:
+    """Method names of a ``method`` setting: ``"none"``/``"dense"`` → [], ``"a+b"`` → [a, b]."""
+    names = [n.strip() for n in method.split("+")]
+    return [] if names in ([""], ["none"], ["dense"]) else names
+
+
+def _resolve_methods(method: Any, method_args: Any) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The normalised method setting and every used method's settings with defaults filled in.
+
+    Each method is instantiated once, so its own checks (``dcp.p`` in [0, 1), ...) run when the
+    configuration is read, not when training starts.
+    """
+    if not isinstance(method, str):
+        raise ConfigError(f'method = {toml_repr(method)} must be a string, e.g. method = "dcp".')
+    if not isinstance(method_args, dict) or not all(isinstance(v, dict) for v in method_args.values()):
+        raise ConfigError(
+            f"method_args = {toml_repr(method_args)} must be a table of tables of method settings, "
+            'e.g. method_args = {dcp = {p = 0.5}}.'
+        )
+    registry = _registry()
+    names = split_method(method)
+    for name in names:
+        if name not in registry:
+            raise ConfigError(
+                f"unknown method {name!r}; choose none or one of: {', '.join(sorted(registry))} "
+                "(combine with '+')."
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"method {method!r} names a method twice; give each method once.")
+    normalised = "+".join(names) or "none"
+    for name in method_args:
+        if name not in registry:
+            raise ConfigError(
+                f"settings given for unknown method {name!r}; known methods: "
+                f"{', '.join(sorted(registry)) or 'none'}."
+            )
+        if name not in names:
+            use = "+".join([*names, name])
+            raise ConfigError(
+                f"[{name}] settings were given but {name} is not among the methods in use "
+                f'({normalised}); add it with method = "{use}" or remove the [{name}] table.'
+            )
+    resolved = {}
+    for name in names:
+        cls = registry[name]
+        given = check_fields(cls, method_args.get(name, {}), name)
+        try:
+            instance = cls(**given)
+        except ValueError as e:  # the method's own range checks; one sentence already
+            raise ConfigError(str(e)) from None
+        resolved[name] = {n: getattr(instance, n) for n in field_types(cls)}
+    return normalised, resolved
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
 @dataclass
 class RunConfig:
     """Everything that defines one training run.
 
+    On construction ``method`` is normalised (``"dense"`` → ``"none"``) and ``method_args`` is
+    resolved: every field of every method in use, defaults filled in; settings of a method not
+    in use are an error.
+
     Attributes:
         method: ``"none"`` (dense), a registered method name, or several joined by ``+``
             (e.g. ``"learndrop+dcp"``).
-        method_args: per method name, its hyperparameters (fields of the method's dataclass).
+        method_args: per method in use, all its hyperparameters (fields of its dataclass).
         out_dir: parent folder of run folders.
         checkpoint_every: steps between checkpoints (0 = only at epoch ends).
         checkpoint_minutes: also checkpoint when this many minutes passed since the last one
@@ -119,18 +310,27 @@ class RunConfig:
     checkpoint_every: int = 0
     checkpoint_minutes: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.method, self.method_args = _resolve_methods(self.method, self.method_args)
+
     def method_names(self) -> list[str]:
-        return [] if self.method in ("", "none", "dense") else self.method.split("+")
+        return split_method(self.method)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Stable hash of everything except the seed and output folder (open_lth style)."""
+        """Stable hash of the resolved settings that decide what is trained (open_lth style).
+
+        Left out: the seed (each seed is a subfolder), the output folder, how often to
+        checkpoint (a run resumed with another frequency stays in its folder), and where the data
+        lives and whether it may be downloaded (the same data set from another folder is the
+        same run).
+        """
         d = self.to_dict()
-        # How often to checkpoint does not change what is trained, so it is not in the digest
-        # (a run resumed with another frequency stays in its folder).
-        d.pop("seed"), d.pop("out_dir"), d.pop("checkpoint_every"), d.pop("checkpoint_minutes")
+        for key in ("seed", "out_dir", "checkpoint_every", "checkpoint_minutes"):
+            d.pop(key)
+        d["data"].pop("data_dir"), d["data"].pop("download")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     def run_dir(self) -> Path:
@@ -141,63 +341,83 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-_TOP = {"method", "seed", "out_dir", "checkpoint_every", "checkpoint_minutes"}
+_TOP = {f.name: f for f in dataclasses.fields(RunConfig)}
+_TOP_KEYS = {"method", "seed", "out_dir", "checkpoint_every", "checkpoint_minutes"}
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
+def _table(key: str, value: Any, source: str | None) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        where = f" in {source}" if source else ""
         raise ConfigError(
-            f"unknown key(s) {unknown} in [{where}]; valid keys are: {', '.join(sorted(known))}."
+            f"{key} = {toml_repr(value)}{where} must be a table of settings; put them under a "
+            f"[{key}] header."
         )
-    return cls(**values)
+    return value
 
 
-def from_dict(d: dict[str, Any], method_fields: dict[str, set[str]] | None = None) -> RunConfig:
-    """Build a `RunConfig` from a nested dict (TOML layout), rejecting unknown keys.
+def merge(base: dict[str, Any], over: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """`over` (e.g. command-line flags) laid over `base` (e.g. a TOML file), table by table.
+
+    A value of `base` that should be a table but is not is an error rather than overwritten, so
+    ``train = 5`` in a file is reported even when flags set train settings.
+    """
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict):
+            out[k] = merge(_table(k, out[k], source) if k in out else {}, v, source)
+        else:
+            out[k] = v
+    return out
+
+
+def from_dict(
+    d: dict[str, Any], method_fields: Any = None, *, source: str | None = None
+) -> RunConfig:
+    """Build a resolved `RunConfig` from a nested dict (TOML layout), checking keys and types.
 
     Args:
-        d: ``{"seed": 0, "method": "learndrop", "data": {...}, "train": {...}, "learndrop": {...}}``.
-        method_fields: valid hyperparameter names per registered method, to check method tables.
+        d: ``{"seed": 0, "method": "learndrop", "data": {...}, "train": {...}, "learndrop": {...}}``
+            (method tables may also come under ``method_args``, as `RunConfig.to_dict` writes).
+        method_fields: ignored; methods are looked up in `leantrain.methods.METHODS`. Kept so
+            callers written for the older signature keep working.
+        source: where `d` came from (a file name), named in messages.
     """
-    method_fields = method_fields or {}
+    del method_fields
+    registry = _registry()
     kwargs: dict[str, Any] = {}
     method_args: dict[str, dict[str, Any]] = {}
+    top_types = field_types(RunConfig)
     for key, value in d.items():
         if key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"[{key}] must be a table of settings, got {value!r}.")
-            kwargs[key] = _build(_SECTIONS[key], value, key)
-        elif key in _TOP:
-            kwargs[key] = value
-        elif key == "method_args" and isinstance(value, dict):
-            method_args.update(value)
-        elif key in method_fields:
-            method_args[key] = dict(value)
+            kwargs[key] = _SECTIONS[key](**check_fields(_SECTIONS[key], _table(key, value, source),
+                                                        key, source))
+        elif key in _TOP_KEYS:
+            ok, kwargs[key] = coerce_value(value, top_types[key])
+            if not ok:
+                where = f" in {source}" if source else ""
+                example = toml_repr(_default(_TOP[key]))
+                raise ConfigError(
+                    f"{key} = {toml_repr(value)}{where} must be {describe_type(top_types[key])}, "
+                    f"e.g. {key} = {example}."
+                )
+        elif key == "method_args":
+            for name, args in _table(key, value, source).items():
+                method_args.setdefault(name, {}).update(_table(f"method_args.{name}", args, source))
+        elif key in registry:
+            method_args.setdefault(key, {}).update(_table(key, value, source))
         else:
-            valid = sorted([*_SECTIONS, *_TOP, *method_fields])
+            valid = sorted([*_SECTIONS, *_TOP_KEYS, *registry])
             raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {', '.join(valid)}.")
-    for name, args in method_args.items():
-        if name not in method_fields:
-            raise ConfigError(
-                f"settings given for unknown method {name!r}; known methods: "
-                f"{', '.join(sorted(method_fields)) or 'none'}."
-            )
-        unknown = sorted(set(args) - method_fields[name])
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} for method {name!r}; valid: "
-                f"{', '.join(sorted(method_fields[name]))}."
-            )
+    for name, args in method_args.items():  # types first, so the message can name the file
+        if name in registry:
+            method_args[name] = check_fields(registry[name], args, name, source)
     cfg = RunConfig(**kwargs, method_args=method_args)
     cfg.train.validate()
-    every, minutes = cfg.checkpoint_every, cfg.checkpoint_minutes
-    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+    if cfg.checkpoint_every < 0:
         raise ConfigError(
             "checkpoint_every must be a whole number of steps ≥ 0 (0: epoch ends only)."
         )
-    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes < 1e9:
+    if not 0 <= cfg.checkpoint_minutes < 1e9:
         raise ConfigError("checkpoint_minutes must be a number of minutes ≥ 0 (0: off).")
     return cfg
 

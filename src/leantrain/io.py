@@ -126,6 +126,11 @@ def build_architecture(desc: dict[str, Any]) -> nn.Module:
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
         raise ModelFileError(f"not a leantrain architecture (format {got!r}, expected {FORMAT!r}).")
+    if not isinstance(desc.get("arch"), dict) or not isinstance(desc["arch"].get("name"), str):
+        raise ModelFileError(
+            f"the saved architecture {desc.get('arch')!r} is not a table of a model name and its "
+            "arguments; the file is corrupt or was not written by leantrain."
+        )
     try:
         arch = dict(desc["arch"])
         model = create_model(arch.pop("name"), **arch)

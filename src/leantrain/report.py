@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .bench import read_results
+from .config import toml_repr
 from .plots import plot_flops_curves, plot_pareto, slug
 from .targets import check_targets, targets_tables
 
@@ -108,15 +109,70 @@ def _value(row: dict[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+# What the report reads from a row: field → (type, required). Rows come from `leantrain bench`;
+# one edited by hand or written by another version must fail with its file and field named,
+# not with a traceback from deep inside the aggregation.
+_NUMBER = (int, float)
+_ROW_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "label": (str, True),
+    "dataset": (str, True),
+    "model": (str, True),
+    "test_acc": (_NUMBER, True),
+    "suite": (str, False),
+    "seed": (int, False),
+    "config": (dict, False),
+    "env": (dict, False),
+    "trace": (dict, False),
+    **{k: (_NUMBER, False) for k in (
+        "train_s", "surgery_s", "forward_flops", "dense_forward_flops", "train_flops",
+        "dense_train_flops", "final_macs", "dense_macs", "final_params", "peak_rss_mb",
+        "rss_start_mb", "train_images", "test_images",
+    )},
+}
+_CONFIG_TABLES = ("data", "model", "train", "method_args")
+_TYPE_WORDS = {str: "a string", int: "a whole number", dict: "an object", _NUMBER: "a number"}
+
+
+def _check_row(row: Any, file: Path, index: int) -> None:
+    """One sentence naming the file, row and field when a row cannot be reported."""
+    fix = "rerun its suite with `leantrain bench` or delete that row"
+    if not isinstance(row, dict):
+        raise ValueError(f"results file {file}: row {index} is {toml_repr(row)}, not a JSON "
+                         f"object; {fix}.")
+    for key, (tp, required) in _ROW_FIELDS.items():
+        if key not in row:
+            if required:
+                raise ValueError(f"results file {file}: row {index} has no {key!r} field; {fix}.")
+            continue
+        value = row[key]
+        if value is None and tp is _NUMBER and not required:
+            continue  # not measured here (e.g. peak RSS where the platform cannot tell)
+        if not isinstance(value, tp) or isinstance(value, bool):
+            raise ValueError(f"results file {file}: row {index} has {key} = {toml_repr(value)}, "
+                             f"which must be {_TYPE_WORDS[tp]}; {fix}.")
+    for key in _CONFIG_TABLES:
+        value = row.get("config", {}).get(key, {})
+        if not isinstance(value, dict):
+            raise ValueError(f"results file {file}: row {index} has config.{key} = "
+                             f"{toml_repr(value)}, which must be an object; {fix}.")
+
+
 def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Rows of every results file (a folder means its ``*.jsonl``), each tagged with its file."""
+    """Rows of every results file (a folder means its ``*.jsonl``), each tagged with its file.
+
+    Raises:
+        ValueError: a row lacks a field the report needs or has one of the wrong type (the
+            message names the file, the row and the field).
+    """
     rows: list[dict[str, Any]] = []
     for path in map(Path, paths):
         files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
         for f in files:
             if not f.is_file():
                 raise FileNotFoundError(f"results file {f} does not exist.")
-            rows += [{**r, "_file": str(f)} for r in read_results(f)]
+            for i, r in enumerate(read_results(f), 1):
+                _check_row(r, f, i)
+                rows.append({**r, "_file": str(f)})
     if not rows:
         raise ValueError(
             f"no result rows in {', '.join(map(str, paths))}; run `leantrain bench` first."

@@ -25,7 +25,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, from_dict, load_toml
+from .config import (
+    ConfigError,
+    RunConfig,
+    coerce_value,
+    describe_type,
+    from_dict,
+    load_toml,
+    merge,
+    split_method,
+    toml_repr,
+)
 
 __all__ = ["BenchRun", "Suite", "load_suite", "suite_names"]
 
@@ -81,13 +91,52 @@ def _suite_path(suite: str) -> Path:
     return Path(str(shipped))
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = (
-            _merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        )
-    return out
+# The suite file's own fields, their types and an example of each for messages. Tables hold
+# `RunConfig` settings, which `from_dict` checks field by field once they are merged.
+_SUITE_FIELDS: dict[str, tuple[Any, str]] = {
+    "name": (str, 'name = "quick"'),
+    "description": (str, 'description = "two models, two data sets"'),
+    "seeds": (list[int], "seeds = [0, 1]"),
+    "defaults": (dict, "[defaults] with train = { threads = 2 }"),
+    "recipe": (dict, "[recipe.cifar10] with train = { epochs = 3 }"),
+    "methods": (dict, '[methods] with dense = { method = "none" }'),
+    "grid": (list, '[[grid]] with datasets = ["cifar10"]'),
+}
+_GRID_FIELDS: dict[str, tuple[Any, str]] = {
+    "datasets": (list[str], 'datasets = ["cifar10"]'),
+    "models": (list[str], 'models = ["resnet20"]'),
+    "methods": (list, 'methods = ["dense", "dcp-p0.5"]'),
+    "seeds": (list[int], "seeds = [0, 1]"),
+    "data": (dict, "data = { train_subset = 2000 }"),
+    "train": (dict, "train = { epochs = 3 }"),
+    "method_args": (dict, "method_args = { dcp = { warmup = 0.1 } }"),
+}
+
+
+def _check(value: Any, tp: Any, where: str, key: str, example: str) -> None:
+    """`value` of suite field `key` has type `tp` (``dict``: a table), else one sentence."""
+    ok = isinstance(value, dict) if tp is dict else (
+        isinstance(value, list) if tp is list else coerce_value(value, tp)[0]
+    )
+    if not ok:
+        what = {dict: "a table", list: "a list"}.get(tp) or describe_type(tp)
+        raise ConfigError(f"{where}: {key} = {toml_repr(value)} must be {what}, e.g. {example}.")
+
+
+def _check_tables(doc: dict[str, Any], where: str) -> None:
+    """Tables of tables: each recipe and its sections, the defaults' sections, each [methods]
+    entry (the settings inside are `from_dict`'s to check, once merged)."""
+    for key, value in doc.get("methods", {}).items():
+        _check(value, dict, where, f"methods.{key}", 'dense = { method = "none" }')
+    for key, value in doc.get("recipe", {}).items():
+        _check(value, dict, where, f"recipe.{key}", f"[recipe.{key}] with train = {{ epochs = 3 }}")
+    tables = {"defaults": doc.get("defaults", {}),
+              **{f"recipe.{k}": v for k, v in doc.get("recipe", {}).items()}}
+    for prefix, table in tables.items():
+        for section in ("data", "model", "train", "method_args"):
+            if section in table:
+                _check(table[section], dict, where, f"{prefix}.{section}",
+                       f"{section} = {{ ... }} inside [{prefix}]")
 
 
 def _method_spec(
@@ -110,7 +159,11 @@ def _method_spec(
             f"{where}: method {label!r} needs `method` (and optional `args`); "
             f"unknown keys {sorted(unknown)}."
         )
-    return label, spec["method"], dict(spec.get("args", {}))
+    _check(label, str, where, "label", 'label = "dcp-p0.5"')
+    _check(spec["method"], str, f"{where}, method {label!r}", "method", 'method = "dcp"')
+    args = spec.get("args", {})
+    _check(args, dict, f"{where}, method {label!r}", "args", "args = { dcp = { p = 0.5 } }")
+    return label, spec["method"], dict(args)
 
 
 def load_suite(
@@ -123,12 +176,19 @@ def load_suite(
         seeds: override the suite's seeds.
         out_dir: parent of the run folders (default ``runs/bench/<suite>``).
     """
-    from .methods import method_fields
-
     path = _suite_path(str(suite))
     doc = load_toml(path)
+    unknown = sorted(set(doc) - set(_SUITE_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"suite file {path}: unknown key(s) {unknown}; valid keys are: "
+            f"{', '.join(_SUITE_FIELDS)}."
+        )
+    for key, value in doc.items():
+        tp, example = _SUITE_FIELDS[key]
+        _check(value, tp, f"suite file {path}", key, example)
+    _check_tables(doc, f"suite file {path}")
     name = doc.get("name", path.stem)
-    fields = method_fields()
     library = doc.get("methods", {})
     recipes = doc.get("recipe", {})
     defaults = doc.get("defaults", {})
@@ -136,18 +196,13 @@ def load_suite(
         raise ConfigError(f"suite {path} has no [[grid]] entry.")
     runs: list[BenchRun] = []
     for g, entry in enumerate(doc["grid"], 1):
-        where = f"{path.name} [[grid]] #{g}"
-        unknown = set(entry) - {
-            "datasets",
-            "models",
-            "methods",
-            "seeds",
-            "data",
-            "train",
-            "method_args",
-        }
+        where = f"suite file {path}, [[grid]] #{g}"
+        _check(entry, dict, f"suite file {path}", f"grid #{g}", '[[grid]] with datasets = ["cifar10"]')
+        unknown = sorted(set(entry) - set(_GRID_FIELDS))
         if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}.")
+            raise ConfigError(f"{where}: unknown keys {unknown}.")
+        for key, value in entry.items():
+            _check(value, _GRID_FIELDS[key][0], where, key, _GRID_FIELDS[key][1])
         specs = [_method_spec(m, library, where) for m in entry.get("methods", [])]
         # Dense first, so its time is taken right before the methods it is compared with.
         specs.sort(key=lambda s: s[1] not in ("none", "dense"))
@@ -157,27 +212,27 @@ def load_suite(
                     seeds if seeds is not None else entry.get("seeds", doc.get("seeds", [0]))
                 ):
                     for label, method, args in specs:
-                        names = [] if method in ("none", "dense") else method.split("+")
+                        names = split_method(method)
                         extra = {
                             k: v for k, v in entry.get("method_args", {}).items() if k in names
                         }
-                        d = _merge(defaults, recipes.get(dataset, {}))
-                        d = _merge(
-                            d, {"data": entry.get("data", {}), "train": entry.get("train", {})}
-                        )
-                        d = _merge(
-                            d,
-                            {
-                                "data": {"dataset": dataset},
-                                "model": {"name": model},
-                                "method": method,
-                                "method_args": _merge(args, extra),
-                                "seed": int(seed),
-                                "out_dir": out_dir or f"runs/bench/{name}",
-                            },
-                        )
                         try:
-                            cfg = from_dict(d, fields)
+                            d = merge(defaults, recipes.get(dataset, {}))
+                            d = merge(
+                                d, {"data": entry.get("data", {}), "train": entry.get("train", {})}
+                            )
+                            d = merge(
+                                d,
+                                {
+                                    "data": {"dataset": dataset},
+                                    "model": {"name": model},
+                                    "method": method,
+                                    "method_args": merge(args, extra),
+                                    "seed": int(seed),
+                                    "out_dir": out_dir or f"runs/bench/{name}",
+                                },
+                            )
+                            cfg = from_dict(d)
                         except ConfigError as e:
                             raise ConfigError(f"{where}, {dataset}/{model}/{label}: {e}") from None
                         runs.append(BenchRun(name, label, cfg))
