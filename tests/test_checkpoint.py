@@ -121,7 +121,9 @@ def _toy_save(checkpointer: Checkpointer, step: int) -> None:
     tensors = {"model/w": torch.full((3,), float(step)), "rng/torch_cpu": torch.get_rng_state(),
                "train/loss_sum": torch.zeros(())}
     meta = {"format": ckpt_mod.FORMAT, "step": step, "epoch": 0, "batch": step,
-            **{k: {} for k in ("architecture", "optimizer", "cost", "clock", "rng")},
+            **{k: {} for k in ("architecture", "cost", "clock")},
+            "optimizer": {"class": "SGD", "params": [], "groups": [], "state": {}},
+            "rng": {"python": [3, [], None], "numpy": ["MT19937", [], 0, 0, 0.0]},
             "methods": [], "history": [], "events": [], "total_steps": 10, "steps_per_epoch": 10}
     checkpointer.save(tensors, meta)
 
@@ -257,7 +259,7 @@ _KILL_DRIVER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import leantrain.checkpoint as c
-    real, written = c._atomic_write, []
+    real, written = c._write_file, []
     def hang_on_fourth(path, data):
         if path.name == "checkpoint.json":
             written.append(path)
@@ -265,7 +267,7 @@ _KILL_DRIVER = textwrap.dedent("""
                 Path(sys.argv[1]).write_text("now")
                 time.sleep(600)
         real(path, data)
-    c._atomic_write = hang_on_fourth
+    c._write_file = hang_on_fourth
     from leantrain.cli import main
     sys.exit(main(sys.argv[2:]))
 """)
@@ -354,7 +356,7 @@ def test_crash_after_the_last_epoch_resumes_from_the_final_checkpoint(cifar_root
 def test_runner_resume_modes(cifar_root, tmp_path, monkeypatch) -> None:
     from leantrain.config import from_dict
     from leantrain.methods import method_fields
-    from leantrain.runner import finished_summary, run
+    from leantrain.runner import RunFinishedError, run
 
     cfg = from_dict({"model": {"name": "test_resnet"}, "checkpoint_every": 2,
                      "out_dir": str(tmp_path),
@@ -362,7 +364,7 @@ def test_runner_resume_modes(cifar_root, tmp_path, monkeypatch) -> None:
                      "train": {"epochs": 2, "batch_size": 25, "threads": 1}}, method_fields())
     real = Checkpointer.save
 
-    def interrupt_run() -> None:
+    def interrupt_run(config=cfg) -> None:
         def save(self, tensors, meta):
             if meta["step"] == 4:
                 raise KeyboardInterrupt
@@ -370,7 +372,7 @@ def test_runner_resume_modes(cifar_root, tmp_path, monkeypatch) -> None:
 
         monkeypatch.setattr(Checkpointer, "save", save)
         with pytest.raises(KeyboardInterrupt):
-            run(cfg, show_progress=False, resume="restart")
+            run(config, show_progress=False, resume="restart")
         monkeypatch.setattr(Checkpointer, "save", real)
 
     interrupt_run()
@@ -380,7 +382,17 @@ def test_runner_resume_modes(cifar_root, tmp_path, monkeypatch) -> None:
         run(cfg, show_progress=False, resume="maybe")
     result, _ = run(cfg, show_progress=False, resume="restart")  # starts over
     assert not [e for e in result.events if e["kind"] == "resume"]
-    interrupt_run()  # over a finished run: its old summary.json no longer means "finished"
-    assert (cfg.run_dir() / "summary.json").is_file() and finished_summary(cfg.run_dir()) is None
-    result, _ = run(cfg, show_progress=False, resume="auto")  # continues from step 2
+    # A finished run is never overwritten, whatever the mode; its files stay byte for byte.
+    folder = cfg.run_dir()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for mode in (False, "restart", "auto"):
+        with pytest.raises(RunFinishedError) as info:
+            run(cfg, show_progress=False, resume=mode)
+        assert str(info.value) == (
+            f"the run in {folder} has already finished and a new attempt would overwrite its "
+            "results; to train it again choose another --seed or --out-dir, or delete the folder.")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    other = from_dict({**cfg.to_dict(), "seed": 1}, method_fields())
+    interrupt_run(other)
+    result, _ = run(other, show_progress=False, resume="auto")  # continues from step 2
     assert [e["step"] for e in result.events if e["kind"] == "resume"] == [2]

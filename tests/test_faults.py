@@ -142,17 +142,19 @@ def test_config_with_unknown_keys(tmp_path, capsys, text, needle) -> None:
 
 
 def _fail_on_write(monkeypatch, call: int, error: OSError) -> None:
-    real, calls = ckpt_mod._write_bytes, []
+    real, calls = ckpt_mod._write_file, []
 
     def write(path, data):
         calls.append(path)
         if len(calls) == call:
-            with open(path, "wb") as f:  # a few bytes made it before the disk filled up
+            def partial(f):  # a few bytes made it into the temporary file before the disk filled
                 f.write(data[:10])
-            raise error
-        real(path, data)
+                raise error
 
-    monkeypatch.setattr(ckpt_mod, "_write_bytes", write)
+            return real(path, partial)
+        return real(path, data)
+
+    monkeypatch.setattr(ckpt_mod, "_write_file", write)
 
 
 def test_full_disk_during_checkpoint_keeps_the_last_good_one(cifar_root, tmp_path, monkeypatch,
