@@ -629,14 +629,37 @@ class Checkpointer:
         self.extra = dict(extra or {})
         self.clock = clock
         self.last_step: int | None = None  # step of the last good checkpoint, None before one
+        self.last_folder: Path | None = None  # where it is (another run's, after --resume-from)
         self._last_time = clock()
         self._good: tuple[str, str] | None = None  # (JSON text, tensor file) of the last good one
+        self._previous: tuple[str, str] | None = None  # the one before it, while on disk
+        self._previous_step: int | None = None
 
     def resumed_from(self, ckpt: Checkpoint) -> None:
         """Treat `ckpt` (the checkpoint a run resumed from) as the last good checkpoint."""
         self.last_step = ckpt.step
+        self.last_folder = ckpt.path.parent
         if ckpt.path.parent.resolve() == self.folder.resolve():
             self._good = (json.dumps(ckpt.meta), ckpt.meta["tensors"]["file"])
+
+    def discard_last(self) -> None:
+        """Withdraw the checkpoint just written: the step after it showed its state diverged.
+
+        ``checkpoint.json`` points at the one before again (or is removed when there was none),
+        so neither ``--resume`` nor the divergence advice ever names the bad state.
+        """
+        if self._good is None:
+            return
+        bad = self.folder / self._good[1]
+        if self._previous is not None:
+            _write_file(self.folder / LATEST, self._previous[0].encode())
+        else:
+            (self.folder / LATEST).unlink(missing_ok=True)
+        (self.folder / PREVIOUS).unlink(missing_ok=True)
+        bad.unlink(missing_ok=True)
+        self._good, self._previous = self._previous, None
+        self.last_step, self._previous_step = self._previous_step, None
+        self.last_folder = self.folder if self._good is not None else None
 
     def due(self, step: int) -> bool:
         """Whether a periodic (mid-epoch) checkpoint is due after optimizer step `step`."""
@@ -696,8 +719,12 @@ class Checkpointer:
         for stale in self.folder.glob(_TENSOR_GLOB):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
+        self._previous, self._previous_step = self._good, self.last_step
+        if self._previous is None:
+            self._previous_step = None  # a resumed-from checkpoint of another folder
         self._good = (text, name)
         self.last_step = step
+        self.last_folder = self.folder
         self._last_time = self.clock()
         return self.folder / LATEST
 

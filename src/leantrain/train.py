@@ -132,13 +132,16 @@ def _plan(train_loader: Any, cfg: TrainConfig) -> tuple[int, int]:
     return steps_per_epoch, steps_per_epoch * cfg.epochs
 
 
-def _diverged(what: str, step: int, epoch: int, ckpt: Checkpointer | None) -> TrainingDiverged:
+def _diverged(
+    what: str, step: int, epoch: int, ckpt: Checkpointer | None, note: str = ""
+) -> TrainingDiverged:
     """The one-sentence error for a diverged run, naming the checkpoint to resume from."""
-    where = f"{what} at step {step} (epoch {epoch + 1})"
+    where = f"{what} at step {step} (epoch {epoch + 1}){note}"
     if ckpt is not None and ckpt.last_step is not None:
+        folder = ckpt.last_folder or ckpt.folder
         return TrainingDiverged(
-            f"{where}; the last good checkpoint (step {ckpt.last_step}) in {ckpt.folder} is kept, "
-            f"so resume from it with a lower --lr: add --resume-from {ckpt.folder} --lr LOWER."
+            f"{where}; the last good checkpoint (step {ckpt.last_step}) in {folder} is kept, "
+            f"so resume from it with a lower --lr: add --resume-from {folder} --lr LOWER."
         )
     return TrainingDiverged(f"{where}; lower --lr or check the data, then train again.")
 
@@ -157,9 +160,30 @@ def _check_loss(state: TrainState, epoch: int, ckpt: Checkpointer | None) -> flo
     reference = max(1.0, state.first_loss or 0.0)
     if mean > LOSS_BOUND * reference:
         raise _diverged(
-            f"the training loss reached {mean:.3g}, over {LOSS_BOUND:g} × the first step's loss "
-            f"({reference:.3g}),", state.step, epoch, ckpt)
+            f"the training loss reached {mean:.3g}", state.step, epoch, ckpt,
+            f", over {LOSS_BOUND:g} × the first step's loss ({reference:.3g})")
     return mean
+
+
+def _confirm_checkpoint(
+    loss: float, state: TrainState, epoch: int, ckpt: Checkpointer
+) -> None:
+    """Keep the checkpoint just written only if the step after it computed a sane loss.
+
+    A checkpoint's own losses were computed *before* its last update, so a state wrecked by
+    that update (weights, BN statistics, momentum in the thousands) passes every check at save
+    time and diverges again as soon as it is resumed, whatever the learning rate. The next
+    step's loss is the first one computed with the saved weights: over the bound, the
+    checkpoint is withdrawn and the run stops, naming the one before it (or none).
+    """
+    reference = max(1.0, state.first_loss or 0.0)
+    if math.isfinite(loss) and loss <= LOSS_BOUND * reference:
+        return
+    bad = ckpt.last_step
+    ckpt.discard_last()
+    raise _diverged(
+        f"the training loss was {loss:.3g}", state.step, epoch, ckpt,
+        f", one step after the checkpoint of step {bad}, which was deleted as diverged")
 
 
 def _first_nonfinite(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
@@ -190,12 +214,13 @@ def _save_checkpoint(
     checkpointer: Checkpointer, model: nn.Module, opt: torch.optim.Optimizer,
     methods: Sequence[Method], state: TrainState, clock: Stopwatch, cost: CostMeter,
     cfg: TrainConfig, total: int, steps_per_epoch: int,
-) -> None:
+) -> bool:
+    """Write a checkpoint of a good state (raises `TrainingDiverged` otherwise); False: none."""
     if reason := getattr(model, "external_surgery", None):
         # Cuts made outside leantrain (torch-pruning) cannot be replayed on a fresh model, so
         # this state cannot be checkpointed; the last checkpoint before the cut stays usable.
         warnings.warn(f"no checkpoints after this point: the model was {reason}.", stacklevel=2)
-        return
+        return False
     # Never checkpoint a diverged state: a NaN or exploded loss this epoch, or weights, BN
     # statistics or momentum an unlucky last step blew up would make the "last good"
     # checkpoint garbage that diverges again as soon as it is resumed.
@@ -208,6 +233,7 @@ def _save_checkpoint(
         steps_per_epoch=steps_per_epoch, train_config=dataclasses.asdict(cfg),
     )
     checkpointer.save(tensors, meta)
+    return True
 
 
 def fit(
@@ -280,6 +306,7 @@ def fit(
     current: StepCost = cost.recount(model)
     step_costs = {_cost_key(methods, model, state.version): current}
     bar = tqdm(total=total, initial=state.step, disable=not show_progress, unit="step", leave=False)
+    unconfirmed = False  # a checkpoint was just written; the next step's loss tests its state
     for epoch in range(state.epoch, cfg.epochs):
         model.train()
         if state.batch == 0 or state.loss_sum is None:
@@ -313,6 +340,9 @@ def fit(
             state.loss_sum += loss.detach()
             if state.first_loss is None:  # the scale of the divergence bound (one sync per run)
                 state.first_loss = loss.item()
+            elif unconfirmed:  # one sync per checkpoint: the loss of the state it saved
+                unconfirmed = False
+                _confirm_checkpoint(loss.item(), state, epoch, checkpointer)
             bar.update(1)
             if state.step % 20 == 0 or state.step == total:
                 mean = _check_loss(state, epoch, checkpointer)
@@ -320,8 +350,8 @@ def fit(
             # Mid-epoch checkpoints only: the epoch's last step is checkpointed after its eval.
             if checkpointer and state.batch < steps_per_epoch and checkpointer.due(state.step):
                 with clock("checkpoint"):
-                    _save_checkpoint(checkpointer, model, opt, methods, state, clock, cost, cfg,
-                                     total, steps_per_epoch)
+                    unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state,
+                                                   clock, cost, cfg, total, steps_per_epoch)
         train_loss = _check_loss(state, epoch, checkpointer)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             with clock("eval"):
@@ -340,8 +370,8 @@ def fit(
         state.epoch, state.batch, state.loss_sum = epoch + 1, 0, None
         if checkpointer is not None:
             with clock("checkpoint"):
-                _save_checkpoint(checkpointer, model, opt, methods, state, clock, cost, cfg,
-                                 total, steps_per_epoch)
+                unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state, clock,
+                                               cost, cfg, total, steps_per_epoch)
     bar.close()
     final = dict(state.history[-1])
     changed = False
