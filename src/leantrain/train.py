@@ -342,7 +342,10 @@ def fit(
                 state.first_loss = loss.item()
             elif unconfirmed:  # one sync per checkpoint: the loss of the state it saved
                 unconfirmed = False
-                _confirm_checkpoint(loss.item(), state, epoch, checkpointer)
+                # Non-finite images make any state's loss NaN: that is the data's fault, caught
+                # by the running-loss check, and no reason to withdraw a good checkpoint.
+                if bool(torch.isfinite(x).all()):
+                    _confirm_checkpoint(loss.item(), state, epoch, checkpointer)
             bar.update(1)
             if state.step % 20 == 0 or state.step == total:
                 mean = _check_loss(state, epoch, checkpointer)
