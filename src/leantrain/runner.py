@@ -123,7 +123,7 @@ def finished_summary(folder: str | Path) -> dict[str, Any] | None:
 
 
 def _resume_point(
-    cfg: RunConfig, folder: Path, resume: bool | str, resume_from: str | Path | None
+    folder: Path, resume: bool | str, resume_from: str | Path | None
 ) -> Checkpoint | None:
     """The checkpoint this run continues from, or None to start; clear errors otherwise."""
     if resume not in (True, False, "auto", "restart"):
@@ -211,7 +211,7 @@ def run(
         download=cfg.data.download,
     )
     folder = cfg.run_dir()
-    ckpt = _resume_point(cfg, folder, resume, resume_from)
+    ckpt = _resume_point(folder, resume, resume_from)
     seed_everything(cfg.seed)
     model = create_model(
         cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
