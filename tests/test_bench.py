@@ -263,3 +263,53 @@ def test_rows_of_seeds_not_run_now_are_not_stale(tmp_path) -> None:
     assert read_results(path) == rows
     assert _set_aside_stale(path, {"s|cifar10/resnet20/dense/seed0|ffff0000"}) == 2
     assert read_results(path) == [] and read_results(path.with_name(path.name + ".stale")) == rows
+
+
+DENSE_ONLY = TINY.replace('methods = ["dcp-p0.5", "dense"]', 'methods = ["dense"]')
+
+
+def test_a_failed_run_is_one_line_and_its_log_is_kept(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    suite = load_suite(_suite(tmp_path, DENSE_ONLY))
+    _, failures = run_suite(suite, tmp_path / "results", data_dir=str(tmp_path / "no-data"),
+                            show_progress=False)
+    assert failures == 1
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "FAILED" in x]
+    log = tmp_path / "results" / "logs" / "cifar10-test_resnet-dense-seed0.log"
+    assert line.startswith("[1/1] cifar10/test_resnet/dense/seed0: FAILED: ")
+    assert line.endswith(f" (full log in {log})") and "leantrain: error:" not in line
+    full = log.read_text()
+    assert line.split("FAILED: ", 1)[1].rsplit(" (full log", 1)[0] in full
+    assert "Traceback" not in line
+
+
+def test_a_trained_run_keeps_its_row_and_files_whatever_happens(tmp_path, cifar_root,
+                                                                monkeypatch, capsys) -> None:
+    import errno
+
+    import leantrain.bench as bench
+
+    monkeypatch.chdir(tmp_path)
+    suite = load_suite(_suite(tmp_path, DENSE_ONLY))
+    real_append = bench._append_row
+
+    def unwritable(path, row):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(bench, "_append_row", unwritable)
+    path, failures = run_suite(suite, tmp_path / "results", data_dir=str(cifar_root),
+                               show_progress=False)
+    folder = suite.runs[0].config.run_dir()
+    assert failures == 1 and read_results(path) == []
+    assert (f"[1/1] cifar10/test_resnet/dense/seed0: could not append its row to {path} "
+            f"(Permission denied); the row is kept in {folder / 'bench-row.json'} and the next "
+            "call adds it.") in capsys.readouterr().out
+    kept = json.loads((folder / "bench-row.json").read_text())
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(bench, "_append_row", real_append)
+    monkeypatch.setattr(bench, "_execute", lambda *a: pytest.fail("a finished run was retrained"))
+    _, failures = run_suite(suite, tmp_path / "results", data_dir=str(cifar_root),
+                            show_progress=False)
+    assert failures == 0 and read_results(path) == [kept] and kept["wall_s"] > 0
+    assert "finished earlier in" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files  # nothing overwritten

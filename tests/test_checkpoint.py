@@ -8,8 +8,10 @@ network shrinks before the checkpoint) and DCP (utilities and selections mid-fli
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -121,7 +123,9 @@ def _toy_save(checkpointer: Checkpointer, step: int) -> None:
     tensors = {"model/w": torch.full((3,), float(step)), "rng/torch_cpu": torch.get_rng_state(),
                "train/loss_sum": torch.zeros(())}
     meta = {"format": ckpt_mod.FORMAT, "step": step, "epoch": 0, "batch": step,
-            **{k: {} for k in ("architecture", "optimizer", "cost", "clock", "rng")},
+            **{k: {} for k in ("architecture", "cost", "clock")},
+            "optimizer": {"class": "SGD", "params": [], "groups": [], "state": {}},
+            "rng": {"python": [3, [], None], "numpy": ["MT19937", [], 0, 0, 0.0]},
             "methods": [], "history": [], "events": [], "total_steps": 10, "steps_per_epoch": 10}
     checkpointer.save(tensors, meta)
 
@@ -257,43 +261,95 @@ _KILL_DRIVER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import leantrain.checkpoint as c
-    real, written = c._atomic_write, []
-    def hang_on_fourth(path, data):
+    real, written = c._write_file, []
+    def hang_on_nth(path, data):
         if path.name == "checkpoint.json":
             written.append(path)
-            if len(written) == 4:  # its tensor file is on disk; the record never will be
+            if len(written) == int(sys.argv[2]):  # its tensor file is on disk; the record never
                 Path(sys.argv[1]).write_text("now")
                 time.sleep(600)
         real(path, data)
-    c._atomic_write = hang_on_fourth
+    c._write_file = hang_on_nth
     from leantrain.cli import main
-    sys.exit(main(sys.argv[2:]))
+    sys.exit(main(sys.argv[3:]))
 """)
 
 
-def test_kill_9_mid_checkpoint_resumes_and_matches(cifar_root, tmp_path) -> None:
-    """kill -9 during a checkpoint write (Learn&Drop has dropped blocks by then), then resume."""
-    args = _train_args(cifar_root, tmp_path / "killed", "learndrop")
+def _kill_at_record(args: list[str], nth: int, tmp_path: Path, while_waiting) -> None:
+    """Run `args` in a child, kill -9 it while it writes its `nth` checkpoint record."""
     signal_file = tmp_path / "signal"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_DRIVER, str(signal_file), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_DRIVER, str(signal_file), str(nth),
+                             *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert main(_train_args(cifar_root, tmp_path / "straight", "learndrop")) == 0
+        while_waiting()
         deadline = time.monotonic() + 120
         while not signal_file.exists():
             assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the run never reached its 4th checkpoint"
+            assert time.monotonic() < deadline, f"the run never reached checkpoint {nth}"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_kill_9_mid_checkpoint_resumes_and_matches(cifar_root, tmp_path) -> None:
+    """kill -9 during a checkpoint write (Learn&Drop has dropped blocks by then), then resume."""
+    args = _train_args(cifar_root, tmp_path / "killed", "learndrop")
+    _kill_at_record(args, 4, tmp_path, lambda: main(
+        _train_args(cifar_root, tmp_path / "straight", "learndrop")))
     folder = _run_folder(tmp_path / "killed")
     saved = load_checkpoint(folder)
     assert saved.step == 6 and saved.meta["architecture"]["dropped_units"]
     assert main([*args, "--resume"]) == 0
     _assert_same_run(_run_folder(tmp_path / "straight"), folder)
+
+
+def test_kill_9_during_the_first_checkpoint_then_resume_starts_cleanly(cifar_root, tmp_path,
+                                                                       capsys) -> None:
+    """No record was ever committed: --resume starts over (one warning) instead of refusing,
+    removes what the killed process left (its orphan tensor file, stale temp files) and ends
+    with the uninterrupted run's result."""
+    args = _train_args(cifar_root, tmp_path / "killed", None)
+    _kill_at_record(args, 1, tmp_path, lambda: None)
+    folder = _run_folder(tmp_path / "killed")
+    assert not (folder / LATEST).exists() and list(folder.glob("checkpoint-*.safetensors"))
+    stale = folder / ".model.safetensors.k1ll3d.tmp"
+    stale.write_bytes(b"half a model")
+    assert main(_train_args(cifar_root, tmp_path / "straight", None)) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err == (f"leantrain: warning: {folder} holds no checkpoint because the run was stopped "
+                   "before writing its first one; starting it from the beginning.")
+    assert not stale.exists() and not list(folder.glob(".*.tmp"))
+    _assert_same_run(_run_folder(tmp_path / "straight"), folder)
+
+
+def test_divergence_advice_resumes_to_a_finite_run(cifar_root, tmp_path, capsys) -> None:
+    """A huge LR (reached by warm-up, so some checkpoints come first) diverges; the printed
+    advice, followed literally, continues from a finite state and finishes."""
+    def args(out, lr):
+        return [*_train_args(cifar_root, out, None), "--batch-size", "10", "--warmup", "0.9",
+                "--schedule", "constant", "--lr", lr]
+
+    assert main(args(tmp_path / "a", "1000")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "one step after the checkpoint of step" in err, err
+    advice = re.search(r"add --resume-from (\S+) --lr LOWER\.$", err)
+    assert advice, err
+    named = load_checkpoint(advice.group(1))
+    assert named.step >= 2 and all(torch.isfinite(t).all() for t in named.tensors.values()
+                                   if t.is_floating_point())
+    assert main([*args(tmp_path / "b", "0.05"), "--resume-from", advice.group(1)]) == 0
+    folder = _run_folder(tmp_path / "b")
+    weights = load_file(folder / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    rows = [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    losses = [r["train_loss"] for r in rows]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]  # it recovers
 
 
 def test_cli_resume_errors(cifar_root, tmp_path, capsys) -> None:
@@ -354,7 +410,7 @@ def test_crash_after_the_last_epoch_resumes_from_the_final_checkpoint(cifar_root
 def test_runner_resume_modes(cifar_root, tmp_path, monkeypatch) -> None:
     from leantrain.config import from_dict
     from leantrain.methods import method_fields
-    from leantrain.runner import finished_summary, run
+    from leantrain.runner import RunFinishedError, run
 
     cfg = from_dict({"model": {"name": "test_resnet"}, "checkpoint_every": 2,
                      "out_dir": str(tmp_path),
@@ -362,7 +418,7 @@ def test_runner_resume_modes(cifar_root, tmp_path, monkeypatch) -> None:
                      "train": {"epochs": 2, "batch_size": 25, "threads": 1}}, method_fields())
     real = Checkpointer.save
 
-    def interrupt_run() -> None:
+    def interrupt_run(config=cfg) -> None:
         def save(self, tensors, meta):
             if meta["step"] == 4:
                 raise KeyboardInterrupt
@@ -370,7 +426,7 @@ def test_runner_resume_modes(cifar_root, tmp_path, monkeypatch) -> None:
 
         monkeypatch.setattr(Checkpointer, "save", save)
         with pytest.raises(KeyboardInterrupt):
-            run(cfg, show_progress=False, resume="restart")
+            run(config, show_progress=False, resume="restart")
         monkeypatch.setattr(Checkpointer, "save", real)
 
     interrupt_run()
@@ -380,7 +436,17 @@ def test_runner_resume_modes(cifar_root, tmp_path, monkeypatch) -> None:
         run(cfg, show_progress=False, resume="maybe")
     result, _ = run(cfg, show_progress=False, resume="restart")  # starts over
     assert not [e for e in result.events if e["kind"] == "resume"]
-    interrupt_run()  # over a finished run: its old summary.json no longer means "finished"
-    assert (cfg.run_dir() / "summary.json").is_file() and finished_summary(cfg.run_dir()) is None
-    result, _ = run(cfg, show_progress=False, resume="auto")  # continues from step 2
+    # A finished run is never overwritten, whatever the mode; its files stay byte for byte.
+    folder = cfg.run_dir()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for mode in (False, "restart", "auto"):
+        with pytest.raises(RunFinishedError) as info:
+            run(cfg, show_progress=False, resume=mode)
+        assert str(info.value) == (
+            f"the run in {folder} has already finished and a new attempt would overwrite its "
+            "results; to train it again choose another --seed or --out-dir, or delete the folder.")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    other = from_dict({**cfg.to_dict(), "seed": 1}, method_fields())
+    interrupt_run(other)
+    result, _ = run(other, show_progress=False, resume="auto")  # continues from step 2
     assert [e["step"] for e in result.events if e["kind"] == "resume"] == [2]

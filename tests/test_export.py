@@ -87,3 +87,22 @@ def test_onnx_export(shrunk_run, tmp_path) -> None:
     assert report.path.is_file()
     if importlib.util.find_spec("onnxruntime") is not None:
         assert report.max_abs_diff is not None and report.max_abs_diff < 1e-4
+
+
+def test_identical_models_give_byte_identical_files(tmp_path) -> None:
+    """safetensors keeps metadata in a hash map; the header is rewritten in sorted key order."""
+    from leantrain.io import save_model
+    from leantrain.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_vgg")
+    paths = [save_model(model, tmp_path / f"m{i}.safetensors", metadata={"test_acc": 0.5})
+             for i in range(6)]
+    first = paths[0].read_bytes()
+    assert all(p.read_bytes() == first for p in paths[1:])
+    header = json.loads(first[8 : 8 + int.from_bytes(first[:8], "little")])
+    assert list(header["__metadata__"]) == ["leantrain_arch", "leantrain_meta"]
+    assert not list(tmp_path.glob(".*.tmp"))
+    loaded = load_model(paths[-1])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 loaded.state_dict().values()))

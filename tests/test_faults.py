@@ -142,17 +142,19 @@ def test_config_with_unknown_keys(tmp_path, capsys, text, needle) -> None:
 
 
 def _fail_on_write(monkeypatch, call: int, error: OSError) -> None:
-    real, calls = ckpt_mod._write_bytes, []
+    real, calls = ckpt_mod._write_file, []
 
     def write(path, data):
         calls.append(path)
         if len(calls) == call:
-            with open(path, "wb") as f:  # a few bytes made it before the disk filled up
+            def partial(f):  # a few bytes made it into the temporary file before the disk filled
                 f.write(data[:10])
-            raise error
-        real(path, data)
+                raise error
 
-    monkeypatch.setattr(ckpt_mod, "_write_bytes", write)
+            return real(path, partial)
+        return real(path, data)
+
+    monkeypatch.setattr(ckpt_mod, "_write_file", write)
 
 
 def test_full_disk_during_checkpoint_keeps_the_last_good_one(cifar_root, tmp_path, monkeypatch,
@@ -251,3 +253,101 @@ def test_export_of_unfinished_run_says_how_to_finish(tmp_path, capsys) -> None:
     (folder / "checkpoint.json").write_text(json.dumps({}))
     assert main(["export", str(folder)]) == 2
     _one_sentence(capsys, "has not finished", "--resume")
+
+
+def _interrupted_at_step_6(cifar_root, tmp_path, monkeypatch) -> tuple[list[str], Path]:
+    args = [*_train(cifar_root, tmp_path / "runs"), "--checkpoint-every", "2"]
+    real = ckpt_mod.Checkpointer.save
+
+    def stop_at_third(self, tensors, meta):
+        if meta["step"] == 6:
+            raise KeyboardInterrupt
+        return real(self, tensors, meta)
+
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "save", stop_at_third)
+    assert main(args) == 130
+    monkeypatch.undo()
+    (folder,) = (tmp_path / "runs").glob("*/seed0")
+    return args, folder
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda m: m.update(rng={}),
+     "its field 'rng' is {} but should be the saved Python and NumPy RNG states"),
+    (lambda m: m.update(history=5), "its field 'history' is 5 but should be a list of JSON objects"),
+    (lambda m: m["optimizer"]["state"]["0"].update(momentum_buffer={"__tensor__": "optim/gone"}),
+     "its field 'optimizer' names tensor 'optim/gone', which its tensor file lacks"),
+])
+def test_tampered_checkpoint_record(cifar_root, tmp_path, monkeypatch, capsys, edit,
+                                    problem) -> None:
+    args, folder = _interrupted_at_step_6(cifar_root, tmp_path, monkeypatch)
+    record = folder / "checkpoint.json"
+    meta = json.loads(record.read_text())
+    edit(meta)
+    record.write_text(json.dumps(meta))
+    capsys.readouterr()
+    other = [*_train(cifar_root, tmp_path / "other"), "--checkpoint-every", "2"]
+    assert main([*other, "--resume-from", str(record)]) == 2
+    err = _one_sentence(capsys)
+    assert err == (f"leantrain: error: no usable checkpoint in {folder}: checkpoint {record} is "
+                   f"unusable ({problem}); resume from {folder / 'checkpoint-prev.json'} instead, "
+                   "or train again without --resume.")
+    assert main([*args, "--resume"]) == 0  # the run's own resume falls back by itself
+    assert "falling back to the previous checkpoint (step 2)" in capsys.readouterr().err
+
+
+def test_full_disk_while_appending_metrics_names_the_file(cifar_root, tmp_path, monkeypatch,
+                                                          capsys) -> None:
+    real_open = Path.open
+
+    def full(self, mode="r", *a, **k):
+        if self.name == "metrics.jsonl" and mode == "a":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *a, **k)
+
+    monkeypatch.setattr(Path, "open", full)
+    args = _train(cifar_root, tmp_path / "runs")
+    assert main(args) == 2
+    (folder,) = (tmp_path / "runs").glob("*/seed0")
+    assert _one_sentence(capsys) == (
+        f"leantrain: error: could not append to {folder / 'metrics.jsonl'} (No space left on "
+        "device); free disk space or make the folder writable, then continue with --resume (the "
+        "last good checkpoint is kept).")
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+
+
+def test_clean_up_in_a_read_only_folder_keeps_the_message(cifar_root, tmp_path, monkeypatch,
+                                                          capsys) -> None:
+    """The folder turns read-only mid-run: writing fails and so does deleting the half file;
+    the user still gets the sentence saying the last good checkpoint is intact."""
+    _fail_on_write(monkeypatch, 3, PermissionError(errno.EACCES, "Permission denied"))
+    real_unlink = Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if self.name.endswith((".safetensors", ".tmp")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert main([*_train(cifar_root, tmp_path / "runs"), "--checkpoint-every", "2"]) == 2
+    (folder,) = (tmp_path / "runs").glob("*/seed0")
+    assert _one_sentence(capsys) == (
+        f"leantrain: error: could not write a checkpoint to "
+        f"{folder / 'checkpoint-000000004.safetensors'} (Permission denied); free disk space or "
+        "make the folder writable (the last good checkpoint (step 2) is intact, so continue "
+        "with --resume).")
+
+
+def test_rerunning_a_finished_run_overwrites_nothing(cifar_root, tmp_path, capsys) -> None:
+    args = _train(cifar_root, tmp_path / "runs")
+    assert main(args) == 0
+    (folder,) = (tmp_path / "runs").glob("*/seed0")
+    before = _snapshot(folder)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert _one_sentence(capsys) == (
+        f"leantrain: error: the run in {folder} has already finished and a new attempt would "
+        "overwrite its results; to train it again choose another --seed or --out-dir, or delete "
+        "the folder.")
+    assert _snapshot(folder) == before

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
+from leantrain.checkpoint import Checkpointer, load_checkpoint
 from leantrain.config import ConfigError, TrainConfig
 from leantrain.data import TensorLoader
 from leantrain.registry import create_model
-from leantrain.train import TrainingDiverged, fit, lr_at
+from leantrain.train import (
+    LOSS_BOUND,
+    TrainingDiverged,
+    _first_nonfinite,
+    fit,
+    lr_at,
+    make_optimizer,
+)
 
 
 def test_lr_schedules() -> None:
@@ -76,3 +85,66 @@ def test_fit_rejects_batch_larger_than_data(tiny_cifar) -> None:
     train, test = _loaders(tiny_cifar, batch_size=1000)
     with pytest.raises(ValueError, match="batch size"):
         fit(create_model("test_resnet"), train, test, TrainConfig(epochs=1), show_progress=False)
+
+
+class _Sabotage:
+    """A train loader that calls `act()` once, before serving its `at`-th batch (0-based)."""
+
+    def __init__(self, inner, at, act):
+        self.inner, self.at, self.act, self.served = inner, at, act, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def epoch(self, epoch, start_batch=0):
+        for batch in self.inner.epoch(epoch, start_batch):
+            if self.served == self.at:
+                self.act()
+            self.served += 1
+            yield batch
+
+
+def test_non_finite_bn_statistics_are_never_checkpointed(tiny_cifar, tmp_path) -> None:
+    """Train-mode BN never reads its running_var, so only the save-time check can catch it."""
+    model = create_model("test_resnet")
+    bn = model.conv1.bn
+    train, test = _loaders(tiny_cifar)
+    loader = _Sabotage(train, 4, lambda: bn.running_var.fill_(float("inf")))
+    with pytest.raises(TrainingDiverged) as info:
+        fit(model, loader, test, TrainConfig(epochs=3, lr=0.05), show_progress=False,
+            checkpointer=Checkpointer(tmp_path, every_steps=1))
+    assert str(info.value) == (
+        "the buffer conv1.bn.running_var became non-finite at step 5 (epoch 2); the last good "
+        f"checkpoint (step 4) in {tmp_path} is kept, so resume from it with a lower --lr: add "
+        f"--resume-from {tmp_path} --lr LOWER.")
+    saved = load_checkpoint(tmp_path)
+    assert saved.step == 4 and all(torch.isfinite(t).all() for t in saved.tensors.values()
+                                   if t.is_floating_point())
+
+
+def test_non_finite_optimizer_state_is_named(tiny_cifar) -> None:
+    model = create_model("test_resnet")
+    opt = make_optimizer(model, TrainConfig())
+    assert _first_nonfinite(model, opt) is None
+    opt.state[model.fc.weight]["momentum_buffer"] = torch.full_like(model.fc.weight, float("nan"))
+    assert _first_nonfinite(model, opt) == "the optimizer's momentum_buffer of fc.weight"
+
+
+def test_exploding_but_finite_loss_stops_the_run(tiny_cifar) -> None:
+    """Logits blown up 1e8-fold give a finite loss of ~1e8: the bound stops it in that epoch."""
+    model = create_model("test_resnet")
+    train, test = _loaders(tiny_cifar)
+    loader = _Sabotage(train, 1, lambda: model.fc.weight.data.mul_(1e8))
+    rows = []
+    with pytest.raises(TrainingDiverged) as info:
+        fit(model, loader, test, TrainConfig(epochs=3, lr=0.05), show_progress=False,
+            log=lambda kind, row: rows.append(row))
+    message = str(info.value)
+    assert re.fullmatch(
+        r"the training loss reached [0-9.e+]+ at step 4 \(epoch 1\), over 10000 × the first "
+        r"step's loss \([0-9.]+\); lower --lr or check the data, then train again\.", message
+    ), message
+    assert float(message.split()[4]) > LOSS_BOUND * 2.3 and rows == []  # no epoch was logged

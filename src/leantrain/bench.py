@@ -6,6 +6,12 @@ the method runs it is compared with). Every run executes in a fresh subprocess
 figure. Rows go to ``<results-dir>/<suite>-<environment key>.jsonl`` (whole lines, flushed and
 fsynced); a run whose key (suite, label, data set, model, seed, config digest) is already there
 is skipped, so an interrupted suite resumes where it stopped.
+
+Nothing a run produced is lost: each row is first kept in its run folder (``bench-row.json``),
+then appended to the results file; a run folder that already holds a finished run is never
+trained again, its row is taken from it (so a results file that could not be written is
+completed by the next call). A failed run prints one line (the last line of its error and where
+its full log is kept, ``<results-dir>/logs/``).
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
 from .config import ConfigError, from_dict
 from .env import environment, environment_key
 from .suite import BenchRun, Suite, load_suite, suite_names
@@ -101,9 +107,8 @@ def _set_aside_stale(path: Path, keys: set[str]) -> int:
         return 0
     with path.with_name(path.name + ".stale").open("a") as f:
         f.writelines(json.dumps(row, default=float) + "\n" for row in stale)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row, default=float) + "\n" for row in current))
-    tmp.replace(path)  # atomic: an interruption leaves the old or the new file, never half
+    # Atomic: an interruption leaves the old or the new file, never half.
+    write_atomic(path, "".join(json.dumps(row, default=float) + "\n" for row in current))
     return len(stale)
 
 
@@ -135,27 +140,73 @@ def _trace(folder: Path) -> dict[str, list[dict[str, Any]]]:
     return {"epochs": epochs, "events": events}
 
 
+ROW_FILE = "bench-row.json"  # a run's row, kept in its folder before it goes to the results
+
+
 def _execute(run: BenchRun, env_vars: dict[str, str]) -> tuple[dict[str, Any] | None, str, float]:
-    """Run one config in a fresh interpreter; returns (summary or None, stderr tail, wall s)."""
+    """Run one config in a fresh interpreter; returns (summary or None, its stderr, wall s)."""
     folder = run.config.run_dir()
-    (folder / "summary.json").unlink(missing_ok=True)  # never read a stale summary
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(run.config.to_dict(), f)
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "leantrain.bench", f.name],
-            capture_output=True,
-            text=True,
-            env=env_vars,
-        )
-    finally:
-        os.unlink(f.name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "leantrain.bench", json.dumps(run.config.to_dict())],
+        capture_output=True,
+        text=True,
+        env=env_vars,
+    )
     wall = time.perf_counter() - start
     summary_file = folder / "summary.json"
+    # The child refuses to train over a finished run, so a summary after exit 0 is its own.
     if proc.returncode != 0 or not summary_file.is_file():
-        return None, (proc.stderr or proc.stdout)[-2000:], wall
+        return None, proc.stderr or proc.stdout or f"exit status {proc.returncode}", wall
     return json.loads(summary_file.read_text()), "", wall
+
+
+def _failure_line(run: BenchRun, error: str, logs: Path) -> str:
+    """One line for a failed run: the last line of its error and where the whole log is."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    last = lines[-1] if lines else "no output"
+    log = logs / (run.name.replace("/", "-") + ".log")
+    try:
+        write_atomic(log, error)
+        where = f"full log in {log}"
+    except OSError as e:
+        where = f"its log could not be saved to {log} ({e.strerror or e})"
+    return f"{run.name}: FAILED: {last.removeprefix('leantrain: error: ')} ({where})"
+
+
+def _row(run: BenchRun, suite: Suite, summary: dict[str, Any], wall: float | None) -> dict[str, Any]:
+    folder = run.config.run_dir()
+    return {
+        "key": run.key,
+        "suite": suite.name,
+        "label": run.label,
+        "digest": run.config.digest(),
+        "config": run.config.to_dict(),
+        "env_key": environment_key(summary["env"]),
+        **summary,
+        "run_dir": str(folder),
+        "wall_s": wall,
+        "trace": _trace(folder),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _finished_row(run: BenchRun, suite: Suite) -> dict[str, Any] | None:
+    """The row of a run whose folder already holds a finished run (kept or rebuilt), or None."""
+    from .runner import finished_summary
+
+    folder = run.config.run_dir()
+    summary = finished_summary(folder)
+    if summary is None:
+        return None
+    try:
+        kept = json.loads((folder / ROW_FILE).read_text())
+    except (OSError, ValueError):
+        kept = None
+    if isinstance(kept, dict) and kept.get("key") == run.key:
+        return kept
+    # Finished outside bench (or before rows were kept): its wall time is unknown.
+    return _row(run, suite, summary, None)
 
 
 def _matches(run: BenchRun, pattern: str | None) -> bool:
@@ -224,28 +275,37 @@ def run_suite(
     failures = 0
     dense_time: dict[tuple[str, str, int], float] = {}
     bar = tqdm(todo, unit="run", disable=not show_progress)
+    logs = Path(results_dir) / "logs"
     for i, run in enumerate(bar, 1):
         bar.set_description(run.name)
-        summary, error, wall = _execute(run, env_vars)
-        if summary is None:
-            failures += 1
-            tqdm.write(f"[{i}/{len(todo)}] {run.name}: FAILED\n{error}")
-            continue
         folder = run.config.run_dir()
-        row = {
-            "key": run.key,
-            "suite": suite.name,
-            "label": run.label,
-            "digest": run.config.digest(),
-            "config": run.config.to_dict(),
-            "env_key": environment_key(summary["env"]),
-            **summary,
-            "run_dir": str(folder),
-            "wall_s": wall,
-            "trace": _trace(folder),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        _append_row(path, row)
+        row = _finished_row(run, suite)  # never train over (or lose) a finished run
+        if row is None:
+            summary, error, wall = _execute(run, env_vars)
+            if summary is None:
+                failures += 1
+                tqdm.write(f"[{i}/{len(todo)}] {_failure_line(run, error, logs)}")
+                continue
+            row = _row(run, suite, summary, wall)
+            try:
+                write_atomic(folder / ROW_FILE, json.dumps(row, default=float))
+                kept = f"the row is kept in {folder / ROW_FILE} and the next call adds it"
+            except OSError as e:
+                kept = f"nor could the row be kept in {folder} ({e.strerror or e})"
+        else:
+            kept = f"the row stays in {folder} and the next call adds it"
+            tqdm.write(f"[{i}/{len(todo)}] {run.name}: finished earlier in {folder}; row taken "
+                       "from there")
+        summary = row
+        try:
+            _append_row(path, row)
+        except OSError as e:
+            failures += 1
+            tqdm.write(
+                f"[{i}/{len(todo)}] {run.name}: could not append its row to {path} "
+                f"({e.strerror or e}); {kept}."
+            )
+            continue
         seconds = summary.get("train_s", 0.0) + summary.get("surgery_s", 0.0)
         group = (run.config.data.dataset, run.config.model.name, run.config.seed)
         if run.config.method_names() == []:
@@ -308,14 +368,23 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _child(config_json: str) -> int:
-    """Body of the per-run subprocess: rebuild the config and run it quietly."""
+    """Body of the per-run subprocess: rebuild the config and run it quietly.
+
+    A user error ends it as the CLI would (one ``leantrain: error:`` line, exit 2), so the
+    parent's one-line report shows the sentence, not an exception's type.
+    """
     from .methods import method_fields
     from .runner import run
+    from .train import TrainingDiverged
 
-    cfg = from_dict(json.loads(Path(config_json).read_text()), method_fields())
-    # An interrupted run starts over rather than continuing from its checkpoint: one process
-    # per run keeps its time and peak memory comparable with the others.
-    run(cfg, show_progress=False, resume="restart")
+    cfg = from_dict(json.loads(config_json), method_fields())
+    try:
+        # An interrupted run starts over rather than continuing from its checkpoint: one
+        # process per run keeps its time and peak memory comparable with the others.
+        run(cfg, show_progress=False, resume="restart")
+    except (ValueError, OSError, TrainingDiverged) as e:
+        print(f"leantrain: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -13,20 +13,20 @@ A checkpoint in a run folder is a pair of files:
 
 The JSON is the commit record and is written last: a new tensor file gets a new name, then
 ``checkpoint-prev.json`` is pointed at the last good checkpoint, then ``checkpoint.json`` at the
-new one, each by writing a temporary file, fsync and rename. Whenever the process dies, at least
+new one, each with `leantrain.atomic.write_atomic` (temporary file, fsync, rename, fsync). Whenever the process dies, at least
 one of the two JSON files names a complete, verified checkpoint; tensor files that neither names
 are removed after each save. Loading checks size and sha256 and falls back to the previous
-checkpoint with a warning. Nothing is ever unpickled.
+checkpoint with a warning; the JSON's fields are checked one by one (an edited record fails with
+a sentence naming the field). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-import os
 import random
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,10 +40,12 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
+from .atomic import write_atomic
 from .cost import CostMeter
-from .io import ModelFileError, apply_architecture, architecture, fsync_path
+from .io import ModelFileError, apply_architecture, architecture
 from .methods.base import Method
 from .timing import Stopwatch
+from .trainstate import TrainState
 
 __all__ = [
     "FORMAT",
@@ -80,27 +82,8 @@ class CheckpointFallbackWarning(UserWarning):
     """The latest checkpoint was unusable and the previous one was loaded instead."""
 
 
-@dataclass
-class TrainState:
-    """Where `leantrain.train.fit` stands, saved in every checkpoint.
-
-    Attributes:
-        step: optimizer steps done.
-        epoch: the epoch in progress (``epochs`` once training is over).
-        batch: batches of ``epoch`` already done (0 at an epoch boundary).
-        version: structural changes so far (part of the FLOP cache key).
-        loss_sum: sum of this epoch's training losses so far (a 0-d tensor on the device).
-        history: the evaluated epochs' rows.
-        events: every event logged so far.
-    """
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0
-    version: int = 0
-    loss_sum: Tensor | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
+# What to do about a checkpoint that cannot be used.
+_FIX = "resume from the previous checkpoint (checkpoint-prev.json) or train again without --resume."
 
 
 # ---------------------------------------------------------------------------------- (de)serialise
@@ -196,17 +179,18 @@ def _optimizer_state(
 
 
 def _load_optimizer_state(
-    opt: torch.optim.Optimizer, model: nn.Module, meta: dict[str, Any], tensors: dict[str, Tensor]
+    opt: torch.optim.Optimizer, model: nn.Module, meta: dict[str, Any], tensors: dict[str, Tensor],
+    path: Path,
 ) -> None:
     if meta["class"] != type(opt).__name__:
         raise CheckpointError(
-            f"the checkpoint holds {meta['class']} state but the optimizer is "
+            f"checkpoint {path} holds {meta['class']} state but the optimizer is "
             f"{type(opt).__name__}; resume with the same optimizer."
         )
     if len(meta["params"]) != len(opt.param_groups):
         raise CheckpointError(
-            f"the checkpoint's optimizer has {len(meta['params'])} parameter groups but this one "
-            f"has {len(opt.param_groups)}; resume with the same optimizer."
+            f"the optimizer in checkpoint {path} has {len(meta['params'])} parameter groups but "
+            f"this one has {len(opt.param_groups)}; resume with the same optimizer."
         )
     named = dict(model.named_parameters())
     slot = 0
@@ -215,8 +199,8 @@ def _load_optimizer_state(
         unknown = [n for n in names if n not in named]
         if unknown:
             raise CheckpointError(
-                f"the checkpoint's optimizer refers to parameters {unknown[:3]} that the rebuilt "
-                "model lacks; the checkpoint does not belong to this model."
+                f"the optimizer in checkpoint {path} refers to parameters {unknown[:3]} that the "
+                f"rebuilt model lacks, so the file was edited or belongs to another model; {_FIX}"
             )
         # Point the groups at the live (rebuilt) parameters in the saved order, so the slots of
         # the saved state line up with them; `load_state_dict` then copies the state over.
@@ -226,7 +210,20 @@ def _load_optimizer_state(
         slot += len(names)
     state = {int(k): _unflatten(v, tensors, None) for k, v in meta["state"].items()}
     opt.state.clear()
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    try:
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"the optimizer state in checkpoint {path} does not fit the model "
+            f"({str(e).splitlines()[0][:160] if str(e) else type(e).__name__}); {_FIX}"
+        ) from e
+    for param, saved in opt.state.items():  # slots renamed in the JSON would pair wrong shapes
+        for key, value in saved.items():
+            if isinstance(value, Tensor) and value.dim() and value.shape != param.shape:
+                raise CheckpointError(
+                    f"the optimizer state in checkpoint {path} has a {key} of shape "
+                    f"{tuple(value.shape)} for a parameter of shape {tuple(param.shape)}; {_FIX}"
+                )
 
 
 def snapshot(
@@ -263,6 +260,7 @@ def snapshot(
         ],
         "cost": cost.state_dict(),
         "clock": clock.state_dict(),
+        "first_loss": state.first_loss,
         "history": state.history,
         "events": state.events,
         "rng": _rng_state(tensors),
@@ -318,9 +316,24 @@ class Checkpoint:
             ) from e
 
     def check_compatible(
-        self, total_steps: int, steps_per_epoch: int, methods: Sequence[Method]
+        self,
+        total_steps: int,
+        steps_per_epoch: int,
+        methods: Sequence[Method],
+        config: dict[str, Any] | None = None,
     ) -> None:
-        """Raise `CheckpointError` unless this run has the checkpoint's plan and methods."""
+        """Raise `CheckpointError` unless this run is the checkpoint's run.
+
+        The step plan and the methods must match; when both this run and the checkpoint's
+        writer give a run config (`RunConfig.to_dict()`), so must its data, model, method,
+        seed, epochs and batch size (the learning rate may change: that is how a diverged run
+        is continued).
+        """
+        saved_config = self.extra.get("config")
+        # The settings are named when the writer's config is there (the runner's); fit() alone
+        # knows only the step plan and the methods, checked below either way.
+        if isinstance(saved_config, dict) and config is not None:
+            self._check_config(saved_config, config)
         saved = (int(self.meta["total_steps"]), int(self.meta["steps_per_epoch"]))
         if saved != (total_steps, steps_per_epoch):
             raise CheckpointError(
@@ -335,6 +348,20 @@ class Checkpoint:
                 f"uses {[m.name for m in methods] or ['none']}; resume with the same --method."
             )
 
+    def _check_config(self, saved: dict[str, Any], config: dict[str, Any]) -> None:
+        fields = [("data", k) for k in ("dataset", "train_subset", "test_subset", "image_size")]
+        fields += [("model", "name"), ("train", "epochs"), ("train", "batch_size")]
+        differ = [
+            f"{a}.{b}" for a, b in fields
+            if (saved.get(a) or {}).get(b) != (config.get(a) or {}).get(b)
+        ]
+        differ += [k for k in ("method", "seed") if saved.get(k) != config.get(k)]
+        if differ:
+            raise CheckpointError(
+                f"checkpoint {self.path} belongs to a run with another {', '.join(differ)}; a run "
+                "continues only with the same data, model, method, seed, epochs and batch size."
+            )
+
     def restore(
         self,
         model: nn.Module,
@@ -343,29 +370,125 @@ class Checkpoint:
         *,
         clock: Stopwatch,
         cost: CostMeter,
+        total_steps: int,
+        steps_per_epoch: int,
+        config: dict[str, Any] | None = None,
     ) -> TrainState:
-        """Restore model, optimizer, methods (before their `setup`), totals and RNG states.
+        """The one resume path: check the run (`check_compatible`), then restore everything.
+
+        Cuts `model` (fresh from `create_model`, already on its device) to the saved
+        architecture and loads its weights, points `optimizer` at the live parameters and gives
+        it the saved state, then restores the methods (before their `setup`), cost and time
+        totals and the RNG states.
 
         Returns:
             Where training stands, with the epoch's running loss on the model's device.
+
+        Raises:
+            CheckpointError: another run's checkpoint, or saved state that does not fit.
         """
+        self.check_compatible(total_steps, steps_per_epoch, methods, config)
         self.restore_model(model)
         device = next(model.parameters()).device
-        _load_optimizer_state(optimizer, model, self.meta["optimizer"], self.tensors)
-        for method, saved in zip(methods, self.meta["methods"]):
-            method.load_state_dict(_unflatten(saved["state"], self.tensors, device))
-        cost.load_state_dict(self.meta["cost"])
-        clock.load_state_dict(self.meta["clock"])
-        _set_rng_state(self.meta["rng"], self.tensors)
+        _load_optimizer_state(optimizer, model, self.meta["optimizer"], self.tensors, self.path)
+        try:
+            for method, saved in zip(methods, self.meta["methods"]):
+                method.load_state_dict(_unflatten(saved["state"], self.tensors, device))
+            cost.load_state_dict(self.meta["cost"])
+            clock.load_state_dict(self.meta["clock"])
+            _set_rng_state(self.meta["rng"], self.tensors)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            # `read_checkpoint` checked the record's shape; what is left is state a method or
+            # meter refuses, which only an edited or foreign file holds.
+            raise CheckpointError(
+                f"checkpoint {self.path} holds state that cannot be restored ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'}); {_FIX}"
+            ) from e
+        first = self.meta.get("first_loss")
         return TrainState(
             step=self.step,
             epoch=int(self.meta["epoch"]),
             batch=int(self.meta["batch"]),
             version=int(self.meta.get("version", 0)),
             loss_sum=self.tensors["train/loss_sum"].to(device),
+            first_loss=float(first) if first is not None else None,
             history=list(self.meta["history"]),
             events=list(self.meta["events"]),
         )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_refs(obj: Any) -> list[str]:
+    """Every tensor name that a flattened record refers to."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return [str(obj["__tensor__"])]
+        return [ref for v in obj.values() for ref in _tensor_refs(v)]
+    if isinstance(obj, list):
+        return [ref for v in obj for ref in _tensor_refs(v)]
+    return []
+
+
+def _record_problem(meta: dict[str, Any], tensors: dict[str, Tensor]) -> str | None:
+    """Why the record's fields cannot be restored (an edited or foreign file), or None.
+
+    The sha256 covers the tensor file only, so the JSON is checked field by field here: a
+    resume must fail with a sentence naming the field, not with a traceback halfway through.
+    """
+    def bad(name: str, expected: str) -> str:
+        shown = json.dumps(meta.get(name), default=str)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return f"its field {name!r} is {shown} but should be {expected}"
+
+    for name in ("step", "epoch", "batch", "total_steps", "steps_per_epoch"):
+        if not _is_count(meta[name]):
+            return bad(name, "a whole number ≥ 0")
+    if "version" in meta and not _is_count(meta["version"]):
+        return bad("version", "a whole number ≥ 0")
+    spe = meta["steps_per_epoch"]
+    if spe == 0 or meta["batch"] >= spe or meta["step"] != meta["epoch"] * spe + meta["batch"] \
+            or meta["step"] > meta["total_steps"]:
+        return bad("step", f"epoch × steps_per_epoch + batch (≤ {meta['total_steps']})")
+    if meta.get("first_loss") is not None and not (
+        isinstance(meta["first_loss"], (int, float)) and math.isfinite(meta["first_loss"])
+    ):
+        return bad("first_loss", "a finite number or null")
+    for name in ("architecture", "cost", "clock"):
+        if not isinstance(meta[name], dict):
+            return bad(name, "a JSON object")
+    for name in ("history", "events"):
+        if not isinstance(meta[name], list) or not all(isinstance(r, dict) for r in meta[name]):
+            return bad(name, "a list of JSON objects")
+    rng = meta["rng"]
+    if not (isinstance(rng, dict) and isinstance(rng.get("python"), list)
+            and len(rng["python"]) == 3 and isinstance(rng.get("numpy"), list)
+            and len(rng["numpy"]) == 5):
+        return bad("rng", "the saved Python and NumPy RNG states")
+    opt = meta["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("class"), str)
+            and isinstance(opt.get("params"), list)
+            and all(isinstance(g, list) and all(isinstance(n, str) for n in g)
+                    for g in opt["params"])
+            and isinstance(opt.get("groups"), list) and len(opt["groups"]) == len(opt["params"])
+            and all(isinstance(g, dict) for g in opt["groups"])
+            and isinstance(opt.get("state"), dict)):
+        return bad("optimizer", "the optimizer's class, parameter names, groups and state")
+    slots = sum(len(g) for g in opt["params"])
+    if not all(k.isdigit() and int(k) < slots and isinstance(v, dict)
+               for k, v in opt["state"].items()):
+        return bad("optimizer", f"state for parameter slots 0…{slots - 1}")
+    methods = meta["methods"]
+    if not isinstance(methods, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and "state" in m for m in methods
+    ):
+        return bad("methods", "a list of {name, state} records")
+    for name in ("optimizer", "methods", "rng"):
+        if missing := [ref for ref in _tensor_refs(meta[name]) if ref not in tensors]:
+            return f"its field {name!r} names tensor {missing[0]!r}, which its tensor file lacks"
+    return None
 
 
 def _corrupt(path: Path, why: str) -> CheckpointError:
@@ -409,6 +532,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     missing = [k for k in required if k not in meta]
     if missing or "rng/torch_cpu" not in tensors or "train/loss_sum" not in tensors:
         raise _corrupt(path, f"the record lacks {missing or 'some tensors'}")
+    if problem := _record_problem(meta, tensors):
+        raise _corrupt(path, problem)
     return Checkpoint(path=path, meta=meta, tensors=tensors)
 
 
@@ -454,10 +579,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 stacklevel=2,
             )
         return ckpt
-    raise CheckpointError(
-        f"no usable checkpoint in {folder}: {'; '.join(problems)}; delete the folder and train "
-        "again without --resume."
-    )
+    if path.is_file() and path.name != PREVIOUS and (folder / PREVIOUS).is_file():
+        fix = f"resume from {folder / PREVIOUS} instead, or train again without --resume."
+    else:
+        fix = "delete the folder and train again without --resume."
+    raise CheckpointError(f"no usable checkpoint in {folder}: {'; '.join(problems)}; {fix}")
 
 
 def remove_checkpoints(folder: str | Path) -> None:
@@ -470,24 +596,8 @@ def remove_checkpoints(folder: str | Path) -> None:
 # -------------------------------------------------------------------------------------- writing
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` and fsync it (the one place checkpoint bytes hit the disk)."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _write_bytes(tmp, data)
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_path(path.parent)  # make the rename itself durable
+# The one place checkpoint bytes hit the disk (fault-injection tests replace it).
+_write_file = write_atomic
 
 
 class Checkpointer:
@@ -519,14 +629,37 @@ class Checkpointer:
         self.extra = dict(extra or {})
         self.clock = clock
         self.last_step: int | None = None  # step of the last good checkpoint, None before one
+        self.last_folder: Path | None = None  # where it is (another run's, after --resume-from)
         self._last_time = clock()
         self._good: tuple[str, str] | None = None  # (JSON text, tensor file) of the last good one
+        self._previous: tuple[str, str] | None = None  # the one before it, while on disk
+        self._previous_step: int | None = None
 
     def resumed_from(self, ckpt: Checkpoint) -> None:
         """Treat `ckpt` (the checkpoint a run resumed from) as the last good checkpoint."""
         self.last_step = ckpt.step
+        self.last_folder = ckpt.path.parent
         if ckpt.path.parent.resolve() == self.folder.resolve():
             self._good = (json.dumps(ckpt.meta), ckpt.meta["tensors"]["file"])
+
+    def discard_last(self) -> None:
+        """Withdraw the checkpoint just written: the step after it showed its state diverged.
+
+        ``checkpoint.json`` points at the one before again (or is removed when there was none),
+        so neither ``--resume`` nor the divergence advice ever names the bad state.
+        """
+        if self._good is None:
+            return
+        bad = self.folder / self._good[1]
+        if self._previous is not None:
+            _write_file(self.folder / LATEST, self._previous[0].encode())
+        else:
+            (self.folder / LATEST).unlink(missing_ok=True)
+        (self.folder / PREVIOUS).unlink(missing_ok=True)
+        bad.unlink(missing_ok=True)
+        self._good, self._previous = self._previous, None
+        self.last_step, self._previous_step = self._previous_step, None
+        self.last_folder = self.folder if self._good is not None else None
 
     def due(self, step: int) -> bool:
         """Whether a periodic (mid-epoch) checkpoint is due after optimizer step `step`."""
@@ -547,6 +680,7 @@ class Checkpointer:
         step = int(meta["step"])
         name = f"checkpoint-{step:09d}.safetensors"
         created: Path | None = None
+        target: Path | None = None
         try:
             data = save_safetensors_bytes(tensors)
             meta = {**meta, "extra": self.extra, "tensors": {
@@ -555,23 +689,29 @@ class Checkpointer:
             text = json.dumps(meta, default=float)
             self.folder.mkdir(parents=True, exist_ok=True)
             created = self.folder / name
-            _atomic_write(created, data)
+            target = created
+            _write_file(created, data)
+            target = self.folder / PREVIOUS
             if self._good is not None:
-                _atomic_write(self.folder / PREVIOUS, self._good[0].encode())
+                _write_file(target, self._good[0].encode())
             else:  # a stale record from an earlier attempt must not outlive its tensor file
-                (self.folder / PREVIOUS).unlink(missing_ok=True)
-            _atomic_write(self.folder / LATEST, text.encode())
+                target.unlink(missing_ok=True)
+            target = self.folder / LATEST
+            _write_file(target, text.encode())
         except OSError as e:
             keep = {self._good[1]} if self._good else set()
             if created is not None and created.name not in keep:
-                created.unlink(missing_ok=True)
+                # Clean-up must not replace the error the user needs (a read-only folder
+                # refuses the unlink too).
+                with contextlib.suppress(OSError):
+                    created.unlink(missing_ok=True)
             where = (
                 f"the last good checkpoint (step {self.last_step}) is intact, so continue with "
                 "--resume" if self.last_step is not None else "no checkpoint was written yet"
             )
             error = CheckpointWriteError(
-                f"could not write a checkpoint to {self.folder} ({e.strerror or e}); free disk "
-                f"space or make the folder writable ({where})."
+                f"could not write a checkpoint to {target or self.folder} ({e.strerror or e}); "
+                f"free disk space or make the folder writable ({where})."
             )
             error.errno = e.errno
             raise error from e
@@ -579,8 +719,12 @@ class Checkpointer:
         for stale in self.folder.glob(_TENSOR_GLOB):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
+        self._previous, self._previous_step = self._good, self.last_step
+        if self._previous is None:
+            self._previous_step = None  # a resumed-from checkpoint of another folder
         self._good = (text, name)
         self.last_step = step
+        self.last_folder = self.folder
         self._last_time = self.clock()
         return self.folder / LATEST
 

@@ -8,16 +8,16 @@ the registry and loads the weights, so no code is ever unpickled from a file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from .atomic import write_atomic
 from .registry import create_model
 from .structure import channel_sets_of
 from .surgery import drop_units, prune_channels
@@ -142,48 +142,33 @@ def build_architecture(desc: dict[str, Any]) -> nn.Module:
     return model
 
 
-def fsync_path(path: str | Path) -> None:
-    """Flush a file's (or a folder's: its entries') data to the disk; best effort for folders."""
-    is_dir = Path(path).is_dir()
-    flags = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if is_dir else os.O_RDONLY
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        if is_dir:  # some systems (Windows) cannot open folders: nothing to flush
-            return
-        raise
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not is_dir:
-            raise
-    finally:
-        os.close(fd)
+def _canonical(data: bytes) -> bytes:
+    """`data` (a safetensors file) with its metadata in sorted key order.
+
+    safetensors keeps the metadata in a hash map, so the same model saved twice (in two
+    processes) gets its header keys in a different order; sorting makes identical models give
+    byte-identical files (and equal checksums).
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to a multiple of 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        fsync_path(tmp)  # the bytes reach the disk before the rename makes them visible
-        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
-        fsync_path(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_tensors(path: Path, model: nn.Module, meta: dict[str, str]) -> Path:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return write_atomic(path, _canonical(save_safetensors(tensors, metadata=meta)))
 
 
 def save_model(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write weights (safetensors) with the architecture JSON in the file's metadata, atomically."""
-    path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"leantrain_arch": json.dumps(architecture(model))}
     if metadata:
         meta["leantrain_meta"] = json.dumps(metadata)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    return path
+    return _save_tensors(Path(path), model, meta)
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -192,11 +177,7 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | 
     `load_model` refuses such a file (no architecture); load it into a model of the same shape
     with ``model.load_state_dict(safetensors.torch.load_file(path))``.
     """
-    path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"leantrain_meta": json.dumps(metadata or {})}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    return path
+    return _save_tensors(Path(path), model, {"leantrain_meta": json.dumps(metadata or {})})
 
 
 def read_model_metadata(path: str | Path) -> dict[str, Any]:

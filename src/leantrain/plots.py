@@ -17,6 +17,8 @@ matplotlib.use("Agg")  # headless: runs on servers and in CI, never opens a wind
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from .atomic import write_atomic  # noqa: E402
+
 if TYPE_CHECKING:
     from .report import Summary
 
@@ -27,6 +29,11 @@ __all__ = [
 
 # Event kinds that remove a unit (drop: out of the forward pass; freeze: no gradients).
 _REMOVALS = ("drop", "freeze")
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    """Write a figure atomically (format from the suffix), so no half image is left behind."""
+    write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png"))
 
 
 def forward_flops_curve(events: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
@@ -123,7 +130,7 @@ def plot_learndrop(events: list[dict[str, Any]], out_path: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    _save(fig, out, dpi=120)
     plt.close(fig)
     return out
 
@@ -162,7 +169,7 @@ def plot_dcp(events: list[dict[str, Any]], out_path: str | Path, layer: str | No
     fig.colorbar(image, ax=ax_u, label="utility U")
     fig.tight_layout()
     out = Path(out_path)
-    fig.savefig(out, dpi=110)
+    _save(fig, out, dpi=110)
     plt.close(fig)
     return out
 
@@ -215,7 +222,7 @@ def plot_pareto(summaries: list["Summary"], out_dir: str | Path) -> list[Path]:
         fig.tight_layout()
         path = Path(out_dir) / f"{slug(suite, dataset, model)}-pareto.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        _save(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
@@ -263,7 +270,7 @@ def plot_flops_curves(summaries: list["Summary"], out_dir: str | Path) -> list[P
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = Path(out_dir) / f"{slug(suite, dataset, model)}-flops.png"
-        fig.savefig(path, dpi=110)
+        _save(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
 from .bench import read_results
 from .config import toml_repr
 from .plots import plot_flops_curves, plot_pareto, slug
@@ -464,11 +465,12 @@ def write_report(
         return "\n".join(parts)
 
     markdown = document(out, "Benchmark report", command)
-    (out / "report.md").write_text(markdown)
+    write_atomic(out / "report.md", markdown)
     if benchmarks:
         bpath = Path(benchmarks)
-        bpath.write_text(
-            document(bpath.parent, "Benchmarks", f"{command} --write-benchmarks {bpath.as_posix()}")
+        write_atomic(
+            bpath,
+            document(bpath.parent, "Benchmarks", f"{command} --write-benchmarks {bpath.as_posix()}"),
         )
     if readme:
         chosen = readme_suite or ("quick" if "quick" in suites else suites[0])
@@ -494,7 +496,7 @@ def write_report(
             ]
         )
         rpath = Path(readme)
-        rpath.write_text(replace_between_markers(rpath.read_text(), block))
+        write_atomic(rpath, replace_between_markers(rpath.read_text(), block))
     return {"summaries": summaries, "markdown": markdown, "images": images}
 
 

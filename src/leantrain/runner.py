@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .atomic import remove_stale_temps, write_atomic
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -35,12 +37,24 @@ from .methods import build_methods
 from .plots import plot_run_events
 from .registry import create_model
 from .train import Result, fit, resolve_device
+from .trainstate import TrainState
 
-__all__ = ["run", "seed_everything", "finished_summary", "RunFolderError"]
+__all__ = [
+    "run", "seed_everything", "finished_summary", "RunFinishedError", "RunFolderError",
+    "RestartWarning",
+]
 
 
 class RunFolderError(OSError):
     """The run folder cannot be created or written."""
+
+
+class RunFinishedError(ValueError):
+    """The run folder holds a finished run, which a new attempt would overwrite."""
+
+
+class RestartWarning(UserWarning):
+    """``resume=True`` found a run stopped before its first checkpoint and starts it over."""
 
 
 def seed_everything(seed: int) -> None:
@@ -50,10 +64,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _write(path: Path, content: str | bytes, then: str = "continue with --resume") -> None:
+    """Write a run-folder file atomically; a full disk or unwritable folder names the file."""
+    try:
+        write_atomic(path, content)
+    except OSError as e:
+        raise RunFolderError(
+            f"could not write {path} ({e.strerror or e}); free disk space or make the folder "
+            f"writable, then {then}."
+        ) from e
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    _write(path, json.dumps(obj, indent=2, default=str))
 
 
 def _prepare_folder(folder: Path) -> None:
@@ -70,9 +93,18 @@ def _prepare_folder(folder: Path) -> None:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(row, default=float) + "\n" for row in rows))
-    tmp.replace(path)
+    _write(path, "".join(json.dumps(row, default=float) + "\n" for row in rows))
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    try:
+        with path.open("a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+    except OSError as e:
+        raise RunFolderError(
+            f"could not append to {path} ({e.strerror or e}); free disk space or make the folder "
+            "writable, then continue with --resume (the last good checkpoint is kept)."
+        ) from e
 
 
 def finished_summary(folder: str | Path) -> dict[str, Any] | None:
@@ -90,32 +122,20 @@ def finished_summary(folder: str | Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else None
 
 
-def _check_same_run(cfg: RunConfig, ckpt: Checkpoint) -> None:
-    """A checkpoint continues only a run of the same data, model, method, seed and step plan."""
-    saved = ckpt.extra.get("config")
-    if not isinstance(saved, dict):
-        return  # written by fit() without the runner: fit() still checks the step plan
-    now = cfg.to_dict()
-    fields = [("data", k) for k in ("dataset", "train_subset", "test_subset", "image_size")]
-    fields += [("model", "name"), ("train", "epochs"), ("train", "batch_size")]
-    differ = [f"{a}.{b}" for a, b in fields if saved.get(a, {}).get(b) != now[a][b]]
-    differ += [k for k in ("method", "seed") if saved.get(k) != now[k]]
-    if differ:
-        raise CheckpointError(
-            f"checkpoint {ckpt.path} belongs to a run with another {', '.join(differ)}; a run "
-            "continues only with the same data, model, method, seed, epochs and batch size."
-        )
-
-
 def _resume_point(
-    cfg: RunConfig, folder: Path, resume: bool | str, resume_from: str | Path | None
+    folder: Path, resume: bool | str, resume_from: str | Path | None
 ) -> Checkpoint | None:
     """The checkpoint this run continues from, or None to start; clear errors otherwise."""
     if resume not in (True, False, "auto", "restart"):
         raise ValueError(f"resume={resume!r}; use True, False, 'auto' or 'restart'.")
-    if finished_summary(folder) is not None and (resume is True or resume_from is not None):
-        raise CheckpointError(
-            f"the run in {folder} has already finished; there is nothing to resume."
+    if finished_summary(folder) is not None:
+        if resume is True or resume_from is not None:
+            raise CheckpointError(
+                f"the run in {folder} has already finished; there is nothing to resume."
+            )
+        raise RunFinishedError(
+            f"the run in {folder} has already finished and a new attempt would overwrite its "
+            "results; to train it again choose another --seed or --out-dir, or delete the folder."
         )
     if resume_from is not None:
         source = Path(resume_from)
@@ -129,19 +149,21 @@ def _resume_point(
                 f"{source} is a finished run, which keeps its model but no checkpoint; "
                 "--resume-from continues an unfinished run's folder."
             )
-        ckpt = load_checkpoint(source)
-        _check_same_run(cfg, ckpt)
-        return ckpt
+        return load_checkpoint(source)  # `fit` checks that it is this run's, as it restores it
     if resume is True and not has_checkpoint(folder):
+        if (folder / "config.json").is_file():  # started here, stopped before its 1st checkpoint
+            warnings.warn(
+                f"{folder} holds no checkpoint because the run was stopped before writing its "
+                "first one; starting it from the beginning.", RestartWarning, stacklevel=3,
+            )
+            return None
         raise CheckpointError(
             f"nothing to resume: {folder} holds no checkpoint (was a run with exactly these "
             "settings and seed started?); run without --resume to start it."
         )
     if has_checkpoint(folder):
         if resume in (True, "auto"):
-            ckpt = load_checkpoint(folder)
-            _check_same_run(cfg, ckpt)
-            return ckpt
+            return load_checkpoint(folder)
         if resume == "restart":  # the old checkpoint stays until the new run writes its first
             return None
         raise CheckpointError(
@@ -164,16 +186,20 @@ def run(
         cfg: the run.
         show_progress: draw a progress bar.
         resume: True: continue from the run folder's last good checkpoint (an error when there
-            is none); ``"auto"``: continue when there is one, else start; ``"restart"``: start
-            over even if there is one (e.g. benchmarks, whose timings should come from one
-            process); False: start, and refuse a folder holding an unfinished run's checkpoint
-            (so nothing is lost by accident).
+            is none, unless the run was stopped before its first one: then it starts over, with
+            a `RestartWarning`); ``"auto"``: continue when there is one, else start;
+            ``"restart"``: start over even if there is one (e.g. benchmarks, whose timings
+            should come from one process); False: start, and refuse a folder holding an
+            unfinished run's checkpoint (so nothing is lost by accident). No mode trains over
+            a finished run.
         resume_from: continue from another run folder's checkpoint (or a ``checkpoint.json``),
             e.g. with a lower learning rate after a divergence; results go to `cfg`'s folder.
 
     Raises:
         leantrain.checkpoint.CheckpointError: nothing (usable) to resume, or a checkpoint of
             another run.
+        RunFinishedError: the folder holds a finished run (resume is not True).
+        RunFolderError: a file of the run folder cannot be written (the message names it).
     """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -185,8 +211,7 @@ def run(
         download=cfg.data.download,
     )
     folder = cfg.run_dir()
-    ckpt = _resume_point(cfg, folder, resume, resume_from)
-    _prepare_folder(folder)
+    ckpt = _resume_point(folder, resume, resume_from)
     seed_everything(cfg.seed)
     model = create_model(
         cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
@@ -194,8 +219,6 @@ def run(
     )
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     dense_params, dense_macs = count_params(model), count_macs(model, input_shape)
-    if ckpt is not None:  # cut to the checkpoint's shape before moving and re-formatting
-        ckpt.restore_model(model)
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -205,25 +228,30 @@ def run(
     )
     test_loader = TensorLoader(test_split, spec, 500, train=False, **loader_args)
     env = environment(device)
-    _write_json(folder / "config.json", cfg.to_dict())
-    _write_json(folder / "env.json", env)
     metrics, events = folder / "metrics.jsonl", folder / "events.jsonl"
-    # A resumed run rewrites both logs as of its checkpoint: rows written after it, before the
-    # interruption, are redone by the resumed run and must not appear twice.
-    _write_jsonl(metrics, ckpt.meta["history"] if ckpt else [])
-    _write_jsonl(events, ckpt.meta["events"] if ckpt else [])
     checkpointer = Checkpointer(
         folder, cfg.checkpoint_every, cfg.checkpoint_minutes,
         extra={"config": cfg.to_dict(), "digest": cfg.digest()},
     )
 
+    def start(state: TrainState) -> None:
+        """Write the folder's files once `fit` has accepted the checkpoint (if any)."""
+        _prepare_folder(folder)
+        remove_stale_temps(folder)  # left by a process killed mid-write; this run owns the folder
+        _write_json(folder / "config.json", cfg.to_dict())
+        _write_json(folder / "env.json", env)
+        # A resumed run rewrites both logs as of its checkpoint: rows written after it, before
+        # the interruption, are redone by the resumed run and must not appear twice.
+        _write_jsonl(metrics, state.history)
+        _write_jsonl(events, state.events)
+
     def log(kind: str, row: dict[str, Any]) -> None:
-        with (metrics if kind == "epoch" else events).open("a") as f:
-            f.write(json.dumps(row, default=float) + "\n")
+        _append_jsonl(metrics if kind == "epoch" else events, row)
 
     memory = reset_peak_memory(device)  # peaks of the training phase, not of data loading
     result = fit(model, train_loader, test_loader, cfg.train, methods, log=log,
-                 show_progress=show_progress, checkpointer=checkpointer, resume_from=ckpt)
+                 show_progress=show_progress, checkpointer=checkpointer, resume_from=ckpt,
+                 run_config=cfg.to_dict(), on_start=start)
     summary = {
         "dataset": cfg.data.dataset, "model": cfg.model.name,
         "method": "dense" if not cfg.method_names() else cfg.method, "seed": cfg.seed,
@@ -236,12 +264,20 @@ def run(
         "events": len(result.events), "env": env, **memory_summary(device, memory),
         **result.memory,
     }
-    if reason := getattr(model, "external_surgery", None):  # e.g. Torch-Pruning (tp_prune)
-        summary["model_file"] = f"weights only: {reason}"
-        save_weights(model, folder / "model.safetensors", metadata={"test_acc": result.test_acc})
-    else:
-        save_model(model, folder / "model.safetensors", metadata={"test_acc": result.test_acc})
-    _write_json(folder / "summary.json", summary)
+    model_file = folder / "model.safetensors"
+    finish = "finish the run with --resume (its final checkpoint is kept)"
+    try:
+        if reason := getattr(model, "external_surgery", None):  # e.g. Torch-Pruning (tp_prune)
+            summary["model_file"] = f"weights only: {reason}"
+            save_weights(model, model_file, metadata={"test_acc": result.test_acc})
+        else:
+            save_model(model, model_file, metadata={"test_acc": result.test_acc})
+    except OSError as e:
+        raise RunFolderError(
+            f"could not write {model_file} ({e.strerror or e}); free disk space or make the "
+            f"folder writable, then {finish}."
+        ) from e
+    _write(folder / "summary.json", json.dumps(summary, indent=2, default=str), finish)
     remove_checkpoints(folder)  # the run is complete: its model and summary replace them
     plot_run_events(result.events, folder)
     return result, folder

@@ -7,7 +7,13 @@ checkpoint; training FLOPs are integrated over the live (shrinking) network.
 With a `leantrain.checkpoint.Checkpointer`, `fit()` checkpoints at every epoch end and every N
 steps or minutes, and `resume_from` continues from such a checkpoint exactly: the data order is a
 pure function of (seed, epoch), so on CPU a resumed run ends with the same weights and metrics as
-an uninterrupted one. A NaN/inf loss stops the run before any checkpoint of the diverged state.
+an uninterrupted one.
+
+Divergence stops the run with one sentence naming the last good checkpoint: a NaN/inf loss, or
+an epoch's running mean loss above `LOSS_BOUND` × the first step's loss (see `_check_loss`). A
+checkpoint counts as good only when the loss passes that check and every parameter, buffer (BN
+statistics) and optimizer-state tensor is finite, so resuming from it with a lower learning rate
+starts from a sane state.
 """
 
 from __future__ import annotations
@@ -24,18 +30,29 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpoint, Checkpointer, TrainState, load_checkpoint, snapshot
+from .checkpoint import Checkpoint, Checkpointer, load_checkpoint, snapshot
 from .config import TrainConfig
 from .cost import CostMeter, StepCost, count_params
 from .memory import ActivationMeter
 from .methods.base import Method, Progress
 from .timing import DEFAULT_LAPS, Stopwatch
+from .trainstate import TrainState
 
-__all__ = ["fit", "evaluate", "lr_at", "make_optimizer", "resolve_device", "Result", "TrainingDiverged"]
+__all__ = [
+    "LOSS_BOUND", "fit", "evaluate", "lr_at", "make_optimizer", "resolve_device", "Result",
+    "TrainingDiverged",
+]
+
+# A run has diverged when an epoch's running mean loss exceeds this many times the loss of its
+# first step (floored at 1, so a fine-tuning run that starts near 0 is not stopped at a loss of
+# 10). The first step's cross-entropy is about ln(classes), e.g. 2.3 for 10 classes; a run that
+# is still learning never gets within orders of magnitude of 1e4 × that, while an exploding one
+# passes it within a few steps and would otherwise go on logging losses of 1e20.
+LOSS_BOUND = 1e4
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or exploded past `LOSS_BOUND` × the first step's loss."""
 
 
 @dataclass
@@ -116,16 +133,74 @@ def _plan(train_loader: Any, cfg: TrainConfig) -> tuple[int, int]:
 
 
 def _diverged(
-    what: str, value: object, step: int, epoch: int, ckpt: Checkpointer | None
+    what: str, step: int, epoch: int, ckpt: Checkpointer | None, note: str = ""
 ) -> TrainingDiverged:
-    """The one-sentence error for a NaN/inf loss, naming the checkpoint to resume from."""
-    where = f"{what} became {value} at step {step} (epoch {epoch + 1})"
+    """The one-sentence error for a diverged run, naming the checkpoint to resume from."""
+    where = f"{what} at step {step} (epoch {epoch + 1}){note}"
     if ckpt is not None and ckpt.last_step is not None:
+        folder = ckpt.last_folder or ckpt.folder
         return TrainingDiverged(
-            f"{where}; the last good checkpoint (step {ckpt.last_step}) in {ckpt.folder} is kept, "
-            f"so resume from it with a lower --lr: add --resume-from {ckpt.folder} --lr LOWER."
+            f"{where}; the last good checkpoint (step {ckpt.last_step}) in {folder} is kept, "
+            f"so resume from it with a lower --lr: add --resume-from {folder} --lr LOWER."
         )
     return TrainingDiverged(f"{where}; lower --lr or check the data, then train again.")
+
+
+def _check_loss(state: TrainState, epoch: int, ckpt: Checkpointer | None) -> float:
+    """The epoch's running mean loss; raises `TrainingDiverged` when it is NaN/inf or exploded.
+
+    The running sum holds every step of the epoch so far, so one check catches a NaN or a
+    spike in any of them (a spike of x raises the mean by x / steps) without a device sync per
+    step. The bound is `LOSS_BOUND` × max(1, the run's first step's loss).
+    """
+    batches = max(1, state.batch)
+    mean = state.loss_sum.item() / batches if state.loss_sum is not None else 0.0
+    if not math.isfinite(mean):
+        raise _diverged(f"the training loss became {mean}", state.step, epoch, ckpt)
+    reference = max(1.0, state.first_loss or 0.0)
+    if mean > LOSS_BOUND * reference:
+        raise _diverged(
+            f"the training loss reached {mean:.3g}", state.step, epoch, ckpt,
+            f", over {LOSS_BOUND:g} × the first step's loss ({reference:.3g})")
+    return mean
+
+
+def _confirm_checkpoint(
+    loss: float, state: TrainState, epoch: int, ckpt: Checkpointer
+) -> None:
+    """Keep the checkpoint just written only if the step after it computed a sane loss.
+
+    A checkpoint's own losses were computed *before* its last update, so a state wrecked by
+    that update (weights, BN statistics, momentum in the thousands) passes every check at save
+    time and diverges again as soon as it is resumed, whatever the learning rate. The next
+    step's loss is the first one computed with the saved weights: over the bound, the
+    checkpoint is withdrawn and the run stops, naming the one before it (or none).
+    """
+    reference = max(1.0, state.first_loss or 0.0)
+    if math.isfinite(loss) and loss <= LOSS_BOUND * reference:
+        return
+    bad = ckpt.last_step
+    ckpt.discard_last()
+    raise _diverged(
+        f"the training loss was {loss:.3g}", state.step, epoch, ckpt,
+        f", one step after the checkpoint of step {bad}, which was deleted as diverged")
+
+
+def _first_nonfinite(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
+    """What in the training state is NaN/inf (parameters, BN statistics, optimizer state)."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return f"the weight {name}"
+    for name, b in model.named_buffers():  # BN running_var goes to inf before the weights do
+        if b.is_floating_point() and not bool(torch.isfinite(b).all()):
+            return f"the buffer {name}"
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p, saved in opt.state.items():
+        for key, value in saved.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                    and not bool(torch.isfinite(value).all()):
+                return f"the optimizer's {key} of {names.get(id(p), 'a parameter')}"
+    return None
 
 
 def _drain_events(methods: Sequence[Method], state: TrainState, epoch: int, log: Callable) -> None:
@@ -139,25 +214,26 @@ def _save_checkpoint(
     checkpointer: Checkpointer, model: nn.Module, opt: torch.optim.Optimizer,
     methods: Sequence[Method], state: TrainState, clock: Stopwatch, cost: CostMeter,
     cfg: TrainConfig, total: int, steps_per_epoch: int,
-) -> None:
+) -> bool:
+    """Write a checkpoint of a good state (raises `TrainingDiverged` otherwise); False: none."""
     if reason := getattr(model, "external_surgery", None):
         # Cuts made outside leantrain (torch-pruning) cannot be replayed on a fresh model, so
         # this state cannot be checkpointed; the last checkpoint before the cut stays usable.
         warnings.warn(f"no checkpoints after this point: the model was {reason}.", stacklevel=2)
-        return
-    # Never checkpoint a diverged state: a NaN loss this epoch (the sum is NaN/inf) or weights
-    # an unlucky last step blew up would make the "last good" checkpoint garbage.
+        return False
+    # Never checkpoint a diverged state: a NaN or exploded loss this epoch, or weights, BN
+    # statistics or momentum an unlucky last step blew up would make the "last good"
+    # checkpoint garbage that diverges again as soon as it is resumed.
     epoch = state.epoch - 1 if state.batch == 0 else state.epoch  # batch 0: just ended
-    loss_sum = state.loss_sum.item() if state.loss_sum is not None else 0.0
-    if not math.isfinite(loss_sum):
-        raise _diverged("the training loss", loss_sum, state.step, epoch, checkpointer)
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        raise _diverged("the weights", "non-finite", state.step, epoch, checkpointer)
+    _check_loss(state, epoch, checkpointer)
+    if bad := _first_nonfinite(model, opt):
+        raise _diverged(f"{bad} became non-finite", state.step, epoch, checkpointer)
     tensors, meta = snapshot(
         model, opt, methods, state, clock=clock, cost=cost, total_steps=total,
         steps_per_epoch=steps_per_epoch, train_config=dataclasses.asdict(cfg),
     )
     checkpointer.save(tensors, meta)
+    return True
 
 
 def fit(
@@ -172,6 +248,8 @@ def fit(
     show_progress: bool = True,
     checkpointer: Checkpointer | None = None,
     resume_from: Checkpoint | str | Path | None = None,
+    run_config: dict[str, Any] | None = None,
+    on_start: Callable[[TrainState], None] | None = None,
 ) -> Result:
     """Train `model` with `methods` plugged in; evaluate every `cfg.eval_every` epochs.
 
@@ -187,17 +265,20 @@ def fit(
         show_progress: draw a progress bar.
         checkpointer: writes a checkpoint at every epoch end and as it says mid-epoch.
         resume_from: a checkpoint (or a run folder / ``checkpoint.json``) to continue from.
+        run_config: the run's settings (``RunConfig.to_dict()``); a checkpoint whose writer gave
+            other data, model, method, seed, epochs or batch size is refused.
+        on_start: called with the training state once it is known (after a resume's checks and
+            restore), before the first step: the runner writes its run folder's files there,
+            so a refused resume leaves no folder behind.
 
     Raises:
-        TrainingDiverged: the loss became NaN or infinite; no checkpoint of that state is written.
+        TrainingDiverged: the loss became NaN/inf or exploded (see `LOSS_BOUND`), or the state
+            became non-finite; no checkpoint of that state is written.
         leantrain.checkpoint.CheckpointError: `resume_from` is unusable or belongs to another run.
     """
     log = log or (lambda kind, row: None)
     steps_per_epoch, total = _plan(train_loader, cfg)
     ckpt = load_checkpoint(resume_from) if isinstance(resume_from, (str, Path)) else resume_from
-    if ckpt is not None:
-        ckpt.check_compatible(total, steps_per_epoch, methods)
-        ckpt.restore_model(model)  # cut first: the optimizer must see the live parameters
     device = next(model.parameters()).device
     opt = optimizer or make_optimizer(model, cfg)
     spec = train_loader.spec
@@ -206,10 +287,13 @@ def fit(
     cost = CostMeter(model, (spec.in_channels, spec.image_size, spec.image_size))
     activations = ActivationMeter(model)
     state = TrainState()
-    if ckpt is not None:
-        state = ckpt.restore(model, opt, methods, clock=clock, cost=cost)
+    if ckpt is not None:  # the one resume path: checks the run, cuts the model, restores all
+        state = ckpt.restore(model, opt, methods, clock=clock, cost=cost, total_steps=total,
+                             steps_per_epoch=steps_per_epoch, config=run_config)
         if checkpointer is not None:
             checkpointer.resumed_from(ckpt)
+    if on_start is not None:
+        on_start(state)
     for m in methods:
         if change := m.setup(model, Progress(state.step, total, steps_per_epoch)):
             change.apply_to(opt)  # a method that cuts before the first step (static widths)
@@ -222,6 +306,7 @@ def fit(
     current: StepCost = cost.recount(model)
     step_costs = {_cost_key(methods, model, state.version): current}
     bar = tqdm(total=total, initial=state.step, disable=not show_progress, unit="step", leave=False)
+    unconfirmed = False  # a checkpoint was just written; the next step's loss tests its state
     for epoch in range(state.epoch, cfg.epochs):
         model.train()
         if state.batch == 0 or state.loss_sum is None:
@@ -253,20 +338,24 @@ def fit(
             current = step_costs[key]
             _drain_events(methods, state, epoch, log)
             state.loss_sum += loss.detach()
+            if state.first_loss is None:  # the scale of the divergence bound (one sync per run)
+                state.first_loss = loss.item()
+            elif unconfirmed:  # one sync per checkpoint: the loss of the state it saved
+                unconfirmed = False
+                # Non-finite images make any state's loss NaN: that is the data's fault, caught
+                # by the running-loss check, and no reason to withdraw a good checkpoint.
+                if bool(torch.isfinite(x).all()):
+                    _confirm_checkpoint(loss.item(), state, epoch, checkpointer)
             bar.update(1)
             if state.step % 20 == 0 or state.step == total:
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise _diverged("the loss", loss_value, state.step, epoch, checkpointer)
-                bar.set_postfix(loss=f"{loss_value:.3f}", epoch=epoch + 1)
+                mean = _check_loss(state, epoch, checkpointer)
+                bar.set_postfix(loss=f"{mean:.3f}", epoch=epoch + 1)
             # Mid-epoch checkpoints only: the epoch's last step is checkpointed after its eval.
             if checkpointer and state.batch < steps_per_epoch and checkpointer.due(state.step):
                 with clock("checkpoint"):
-                    _save_checkpoint(checkpointer, model, opt, methods, state, clock, cost, cfg,
-                                     total, steps_per_epoch)
-        train_loss = state.loss_sum.item() / steps_per_epoch
-        if not math.isfinite(train_loss):
-            raise _diverged("the training loss", train_loss, state.step, epoch, checkpointer)
+                    unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state,
+                                                   clock, cost, cfg, total, steps_per_epoch)
+        train_loss = _check_loss(state, epoch, checkpointer)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             with clock("eval"):
                 test_loss, test_acc = evaluate(model, test_loader)
@@ -284,8 +373,8 @@ def fit(
         state.epoch, state.batch, state.loss_sum = epoch + 1, 0, None
         if checkpointer is not None:
             with clock("checkpoint"):
-                _save_checkpoint(checkpointer, model, opt, methods, state, clock, cost, cfg,
-                                 total, steps_per_epoch)
+                unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state, clock,
+                                               cost, cfg, total, steps_per_epoch)
     bar.close()
     final = dict(state.history[-1])
     changed = False

@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import write_atomic
 from .formats import DataFormatError
 
 __all__ = ["download", "DownloadError", "RESOURCES", "manual_instructions"]
@@ -106,13 +107,10 @@ def _md5(path: Path) -> str:
 
 def _fetch(res: _Resource, dest: Path, name: str, root: Path) -> Path:
     """Download ``res`` to ``dest`` atomically, checking its md5; return ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    def stream(out) -> None:  # into write_atomic's temporary file: no partial file survives
         h = hashlib.md5(usedforsecurity=False)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(res.url, timeout=60) as resp:
+            with urllib.request.urlopen(res.url, timeout=60) as resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
                 from tqdm.auto import tqdm
 
@@ -133,9 +131,8 @@ def _fetch(res: _Resource, dest: Path, name: str, root: Path) -> Path:
                 f"{res.url} arrived with md5 {h.hexdigest()} instead of {res.md5} (a corrupt or "
                 f"changed file); try again, or {manual_instructions(name, root)}."
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(dest, stream)
     return dest
 
 

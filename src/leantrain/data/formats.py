@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
+
 __all__ = [
     "DataFormatError",
     "DataNotFoundError",
@@ -480,16 +482,10 @@ def _load_cache(
 
 
 def _save_cache(path: Path, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write under a unique temporary name, then rename: a crash never leaves a half file
-    # under the real name, and two processes decoding at once do not corrupt each other.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, labels=labels, classes=np.array(classes, dtype=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Atomic: a crash never leaves a half file under the real name, and two processes decoding
+    # at once do not corrupt each other (each writes its own temporary file).
+    write_atomic(path, lambda f: np.savez(f, images=images, labels=labels,
+                                          classes=np.array(classes, dtype=str)))
 
 
 def read_image_folder(
