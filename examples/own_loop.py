@@ -3,8 +3,9 @@
     python examples/own_loop.py --method learndrop   # or dcp
     python examples/own_loop.py --method dcp --epochs 2 --out model.safetensors
 
-The lines marked `# leantrain` are all a plain PyTorch loop needs; for the same seed this gives
-the same model as `leantrain train` / `fit()` (a test checks it).
+The two lines marked `# leantrain` are all a plain PyTorch loop needs: `attach` hooks the method
+onto the optimizer's step, `finish` ends it. For the same seed this gives the same model as
+`leantrain train` / `fit()` (a test checks it, bit for bit).
 """
 
 from __future__ import annotations
@@ -39,27 +40,18 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     total = len(loader) * args.epochs
 
-    if args.method == "dcp":  # leantrain
-        method = leantrain.DCP(p=0.5, warmup=0.1)  # leantrain
-    else:  # leantrain
-        method = leantrain.LearnDrop(tau=1.0, warmup=0.0, stop=1.0, every_steps=2)  # leantrain
-    if change := method.setup(model, leantrain.Progress(0, total, len(loader))):  # leantrain
-        change.apply_to(opt)  # leantrain: only methods that cut up front (static) return one
+    method = (leantrain.DCP(p=0.5, warmup=0.1) if args.method == "dcp"
+              else leantrain.LearnDrop(tau=1.0, warmup=0.0, stop=1.0, every_steps=2))
+    handle = leantrain.attach(model, opt, method, total, steps_per_epoch=len(loader))  # leantrain
 
-    step = 0
     for epoch in range(args.epochs):
         model.train()
         for x, y in loader.epoch(epoch):
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            method.after_backward(model, leantrain.Progress(step, total, len(loader)))  # leantrain
             opt.step()
-            step += 1
-            if change := method.step(model, leantrain.Progress(step, total, len(loader))):  # leantrain
-                change.apply_to(opt)  # leantrain
-    if change := method.finish(model):  # leantrain
-        change.apply_to(opt)  # leantrain
+    handle.finish()  # leantrain: e.g. DCP's cut to the compact model
 
     model.eval()
     test_loader = TensorLoader(test, spec, batch_size=500, train=False, channels_last=True)

@@ -5,6 +5,7 @@ parameters have settled, arXiv 2604.23403) and Dynamic Channel Propagation (trai
 highest-utility channels and export a compact model, arXiv 2007.01486).
 """
 
+from .attach import Attached, attach
 from .checkpoint import Checkpointer, load_checkpoint
 from .cost import CostMeter, StepCost, count_macs, count_params, measure_step_flops
 from .io import load_model, save_model
@@ -25,7 +26,7 @@ from .train import Result, evaluate, fit, lr_at
 __version__ = "0.1.0"
 
 __all__ = [
-    "Checkpointer", "DCP", "FreezeOut", "LearnDrop", "StochasticDepth", "TPPrune", "METHODS",
+    "Attached", "attach", "Checkpointer", "DCP", "FreezeOut", "LearnDrop", "StochasticDepth", "TPPrune", "METHODS",
     "Change", "ChannelSet", "CostMeter", "Excluded", "Method", "Progress", "Structure",
     "StructureError", "prepare", "structure_of",
     "Result", "StepCost", "Unit", "channel_sets_of", "count_macs", "count_params",

@@ -1,7 +1,7 @@
 """The built-in training loop: `fit()` reads top to bottom; the LR is a pure function of progress.
 
-Methods plug in through the same hooks a user calls from their own loop (see
-`leantrain.methods.base`). Time is device-synchronised and split into train / surgery / eval /
+Methods plug in through `leantrain.attach`, the optimizer hooks a user's own loop uses too, so
+both loops run one code path. Time is device-synchronised and split into train / surgery / eval /
 checkpoint; training FLOPs are integrated over the live (shrinking) network.
 
 With a `leantrain.checkpoint.Checkpointer`, `fit()` checkpoints at every epoch end and every N
@@ -30,11 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
+from .attach import attach
 from .checkpoint import Checkpoint, Checkpointer, load_checkpoint, snapshot
 from .config import TrainConfig
 from .cost import CostMeter, StepCost, count_params
 from .memory import ActivationMeter
 from .methods.base import Method, Progress
+from .surgery import Change
 from .timing import DEFAULT_LAPS, Stopwatch
 from .trainstate import TrainState
 
@@ -294,10 +297,16 @@ def fit(
             checkpointer.resumed_from(ckpt)
     if on_start is not None:
         on_start(state)
-    for m in methods:
-        if change := m.setup(model, Progress(state.step, total, steps_per_epoch)):
-            change.apply_to(opt)  # a method that cuts before the first step (static widths)
-            state.version += 1
+    def changed(change: Change) -> None:
+        state.version += 1  # part of the FLOP cache key
+
+    # The methods run from the optimizer's step hooks, exactly as in a user's own loop: setup
+    # now (a static cut before step one), after_backward and step around every opt.step().
+    handle = attach(model, opt, methods, total, steps_per_epoch=steps_per_epoch,
+                    start_step=state.step, on_change=changed, lap=clock)
+    world = distributed.world_size()
+    # Under torchrun the forward goes through DDP, rebuilt after every cut.
+    net = distributed.ShrinkingDDP(model) if world > 1 else model
     if ckpt is not None:
         for m in methods:
             m.events()  # setup events of a resume repeat those the log already has
@@ -317,21 +326,13 @@ def fit(
                 group["lr"] = lr_at(progress.fraction, cfg)
             with clock("train"):
                 with activations.step():
-                    loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                for m in methods:
-                    m.after_backward(model, progress)
-                opt.step()
-            cost.add(len(x), current)
-            state.step += 1
+            opt.step()  # the hooks: after_backward and the update ("train"), decisions ("surgery")
+            cost.add(len(x) * world, current)  # the whole job's images (each process has 1/world)
+            state.step = handle.step
             state.batch += 1
-            progress = Progress(state.step, total, steps_per_epoch)
-            with clock("surgery"):
-                for m in methods:
-                    if change := m.step(model, progress):
-                        change.apply_to(opt)
-                        state.version += 1
             key = _cost_key(methods, model, state.version)
             if key not in step_costs:  # the live network changed: recount (not timed as training)
                 step_costs[key] = cost.recount(model)
@@ -377,12 +378,8 @@ def fit(
                                                cost, cfg, total, steps_per_epoch)
     bar.close()
     final = dict(state.history[-1])
-    changed = False
     with clock("surgery"):
-        for m in methods:
-            if change := m.finish(model):
-                change.apply_to(opt)
-                changed = True
+        changed = bool(handle.finish())
         _drain_events(methods, state, cfg.epochs, log)
     if changed:  # report the accuracy of the model we hand back (e.g. DCP's compact export)
         with clock("eval"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from ..surgery import Change
@@ -69,6 +69,15 @@ class Method:
     def finish(self, model: nn.Module) -> Change | None:
         """Called once after the last step; returns the final `Change`, if any."""
         return None
+
+    def sync_tensors(self, model: nn.Module) -> list[Tensor]:
+        """Statistics computed from this process's batch alone, which ``after_backward`` uses.
+
+        In a multi-process job (`leantrain.distributed`) they are averaged over the processes,
+        in place and in this order, before ``after_backward``, so every process decides alike
+        (DCP: the saliencies). Weights-based scores need none: DDP keeps weights identical.
+        """
+        return []
 
     def cost_key(self, model: nn.Module) -> Any:
         """A hashable summary of per-step widths that change the step's FLOPs (None: none)."""

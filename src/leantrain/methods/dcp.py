@@ -237,6 +237,11 @@ class DCP(Method):
             s.select(index, active, self.mode)
             self._computed_widths.append(-1 if index is None else len(index))
 
+    def sync_tensors(self, model: nn.Module) -> list[Tensor]:
+        # Saliencies come from this process's activations and gradients; averaged over the
+        # processes they are the whole batch's (up to a scale the per-layer max removes).
+        return [s for cs in channel_sets_of(model) if (s := self._saliency.get(id(cs.bn))) is not None]
+
     def cost_key(self, model: nn.Module) -> Any:
         # The computed widths (padding included) set the step's FLOPs.
         return tuple(self._computed_widths)
