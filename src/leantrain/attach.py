@@ -148,8 +148,14 @@ class Attached:
     def finish(self) -> list[Change]:
         """Run every method's ``finish`` (DCP: the cut to the compact model), remap the
         optimizer, and remove the hooks. Returns the changes made."""
+        from . import distributed
+
         changes = []
         if not self._finished:
+            if distributed.world_size() > 1:
+                # DDP hands process 0's BN statistics to the others at each forward only, so
+                # after the last step each process still holds its own: take process 0's.
+                distributed.broadcast_buffers(self.model)
             for m in self.methods:
                 change = m.finish(self.model)
                 if change:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from typing import Any, Callable, Sequence
@@ -57,11 +58,32 @@ def _train(args: argparse.Namespace) -> int:
         print(f"the run in {cfg.run_dir()} has already finished (test accuracy "
               f"{100 * float(summary.get('test_acc', 0)):.2f}%); nothing to resume.")
         return 0
-    result, folder = run(cfg, show_progress=not args.no_progress, resume=args.resume,
-                         resume_from=args.resume_from)
+    try:
+        result, folder = run(cfg, show_progress=not args.no_progress, resume=args.resume,
+                             resume_from=args.resume_from)
+    except RuntimeError as e:  # under torchrun: a collective failed because a peer died
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or isinstance(e, ValueError):
+            raise
+        print(f"leantrain: error: process {os.environ.get('RANK')} of {os.environ['WORLD_SIZE']} "
+              f"stopped: {_first_line(e)}; the job stops, continue it with the same torchrun "
+              "command plus --resume.", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # process 0 reports for the job
     print(f"final test accuracy {100 * result.test_acc:.2f}%  train {result.times.get('train_s', 0):.1f}s"
           f"  → {folder}")
     return 0
+
+
+def _first_line(e: BaseException) -> str:
+    from .distributed import DivergedRanks
+
+    if isinstance(e, DivergedRanks):
+        return str(e).rstrip(".")
+    # gloo/NCCL errors name the C++ source line first; the reason is the sentence after it.
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", line).split(". ")[0].rstrip(".")
+    return f"another process of the job died ({reason[:160]})"
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

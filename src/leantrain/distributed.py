@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
-    "DivergedRanks", "ShardedLoader", "ShrinkingDDP", "average", "check_same_structure",
+    "DivergedRanks", "ShardedLoader", "ShrinkingDDP", "average", "broadcast_buffers", "check_same_structure",
+    "check_same_weights",
     "init_from_env", "rank", "world_size",
 ]
 
@@ -107,6 +108,32 @@ def check_same_structure(model: nn.Module, step: int) -> None:
             f"after step {step} the processes disagree on the model's structure (cuts, live "
             f"parameters from {lo.tolist()} to {hi.tolist()}); a method decided from local data "
             "without averaging it (Method.sync_tensors)."
+        )
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Give every process process 0's buffers (BN running statistics)."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def check_same_weights(model: nn.Module) -> None:
+    """Raise `DivergedRanks` unless every process holds process 0's weights and statistics.
+
+    Compares a per-tensor checksum (sum and sum of squares, float64) over the processes.
+    """
+    sums = [torch.stack([t.double().sum(), t.double().square().sum()])
+            for t in model.state_dict().values() if t.is_floating_point()]
+    key = torch.cat(sums).cpu() if sums else torch.zeros(1, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        key = key.cuda()
+    lo, hi = key.clone(), key.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise DivergedRanks(
+            "at the end of training the processes hold different weights; DDP keeps them equal, "
+            "so a method changed the model on some processes only."
         )
 
 

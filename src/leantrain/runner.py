@@ -28,6 +28,7 @@ from .checkpoint import (
     load_checkpoint,
     remove_checkpoints,
 )
+from . import distributed
 from .config import RunConfig
 from .cost import count_macs, count_params
 from .data import TensorLoader, load_dataset
@@ -203,7 +204,19 @@ def run(
     """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    # Under torchrun (WORLD_SIZE > 1) this process joins the job: its own GPU or gloo on CPU.
+    device, rank, world = distributed.init_from_env(resolve_device(cfg.train.device))
+    try:
+        return _run(cfg, device, rank, world, show_progress and rank == 0, resume, resume_from)
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _run(
+    cfg: RunConfig, device: torch.device, rank: int, world: int, show_progress: bool,
+    resume: bool | str, resume_from: str | Path | None,
+) -> tuple[Result, Path]:
     methods = build_methods(cfg.method_names(), cfg.method_args)
     train_split, test_split, spec = load_dataset(
         cfg.data.dataset, cfg.data.data_dir, train_subset=cfg.data.train_subset,
@@ -212,6 +225,14 @@ def run(
     )
     folder = cfg.run_dir()
     ckpt = _resume_point(folder, resume, resume_from)
+    if ckpt is not None and (saved := int(ckpt.extra.get("world_size", 1))) != world:
+        # DDP's per-process batch statistics (BN) depend on the split, so a run continues only
+        # as it was started.
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} was written by a job of {saved} processes but this one has "
+            f"{world}; resume with the same number (torchrun --nproc-per-node {saved}"
+            f"{', or without torchrun' if saved == 1 else ''})."
+        )
     seed_everything(cfg.seed)
     model = create_model(
         cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
@@ -227,15 +248,19 @@ def run(
         train_split, spec, cfg.train.batch_size, train=True, seed=cfg.seed, **loader_args
     )
     test_loader = TensorLoader(test_split, spec, 500, train=False, **loader_args)
+    if world > 1:  # each process trains on its slice of every global batch
+        train_loader = distributed.ShardedLoader(train_loader, rank, world)
     env = environment(device)
     metrics, events = folder / "metrics.jsonl", folder / "events.jsonl"
     checkpointer = Checkpointer(
         folder, cfg.checkpoint_every, cfg.checkpoint_minutes,
-        extra={"config": cfg.to_dict(), "digest": cfg.digest()},
-    )
+        extra={"config": cfg.to_dict(), "digest": cfg.digest(), "world_size": world},
+    ) if rank == 0 else None  # process 0 alone writes the run folder
 
     def start(state: TrainState) -> None:
         """Write the folder's files once `fit` has accepted the checkpoint (if any)."""
+        if rank != 0:
+            return
         _prepare_folder(folder)
         remove_stale_temps(folder)  # left by a process killed mid-write; this run owns the folder
         _write_json(folder / "config.json", cfg.to_dict())
@@ -246,7 +271,8 @@ def run(
         _write_jsonl(events, state.events)
 
     def log(kind: str, row: dict[str, Any]) -> None:
-        _append_jsonl(metrics if kind == "epoch" else events, row)
+        if rank == 0:
+            _append_jsonl(metrics if kind == "epoch" else events, row)
 
     memory = reset_peak_memory(device)  # peaks of the training phase, not of data loading
     result = fit(model, train_loader, test_loader, cfg.train, methods, log=log,
@@ -264,6 +290,11 @@ def run(
         "events": len(result.events), "env": env, **memory_summary(device, memory),
         **result.memory,
     }
+    if world > 1:  # the job's one model: every process must hold the same (checked)
+        distributed.check_same_weights(model)
+        summary["processes"] = world
+    if rank != 0:
+        return result, folder
     model_file = folder / "model.safetensors"
     finish = "finish the run with --resume (its final checkpoint is kept)"
     try:

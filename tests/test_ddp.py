@@ -1,0 +1,127 @@
+"""``torchrun -m leantrain train`` with 2 CPU processes (gloo on loopback): a process killed
+mid-run takes the job down with a clear message, ``--resume`` continues it, and the result equals
+one process computing the same global batch.
+
+Reference: without SyncBatchNorm each DDP process normalises with its own half batch's
+statistics, and DDP broadcasts process 0's BN running statistics before each forward. The
+single-process reference computes exactly that (each half batch through the model in turn,
+gradients averaged, running statistics from the first half), so weights agree to rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import leantrain
+from leantrain.cli import main
+from leantrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from leantrain.data import TensorLoader, load_dataset
+from leantrain.io import load_model
+from leantrain.methods import build_methods
+from leantrain.runner import seed_everything
+from leantrain.train import lr_at, make_optimizer
+
+ENTRY = Path(__file__).with_name("ddp_entry.py")
+ARGS = ["train", "--model", "test_resnet", "--dataset", "mnist-sample", "--train-subset", "256",
+        "--test-subset", "100", "--epochs", "2", "--batch-size", "32",
+        "--method", "learndrop+dcp", "--learndrop.tau", "1.0", "--learndrop.warmup", "0",
+        "--learndrop.every-steps", "2", "--dcp.warmup", "0.1", "--no-progress", "--threads", "1",
+        "--checkpoint-every", "4"]
+WORLD = 2
+
+
+def _torchrun(out: Path, kill_at: int = 0, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LEANTRAIN_TEST_KILL_AT": str(kill_at)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           str(WORLD), str(ENTRY), *ARGS, "--out-dir", str(out), *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _reference() -> torch.nn.Module:
+    """One process, the same global batch, each process's half through the model in turn."""
+    cfg = RunConfig(
+        data=DataConfig(dataset="mnist-sample", train_subset=256, test_subset=100),
+        model=ModelConfig(name="test_resnet"), train=TrainConfig(epochs=2, batch_size=32),
+        method="learndrop+dcp",
+        method_args={"learndrop": {"tau": 1.0, "warmup": 0.0, "every_steps": 2},
+                     "dcp": {"warmup": 0.1}},
+    )
+    train, _, spec = load_dataset("mnist-sample", train_subset=256, test_subset=100, seed=0)
+    seed_everything(0)
+    model = leantrain.create_model("test_resnet", num_classes=spec.num_classes,
+                                   in_channels=spec.in_channels, input_size=spec.image_size)
+    model = model.to(memory_format=torch.channels_last)
+    loader = TensorLoader(train, spec, 32, train=True, seed=0, channels_last=True)
+    opt = make_optimizer(model, cfg.train)
+    methods = build_methods(cfg.method_names(), cfg.method_args)
+    total = len(loader) * cfg.train.epochs
+    handle = leantrain.attach(model, opt, methods, total, steps_per_epoch=len(loader))
+    dcp = methods[1]
+    for s in leantrain.channel_sets_of(model):  # saliencies of the halves add up, as DDP's do
+        def observe(bn, a, g, previous=dcp._saliency):
+            before = previous.get(id(bn))
+            dcp._observe(bn, a, g)
+            if before is not None:
+                previous[id(bn)] = previous[id(bn)] + before
+        s.bn.observer = observe
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for epoch in range(cfg.train.epochs):
+        model.train()
+        for x, y in loader.epoch(epoch):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(handle.step / total, cfg.train)
+            opt.zero_grad(set_to_none=True)
+            half = len(y) // WORLD
+            for r in range(WORLD):
+                for bn in bns:  # running statistics: process 0's, as DDP broadcasts them
+                    bn.momentum = 0.1 if r == 0 else 0.0
+                out = model(x[r * half:(r + 1) * half])
+                (F.cross_entropy(out, y[r * half:(r + 1) * half]) / WORLD).backward()
+            for bn in bns:
+                bn.momentum = 0.1
+            opt.step()
+    handle.finish()
+    return model
+
+
+def test_two_processes_kill_resume_and_equal_one_process(tmp_path, capsys) -> None:
+    out = tmp_path / "runs"
+    killed = _torchrun(out, kill_at=6)
+    assert killed.returncode != 0
+    assert ("leantrain: error: process 0 of 2 stopped: another process of the job died ("
+            in killed.stderr), killed.stderr
+    assert "; the job stops, continue it with the same torchrun command plus --resume." \
+        in killed.stderr
+    (folder,) = out.glob("*/seed0")
+    assert (folder / "checkpoint.json").is_file() and not (folder / "model.safetensors").exists()
+
+    # one process cannot continue a 2-process job
+    assert main([*ARGS, "--out-dir", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"leantrain: error: checkpoint {folder / 'checkpoint.json'} was written by a job of 2 "
+        "processes but this one has 1; resume with the same number (torchrun --nproc-per-node 2)."
+    )
+
+    resumed = _torchrun(out, 0, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "final test accuracy" in resumed.stdout
+    summary = (folder / "summary.json").read_text()
+    assert '"processes": 2' in summary
+    events = (folder / "events.jsonl").read_text()
+    assert '"kind": "resume"' in events and '"kind": "drop"' in events
+
+    ddp = load_model(folder / "model.safetensors")
+    ref = _reference()
+    assert ddp.surgery_log == ref.surgery_log  # the same drops and the same kept channels
+    want, got = ref.state_dict(), ddp.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        if not key.endswith("num_batches_tracked"):  # counted per half in the reference
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
