@@ -192,3 +192,27 @@ def test_bad_inputs_get_one_sentence() -> None:
         "this state was saved with methods ['dcp'] but ['learndrop'] are attached; attach the "
         "same methods to resume."
     )
+
+
+def test_a_closure_step_runs_the_methods_after_its_backward() -> None:
+    # Lightning and LBFGS call step(closure): forward and backward happen inside the step.
+    torch.manual_seed(0)
+    model = leantrain.create_model("test_resnet")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    seen: list[bool] = []
+
+    class Grads(Method):
+        name = "grads"
+
+        def after_backward(self, model, progress):
+            seen.append(all(p.grad is not None for p in model.parameters()))
+
+    handle = leantrain.attach(model, opt, Grads(), 2)
+    for x, y in _batches(2):
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure)
+    assert seen == [True, True] and handle.step == 2

@@ -5,7 +5,7 @@
     handle.finish()                                    # e.g. DCP's cut to the compact model
 
 ``optimizer.register_step_pre_hook`` runs every method's ``after_backward`` (gradients are there,
-the update has not happened) and ``register_step_post_hook`` counts the step and runs the
+the update has not happened; with ``step(closure)`` right after the closure's backward) and ``register_step_post_hook`` counts the step and runs the
 methods' ``step``: decisions, surgery, and the optimizer remap of every `Change`. A step that
 never reaches ``optimizer.step()`` (a gradient scaler skipping an overflow) is not counted.
 The built-in `leantrain.fit` uses the same `attach`, so both loops share one code path.
@@ -90,7 +90,24 @@ class Attached:
             self.optimizer.register_step_post_hook(self._after_step),
         ]
 
-    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        # `args` starts with the optimizer itself; a closure is the next one or a keyword.
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is not None:
+            # ``step(closure)`` (Lightning, LBFGS) runs forward and backward inside the step, so
+            # the gradients exist only after the closure: run the methods right after it.
+            def after_closure() -> Any:
+                loss = closure()
+                self._after_backward()
+                return loss
+
+            return tuple(args[:1]), {**kwargs, "closure": after_closure}
+        self._after_backward()
+        self._open_lap = self._lap("train")  # the update itself, closed in `_after_step`
+        self._open_lap.__enter__()
+        return None
+
+    def _after_backward(self) -> None:
         from . import distributed
 
         progress = self.progress()
@@ -99,8 +116,6 @@ class Attached:
                 distributed.average([t for m in self.methods for t in m.sync_tensors(self.model)])
             for m in self.methods:
                 m.after_backward(self.model, progress)
-        self._open_lap = self._lap("train")  # the update itself, closed in `_after_step`
-        self._open_lap.__enter__()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         from . import distributed

@@ -1,0 +1,60 @@
+"""`leantrain.lightning.LeanTrain` in a real Lightning Trainer on CPU: fit, checkpoint, resume."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lightning", reason="the lightning extra: pip install 'leantrain[lightning]'")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lightning_example.py"
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("lightning_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resumed_fit_equals_an_uninterrupted_one(tmp_path) -> None:
+    example = _example()
+    whole = example.main(["--epochs", "2", "--ckpt-dir", str(tmp_path / "a")])
+    first = sorted((tmp_path / "a").glob("epoch=0-*.ckpt"))
+    assert len(first) == 1
+    saved = torch.load(first[0], weights_only=False)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("LeanTrain"))
+    assert state["surgery"], "Learn&Drop should cut in the first epoch, or resuming proves little"
+    assert [m["name"] for m in state["methods"]] == ["learndrop", "dcp"]
+
+    resumed = example.main(["--epochs", "2", "--ckpt-dir", str(tmp_path / "b"),
+                            "--resume", str(first[0])])
+    assert resumed.net.surgery_log == whole.net.surgery_log
+    assert any(e["op"] == "prune" for e in whole.net.surgery_log)  # DCP's export at the end
+    want, got = whole.state_dict(), resumed.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+
+
+def test_other_methods_on_resume_are_refused(tmp_path) -> None:
+    import lightning as L
+
+    import leantrain
+    from leantrain.lightning import LeanTrain
+
+    example = _example()
+    example.main(["--epochs", "1", "--train-subset", "256", "--ckpt-dir", str(tmp_path)])
+    (ckpt,) = tmp_path.glob("*.ckpt")
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        callbacks=[LeanTrain(leantrain.DCP(), module="net")])
+    with pytest.raises(ValueError) as err:
+        trainer.fit(example.Classifier(), example.batches(256), ckpt_path=str(ckpt))
+    assert str(err.value) == (
+        "this checkpoint was trained with methods ['learndrop', 'dcp'] but LeanTrain has "
+        "['dcp']; resume with the same methods."
+    )
