@@ -48,3 +48,22 @@ def test_own_loop_equals_fit(method, args, tmp_path) -> None:
     for key in own_state:
         torch.testing.assert_close(own_state[key], fit_state[key], rtol=0, atol=0, msg=key)
     assert list(folder.glob("*.png")), "the run should draw its method's plot"
+
+
+def test_ddp_example_runs_on_two_processes(tmp_path) -> None:
+    # examples/lightning_example.py is run by tests/test_lightning.py.
+    import subprocess
+    import sys
+
+    script = EXAMPLE.with_name("ddp_example.py")
+    out = tmp_path / "model.safetensors"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(script), "--method", "learndrop", "--epochs", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "learndrop on 2 processes: test accuracy" in done.stdout
+    model = load_model(out)
+    assert [e["op"] for e in model.surgery_log] == ["drop", "drop"]
+    assert "DDP built 3 times" in done.stdout  # once, then after each cut
