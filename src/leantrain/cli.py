@@ -62,7 +62,14 @@ def _train(args: argparse.Namespace) -> int:
         result, folder = run(cfg, show_progress=not args.no_progress, resume=args.resume,
                              resume_from=args.resume_from)
     except RuntimeError as e:  # under torchrun: a collective failed because a peer died
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or isinstance(e, ValueError):
+        from torch.distributed import DistError
+
+        from .distributed import DivergedRanks
+
+        # Some gloo failures arrive as a plain RuntimeError naming gloo's source file.
+        collective = isinstance(e, (DistError, DivergedRanks)) or any(
+            word in str(e) for word in ("gloo", "NCCL", "nccl"))
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not collective:
             raise
         print(f"leantrain: error: process {os.environ.get('RANK')} of {os.environ['WORLD_SIZE']} "
               f"stopped: {_first_line(e)}; the job stops, continue it with the same torchrun "

@@ -86,9 +86,17 @@ class LeanTrain(pl.Callback):
                 f"LeanTrain needs exactly one optimizer, but configure_optimizers returned "
                 f"{len(trainer.optimizers)}; return one optimizer."
             )
+        if trainer.world_size > 1:
+            # Lightning's own DDP wrapper cannot follow parameters that are cut out.
+            raise ValueError(
+                f"LeanTrain runs in a single-process Trainer, but this one has "
+                f"{trainer.world_size} processes; for several use `torchrun -m leantrain train` "
+                "or leantrain.distributed.ShrinkingDDP in your own loop."
+            )
         opt = trainer.optimizers[0]
         total = int(trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        per_epoch = max(1, total // epochs)
         self.handle = attach(self._target(pl_module), opt, self.methods, total,
                              steps_per_epoch=per_epoch, start_step=self._resume_step)
         if self._resumed:
