@@ -90,6 +90,27 @@ def attach_rows(model: str, steps: int, repeats: int) -> list[dict]:
     return rows
 
 
+def hook_overhead_row(calls: int = 20000, repeats: int = 5) -> dict:
+    """Microseconds `attach` adds to one ``optimizer.step()`` (a no-op method, one parameter):
+    the hooks' own cost, which the step-time comparison above cannot resolve on a busy machine."""
+    def per_call(hooked: bool) -> float:
+        p = torch.nn.Parameter(torch.zeros(1))
+        p.grad = torch.zeros(1)
+        opt = torch.optim.SGD([p], lr=0.0)
+        model = torch.nn.Linear(1, 1)
+        if hooked:
+            leantrain.attach(model, opt, leantrain.Method(), calls)
+        start = time.perf_counter()
+        for _ in range(calls):
+            opt.step()
+        return (time.perf_counter() - start) / calls
+
+    plain = min(per_call(False) for _ in range(repeats))
+    hooked = min(per_call(True) for _ in range(repeats))
+    return {"part": "attach-hooks", "plain_step_us": 1e6 * plain, "hooked_step_us": 1e6 * hooked,
+            "overhead_us": 1e6 * (hooked - plain)}
+
+
 def _train(args: list[str], procs: int, out: Path) -> dict:
     env = dict(os.environ)
     if procs > 1:
@@ -131,6 +152,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     if args.part in ("attach", "both"):
+        rows.append(hook_overhead_row())
         rows += attach_rows(args.model, args.steps, args.repeats)
     if args.part in ("ddp", "both"):
         rows += ddp_rows(args.model, 2, 128 * args.steps)

@@ -216,3 +216,30 @@ def test_a_closure_step_runs_the_methods_after_its_backward() -> None:
             return loss
         opt.step(closure)
     assert seen == [True, True] and handle.step == 2
+
+
+def test_own_model_with_an_example_input() -> None:
+    from user_models import preact_resnet
+
+    torch.manual_seed(0)
+    model = preact_resnet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    batches = _batches(4)
+    handle = leantrain.attach(model, opt, leantrain.DCP(p=0.5, warmup=0.0), 4,
+                              example_input=batches[0][0])
+    _train(model, opt, batches)
+    assert handle.finish()  # the compact cut, with the optimizer following it
+    assert {id(p) for p in model.parameters()} == {id(p) for g in opt.param_groups for p in g["params"]}
+
+
+def test_without_an_example_input_an_own_model_gets_one_sentence() -> None:
+    from user_models import preact_resnet
+
+    model = preact_resnet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(leantrain.StructureError) as err:
+        leantrain.attach(model, opt, leantrain.DCP(), 4)
+    assert str(err.value) == (
+        "leantrain does not know the input shape of PreActResNet; call "
+        "leantrain.prepare(model, example_input) once before training."
+    )

@@ -23,6 +23,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .methods.base import Method, Progress
 from .structure import prepare
 from .surgery import Change
@@ -108,8 +109,6 @@ class Attached:
         return None
 
     def _after_backward(self) -> None:
-        from . import distributed
-
         progress = self.progress()
         with self._lap("train"):
             if distributed.world_size() > 1:
@@ -118,8 +117,6 @@ class Attached:
                 m.after_backward(self.model, progress)
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        from . import distributed
-
         if self._open_lap is not None:
             self._open_lap.__exit__(None, None, None)
             self._open_lap = None
@@ -163,8 +160,6 @@ class Attached:
     def finish(self) -> list[Change]:
         """Run every method's ``finish`` (DCP: the cut to the compact model), remap the
         optimizer, and remove the hooks. Returns the changes made."""
-        from . import distributed
-
         changes = []
         if not self._finished:
             if distributed.world_size() > 1:
@@ -290,7 +285,7 @@ def attach(
             f"total_steps = {total_steps} and steps_per_epoch = {steps_per_epoch} must be ≥ 1; "
             "pass the number of optimizer steps the loop will make."
         )
-    if methods:
+    if example_input is not None:  # otherwise the methods discover the structure as they need
         prepare(model, example_input)
     handle = Attached(model, optimizer, methods, total_steps, steps_per_epoch, start_step,
                       on_change=on_change, lap=lap)

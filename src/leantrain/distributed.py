@@ -95,14 +95,19 @@ def _structure_key(model: nn.Module) -> Tensor:
                         dtype=torch.float64)
 
 
+def _range(key: Tensor) -> tuple[Tensor, Tensor]:
+    """(min, max) of `key` over the processes, in one collective: max of (key, -key)."""
+    both = torch.cat([key, -key])
+    if dist.get_backend() == "nccl":
+        both = both.cuda()
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    hi, neg_lo = both.cpu().chunk(2)
+    return -neg_lo, hi
+
+
 def check_same_structure(model: nn.Module, step: int) -> None:
     """Raise `DivergedRanks` unless every process has the same structure as process 0."""
-    key = _structure_key(model)
-    if dist.get_backend() == "nccl":
-        key = key.cuda()
-    lo, hi = key.clone(), key.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    lo, hi = _range(_structure_key(model))
     if not torch.equal(lo, hi):
         raise DivergedRanks(
             f"after step {step} the processes disagree on the model's structure (cuts, live "
@@ -124,12 +129,7 @@ def check_same_weights(model: nn.Module) -> None:
     """
     sums = [torch.stack([t.double().sum(), t.double().square().sum()])
             for t in model.state_dict().values() if t.is_floating_point()]
-    key = torch.cat(sums).cpu() if sums else torch.zeros(1, dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        key = key.cuda()
-    lo, hi = key.clone(), key.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    lo, hi = _range(torch.cat(sums).cpu() if sums else torch.zeros(1, dtype=torch.float64))
     if not torch.equal(lo, hi):
         raise DivergedRanks(
             "at the end of training the processes hold different weights; DDP keeps them equal, "
