@@ -9,7 +9,7 @@ agree within noise). ddp: ``leantrain train`` in one process (all cores) and und
 processes (1 thread each), same global batch: train seconds per step. On a 2-core CPU two
 processes cannot be faster than one; the row shows what the synchronisation costs.
 
-Rows are appended to ``benchmarks/results/step-cost-<environment>.jsonl``; run on a quiet
+Rows are appended to ``benchmarks/step-cost/<environment>.jsonl``; run on a quiet
 machine (timings on a shared one are contended).
 """
 
@@ -32,7 +32,8 @@ import leantrain
 from leantrain.data import TensorLoader, load_dataset
 from leantrain.env import environment, environment_key
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Not benchmarks/results: `leantrain report` reads every .jsonl there as a training-run row.
+RESULTS = Path(__file__).resolve().parent / "step-cost"
 
 
 def _method(name: str) -> leantrain.Method:
@@ -158,7 +159,7 @@ def main() -> None:
         rows += ddp_rows(args.model, 2, 128 * args.steps)
     env = environment(torch.device("cpu"))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with (RESULTS / f"step-cost-{environment_key(env)}.jsonl").open("a") as f:
+    with (RESULTS / f"{environment_key(env)}.jsonl").open("a") as f:
         for row in rows:
             f.write(json.dumps({**row, "env": env}) + "\n")
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
