@@ -205,11 +205,12 @@ def run(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     # Under torchrun (WORLD_SIZE > 1) this process joins the job: its own GPU or gloo on CPU.
+    ours = distributed.world_size() == 1  # a group set up by the caller stays the caller's
     device, rank, world = distributed.init_from_env(resolve_device(cfg.train.device))
     try:
         return _run(cfg, device, rank, world, show_progress and rank == 0, resume, resume_from)
     finally:
-        if world > 1:
+        if world > 1 and ours:
             torch.distributed.destroy_process_group()
 
 
@@ -217,6 +218,7 @@ def _run(
     cfg: RunConfig, device: torch.device, rank: int, world: int, show_progress: bool,
     resume: bool | str, resume_from: str | Path | None,
 ) -> tuple[Result, Path]:
+    """`run` for this process (`rank` of `world`); process 0 alone writes the folder."""
     methods = build_methods(cfg.method_names(), cfg.method_args)
     train_split, test_split, spec = load_dataset(
         cfg.data.dataset, cfg.data.data_dir, train_subset=cfg.data.train_subset,
