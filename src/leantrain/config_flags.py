@@ -96,7 +96,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("-c", "--config", help="TOML config file; flags override it")
     parser.add_argument("--model", dest=f"model{_SEP}name", default=argparse.SUPPRESS, metavar="NAME",
-                        help="registered model name, see `leantrain cost --list` (default: vgg11)")
+                        help="a registered name (see `leantrain cost --list`), torchvision:NAME or "
+                        "package.module:factory (default: vgg11); factory arguments go in the "
+                        "TOML table [model.kwargs]")
     parser.add_argument("--method", dest=f"top{_SEP}method", default=argparse.SUPPRESS,
                         metavar="METHOD", help=f"none, {', '.join(sorted(METHODS))}, or several "
                         "joined by '+' (default: none)")

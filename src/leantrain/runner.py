@@ -215,7 +215,7 @@ def run(
     seed_everything(cfg.seed)
     model = create_model(
         cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
-        input_size=spec.image_size,
+        input_size=spec.image_size, kwargs=cfg.model.kwargs or None,
     )
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     dense_params, dense_macs = count_params(model), count_macs(model, input_shape)

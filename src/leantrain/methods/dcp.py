@@ -138,12 +138,18 @@ class DCP(Method):
                 f"dcp.p = {self.p} would prune {round(total * self.p)} of {total} channels, "
                 f"leaving fewer than min_channels = {self.min_channels} in some layer; lower p."
             )
+        self._track(sets)
+        self._apply_selection(sets)
+
+    def _track(self, sets: list[ChannelSet]) -> None:
+        """Utilities and a saliency observer for every set. Sets can appear mid-training: when
+        Learn&Drop drops a block, the channels of the conv before it may reach only convs now
+        (MobileNetV2: a projection conv followed by dropped residual blocks)."""
         for s in sets:
             if s.name not in self.utilities:  # keep utilities loaded by load_state_dict
                 self.utilities[s.name] = torch.full((len(s),), 1.0 / len(s), device=s.device)
                 self.kept[s.name] = None
             s.bn.observer = self._observe
-        self._apply_selection(sets)
 
     def _observe(self, bn: nn.Module, a: Tensor, g: Tensor) -> None:
         # s_c = 1/(B·H·W) Σ_b |Σ_hw a·g|: the first-order Taylor saliency of the BN output.
@@ -172,6 +178,7 @@ class DCP(Method):
 
     def step(self, model: nn.Module, progress: Progress) -> Change | None:
         sets = channel_sets_of(model)
+        self._track(sets)
         if progress.fraction >= self.warmup and self.p > 0:
             total = sum(len(s) for s in sets)
             kept = select_channels(
