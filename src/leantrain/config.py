@@ -347,8 +347,11 @@ class RunConfig:
 
     def run_dir(self) -> Path:
         label = "dense" if not self.method_names() else self.method
+        # A model reference (torchvision:resnet18) names the folder without its colon, which
+        # some file systems refuse.
+        model = self.model.name.replace(":", "_")
         return Path(self.out_dir) / (
-            f"{self.data.dataset}-{self.model.name}-{label}-{self.digest()}"
+            f"{self.data.dataset}-{model}-{label}-{self.digest()}"
         ) / f"seed{self.seed}"
 
 

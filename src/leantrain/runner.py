@@ -32,6 +32,7 @@ from .config import RunConfig
 from .cost import count_macs, count_params
 from .data import TensorLoader, load_dataset
 from .env import environment, memory_summary, reset_peak_memory
+from .machine_share import MachineShare
 from .io import save_model, save_weights
 from .methods import build_methods
 from .plots import plot_run_events
@@ -249,6 +250,7 @@ def run(
         _append_jsonl(metrics if kind == "epoch" else events, row)
 
     memory = reset_peak_memory(device)  # peaks of the training phase, not of data loading
+    share = MachineShare()  # did this run have the machine to itself?
     result = fit(model, train_loader, test_loader, cfg.train, methods, log=log,
                  show_progress=show_progress, checkpointer=checkpointer, resume_from=ckpt,
                  run_config=cfg.to_dict(), on_start=start)
@@ -262,7 +264,7 @@ def run(
         "dense_params": dense_params, "dense_macs": dense_macs,
         "final_params": count_params(model), "final_macs": count_macs(model, input_shape),
         "events": len(result.events), "env": env, **memory_summary(device, memory),
-        **result.memory,
+        **result.memory, "machine": share.finish(),
     }
     model_file = folder / "model.safetensors"
     finish = "finish the run with --resume (its final checkpoint is kept)"
