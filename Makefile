@@ -14,10 +14,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
+# The test suite also covers the Torch-Pruning peer: its extra, installed on top of the torch
+# already in $(VENV) (torch-pruning requires only torch and numpy, which pip leaves as they are).
+$(VENV)/.installed-peers: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,peers]"
+	@touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/leantrain demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-peers
 	$(PY) -m pytest
 
 # The reviewer's benchmark (≤ 20 min on 2 CPU cores; data sets under $$LEANTRAIN_DATA), then the
