@@ -60,6 +60,8 @@ def _field_help(cls: type) -> dict[str, str]:
 def _add_dataclass_flags(
     parser: argparse.ArgumentParser, cls: type, section: str, prefix: str = ""
 ) -> None:
+    from .recipes import recipe_help
+
     title = f"{section} settings" + (f" (--{prefix}FIELD, also in a [{section}] TOML table)" if prefix else "")
     group = parser.add_argument_group(title)
     helps = _field_help(cls)
@@ -76,6 +78,8 @@ def _add_dataclass_flags(
             default = None
         if "action" not in kwargs:
             kwargs["metavar"] = f.name.upper()
+        if section == "train" and (per_model := recipe_help(f.name)):
+            default = f"per model, {per_model}"
         group.add_argument(
             *flags, dest=f"{section}::{f.name}", default=argparse.SUPPRESS,
             help=f"{helps.get(f.name, '')} (default: {default})".strip().replace("%", "%%"),
@@ -143,10 +147,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .config import from_dict, load_toml
     from .methods import method_fields
+    from .recipes import with_default_recipe
     from .runner import finished_summary, run
 
     base = load_toml(args.config) if args.config else {}
-    cfg = from_dict(_merge(base, _collect_overrides(args)), method_fields())
+    # The model family's recipe fills the train fields that neither the TOML nor a flag sets.
+    cfg = from_dict(with_default_recipe(_merge(base, _collect_overrides(args))), method_fields())
     if args.resume and args.resume_from:
         raise ValueError(
             "--resume continues this run's own checkpoint and --resume-from another's; give one."
@@ -167,9 +173,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="short offline run on the embedded MNIST sample",
         description="Train on the MNIST sample shipped inside leantrain and print a results table.",
     )
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-subset", type=int, default=2000,
-                   help="training images of the 6000-image sample (default 2000)")
+    from .demo import EPOCHS, TRAIN_SUBSET
+
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"(default {EPOCHS})")
+    p.add_argument("--train-subset", type=int, default=TRAIN_SUBSET,
+                   help="training images of the 6000-image sample (default: all)")
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--no-progress", action="store_true")
 
