@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,6 +35,16 @@ def test_recipes_are_valid_train_configs() -> None:
     for family, recipe in FAMILY_RECIPES.items():
         assert set(recipe) <= fields, family
         TrainConfig(**recipe).validate()
+
+
+def test_the_recipes_page_states_the_recipes() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    row = re.compile(r"^\| (VGG|ResNet) \|[^|]*\| ([\d.]+) \| (\d+)% of training \|$", re.M)
+    rows = {family: (lr, warmup) for family, lr, warmup in row.findall(page)}
+    assert set(rows) == {"VGG", "ResNet"}
+    for family, (lr, warmup) in rows.items():
+        recipe = FAMILY_RECIPES[family.lower()]
+        assert (float(lr), int(warmup) / 100) == (recipe["lr"], recipe["warmup"])
 
 
 def test_default_recipe_returns_a_copy() -> None:
