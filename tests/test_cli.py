@@ -268,5 +268,6 @@ def test_train_help_comes_from_the_dataclass_docs(capsys) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert ("--dcp.p P pruning rate, the fraction of all prunable channels switched off each "
             "step, in [0, 1). (default: 0.5)") in out  # the DCP docstring's Args entry
-    assert "--lr LR peak learning rate (default: 0.1)" in out  # TrainConfig's inline comment
+    # TrainConfig's inline comment, and the per-family recipe's default
+    assert "--lr LR peak learning rate (default: per model, vgg*: 0.02, resnet*: 0.1)" in out
     assert "dcp settings (--dcp.FIELD, also in a [dcp] TOML table)" in out

@@ -69,9 +69,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="short offline run on the embedded MNIST sample",
         description="Train on the MNIST sample shipped inside leantrain and print a results table.",
     )
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-subset", type=int, default=2000,
-                   help="training images of the 6000-image sample (default 2000)")
+    from .demo import EPOCHS, TRAIN_SUBSET
+
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"(default {EPOCHS})")
+    p.add_argument("--train-subset", type=int, default=TRAIN_SUBSET,
+                   help="training images of the 6000-image sample (default: all)")
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--no-progress", action="store_true")
 

@@ -16,6 +16,7 @@ import types
 import typing
 from typing import Any
 
+from .recipes import recipe_help, with_default_recipe
 from .config import (
     ConfigError,
     DataConfig,
@@ -83,6 +84,8 @@ def add_dataclass_flags(
             default = None
         if "action" not in kwargs:
             kwargs["metavar"] = f.name.upper()
+        if section == "train" and (per_model := recipe_help(f.name)):
+            default = f"per model, {per_model}"
         group.add_argument(
             *flags, dest=f"{section}{_SEP}{f.name}", default=argparse.SUPPRESS,
             help=f"{helps.get(f.name, '')} (default: {default})".strip().replace("%", "%%"),
@@ -156,4 +159,5 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides = collect_overrides(args)
     merged = merge(base, overrides, source)
     _check_method_flags(overrides, merged.get("method", "none"))
-    return from_dict(merged, source=source)
+    # The model family's recipe fills the train fields that neither the TOML nor a flag sets.
+    return from_dict(with_default_recipe(merged), source=source)

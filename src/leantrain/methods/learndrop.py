@@ -19,7 +19,7 @@ gradients instead. Every checkpoint logs every unit's D, S, C and decision (``ld
 events) and every drop its forward FLOPs before and after, for `leantrain.plots.plot_learndrop`.
 
 Only the paper's abstract is available; the score definitions, rules and defaults are ours
-(see the spec ``learn_and_drop.md``) and are meant to be calibrated by the benchmark sweep.
+(see ``docs/methods/learndrop.md``) and are meant to be calibrated by the benchmark sweep.
 """
 
 from __future__ import annotations
