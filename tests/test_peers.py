@@ -251,6 +251,8 @@ def test_make_test_installs_the_peers_extra(tmp_path) -> None:
         cwd=root, capture_output=True, text=True, check=True,
     ).stdout
     assert 'pip install -q -e ".[dev,peers]"' in plan
+    # torchvision's model definitions for the own-model tests, never replacing the CPU torch
+    assert 'pip install -q --no-deps "torchvision==0.28.0"' in plan
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())
     peers = pyproject["project"]["optional-dependencies"]["peers"]
     assert [r.split(">")[0] for r in peers] == ["torch-pruning"]
