@@ -133,7 +133,7 @@ class LearnDrop(Method):
         if self.score not in UNIT_SCORES:
             raise ValueError(
                 f"learndrop.score = {self.score!r} is unknown; choose one of: "
-                f"{', '.join(sorted(UNIT_SCORES))}."
+                f"{', '.join(UNIT_SCORES.names())}."
             )
         if self.normalize not in ("self", "peers"):
             raise ValueError(f"learndrop.normalize = {self.normalize!r}; choose 'self' or 'peers'.")
