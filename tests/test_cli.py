@@ -70,6 +70,14 @@ def test_cost_prints_golden_counts(capsys) -> None:
     assert "272,474" in out and "MACs" in out and "train FLOPs" in out
 
 
+def test_cost_list_shows_public_models_only(capsys) -> None:
+    from leantrain.registry import list_models
+
+    assert main(["cost", "--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed == list_models() and "resnet56" in listed and "test_vgg" not in listed
+
+
 def test_cost_verbose_lists_layers(capsys) -> None:
     assert main(["cost", "test_vgg", "-v"]) == 0
     assert "features.0" in capsys.readouterr().out

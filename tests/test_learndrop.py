@@ -29,6 +29,7 @@ from leantrain.scores import (
     continuation,
     flat_params,
     normalize,
+    register_score,
     relative_change,
 )
 from leantrain.structure import StructureError, Unit, prepare, stage_blocks_of, units_of
@@ -83,10 +84,10 @@ class DecayScore(UnitScore):
 
 @pytest.fixture
 def decay_score():
-    UNIT_SCORES[DecayScore.name] = DecayScore
+    register_score(DecayScore)
     DecayScore.rates = {}
     yield DecayScore
-    UNIT_SCORES.pop(DecayScore.name, None)
+    UNIT_SCORES.unregister(DecayScore.name)
     DecayScore.rates = {}
 
 
@@ -722,3 +723,10 @@ def test_method_is_registered() -> None:
     from leantrain.methods import METHODS
 
     assert METHODS["learndrop"] is LearnDrop
+
+
+def test_score_names_are_taken_once() -> None:
+    with pytest.raises(ValueError, match=r"^unit score 'change' is already registered; pick another "
+                       r"name for the new one\.$"):
+        register_score(type("Again", (UnitScore,), {"name": "change"}))
+    assert UNIT_SCORES.names() == ["change", "residual_norm"]

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from leantrain.cli import main
-from leantrain.report import (
+from leantrain.harness.report import (
     END,
     START,
     check_environment,

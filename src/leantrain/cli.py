@@ -163,27 +163,27 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from .bench import add_parser
+    from .harness.bench import add_parser
 
     add_parser(sub)
 
 
 @_command("bench")
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+    from .harness.bench import main as bench_main
 
     return bench_main(args)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    from .report import add_parser
+    from .harness.report import add_parser
 
     add_parser(sub)
 
 
 @_command("report")
 def _report(args: argparse.Namespace) -> int:
-    from .report import main as report_main
+    from .harness.report import main as report_main
 
     return report_main(args)
 

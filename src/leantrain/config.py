@@ -21,7 +21,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from .registry import Registry  # imports torch; a config is read without it
 
 __all__ = [
     "DataConfig",
@@ -231,7 +234,7 @@ def check_fields(
 # ------------------------------------------------------------------------------------ methods
 
 
-def _registry() -> Mapping[str, type]:
+def _registry() -> "Registry[type]":
     from .methods import METHODS  # lazily: methods import torch, reading a config need not
 
     return METHODS

@@ -118,7 +118,6 @@ class DCP(Method):
         self.kept: dict[str, Tensor | None] = {}
         self._saliency: dict[str, Tensor] = {}
         self._computed_widths: list[int] = []  # per set, padding included (-1: full width)
-        self._events: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ hooks
 
@@ -188,7 +187,7 @@ class DCP(Method):
                 self.kept[s.name] = None if len(k) == len(s) else k
         self._apply_selection(sets)
         if progress.epoch_ended and (progress.step // progress.steps_per_epoch) % self.snapshot_every == 0:
-            self._events.append({
+            self._emit({
                 "kind": "dcp_snapshot",
                 "widths": {s.name: self._width(s) for s in sets},
                 "utilities": {s.name: self.utilities[s.name].tolist() for s in sets},
@@ -204,7 +203,7 @@ class DCP(Method):
         if not self.export or not keep:
             return None
         change = prune_channels(model, keep)
-        self._events.append({"kind": "dcp_export", "removed": change.removed})
+        self._emit({"kind": "dcp_export", "removed": change.removed})
         return change
 
     # ------------------------------------------------------------------ helpers
@@ -247,10 +246,6 @@ class DCP(Method):
     def cost_key(self, model: nn.Module) -> Any:
         # The computed widths (padding included) set the step's FLOPs.
         return tuple(self._computed_widths)
-
-    def events(self) -> list[dict[str, Any]]:
-        out, self._events = self._events, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {

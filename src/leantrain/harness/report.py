@@ -1,7 +1,7 @@
 """`leantrain report RESULTS… --out DIR`: tables and plots generated from benchmark result rows.
 
-Rows (one per run, written by `leantrain.bench`) are grouped by (suite, data set, model, recipe,
-method label). Each group reports accuracy mean ± std over seeds, training time (train + surgery
+Rows (one per run, written by `leantrain.harness.bench`) are grouped by (suite, data set, model,
+recipe, method label). Each group reports accuracy mean ± std over seeds, training time (train + surgery
 laps; evaluation excluded), the speed-up against the dense rows of the *same* results file, data
 set, model and recipe, cumulative forward and training FLOPs reductions, the final architecture's
 MACs reduction, parameters and peak memory. Results from different environments (device, CPU/GPU
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from ..atomic import write_atomic
+from ..config import toml_repr
 from .bench import read_results
-from .config import toml_repr
 from .plots import plot_flops_curves, plot_pareto, slug
 from .targets import check_targets, targets_tables
 
@@ -431,8 +431,8 @@ def write_report(
                 "## Targets",
                 "",
                 "The papers' claims and our acceptance bars, checked against the rows below at "
-                "this machine's scale (`leantrain.targets` cites where each target comes from). "
-                "✓ met, **✗** missed, no mark: not judged (a time target only the paper's "
+                "this machine's scale (`leantrain.harness.targets` cites where each target comes "
+                "from). ✓ met, **✗** missed, no mark: not judged (a time target only the paper's "
                 "ResNets carry, or one seed where noise must be estimated). The DCP table's "
                 "*Control* and *Bound* columns are context, never judged: `static` rows trained "
                 "densely from the first step at a DCP run's final widths (the same architecture "
