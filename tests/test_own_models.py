@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import user_models
+from conftest import randomise_bn
 from leantrain.io import ModelFileError, load_model, save_model
 from leantrain.methods.base import Progress
 from leantrain.methods.dcp import DCP
@@ -103,21 +104,11 @@ def _build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     ref, kwargs = MODELS[name]
     model = create_model(ref, kwargs=kwargs or None)
-    _randomise_bn(model)
+    randomise_bn(model)
     prepare(model)
     return model
 
 
-def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    """Random BN statistics and affine parameters, so comparisons are not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
 def _batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
