@@ -11,13 +11,25 @@ TORCH ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,lightning]"
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+# The test suite also covers the Torch-Pruning peer: its extra, installed on top of the torch
+# already in $(VENV) (torch-pruning requires only torch and numpy, which pip leaves as they are).
+# And users' models from torchvision: 0.28.0 is the release paired with torch 2.13.0, installed
+# with --no-deps so pip never replaces the torch in $(VENV); its registry wheel is CUDA-linked,
+# and tests/torchvision_stub.py explains how the tests import its model definitions anyway.
+# The library itself never needs torchvision. The Lightning callback's tests need the lightning
+# extra (its torch>=2.1 requirement is met by the torch in $(VENV), which pip keeps).
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,peers,lightning]"
+	$(PY) -m pip install -q --no-deps "torchvision==0.28.0"
 	@touch $@
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/leantrain demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(PY) -m pytest
 
 # The reviewer's benchmark (≤ 20 min on 2 CPU cores; data sets under $$LEANTRAIN_DATA), then the

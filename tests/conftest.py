@@ -29,6 +29,18 @@ def _deterministic_torch():
     yield
 
 
+def randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random BN statistics and affine parameters, so eval-mode comparisons are not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
 def synthetic_split(n: int, channels: int = 3, size: int = 32, seed: int = 0) -> Split:
     """Random uint8 images whose mean brightness depends on the label, so a model can learn."""
     g = torch.Generator().manual_seed(seed)

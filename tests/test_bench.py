@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from leantrain.bench import load_suite, read_results, run_suite, suite_names
+from leantrain.harness.bench import load_suite, read_results, run_suite, suite_names
 from leantrain.cli import main
 from leantrain.config import ConfigError
 from leantrain.methods.dcp import DCP
@@ -254,7 +254,7 @@ def test_commands_have_help(command, capsys) -> None:
 def test_rows_of_seeds_not_run_now_are_not_stale(tmp_path) -> None:
     """`bench SUITE --seeds 0` after `--seeds 0 1`: the seed-1 rows keep their settings (the
     digest holds no seed), so they stay; a changed digest sets every seed's row aside."""
-    from leantrain.bench import _set_aside_stale
+    from leantrain.harness.bench import _set_aside_stale
 
     path = tmp_path / "s-env.jsonl"
     rows = [{"key": f"s|cifar10/resnet20/dense/seed{k}|abcd1234"} for k in (0, 1)]
@@ -287,7 +287,7 @@ def test_a_trained_run_keeps_its_row_and_files_whatever_happens(tmp_path, cifar_
                                                                 monkeypatch, capsys) -> None:
     import errno
 
-    import leantrain.bench as bench
+    import leantrain.harness.bench as bench
 
     monkeypatch.chdir(tmp_path)
     suite = load_suite(_suite(tmp_path, DENSE_ONLY))

@@ -259,6 +259,8 @@ def test_cli_ctrl_c_then_resume_matches(cifar_root, tmp_path, monkeypatch, capsy
 
 _KILL_DRIVER = textwrap.dedent("""
     import sys, time
+    from torchvision_stub import import_torchvision_models  # test set-up only, see that file
+    import_torchvision_models()
     from pathlib import Path
     import leantrain.checkpoint as c
     real, written = c._write_file, []
@@ -278,7 +280,8 @@ _KILL_DRIVER = textwrap.dedent("""
 def _kill_at_record(args: list[str], nth: int, tmp_path: Path, while_waiting) -> None:
     """Run `args` in a child, kill -9 it while it writes its `nth` checkpoint record."""
     signal_file = tmp_path / "signal"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)])}
     proc = subprocess.Popen([sys.executable, "-c", _KILL_DRIVER, str(signal_file), str(nth),
                              *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -302,6 +305,23 @@ def test_kill_9_mid_checkpoint_resumes_and_matches(cifar_root, tmp_path) -> None
     folder = _run_folder(tmp_path / "killed")
     saved = load_checkpoint(folder)
     assert saved.step == 6 and saved.meta["architecture"]["dropped_units"]
+    assert main([*args, "--resume"]) == 0
+    _assert_same_run(_run_folder(tmp_path / "straight"), folder)
+
+
+def test_kill_9_on_a_torchvision_model_resumes_bit_identical(cifar_root, tmp_path) -> None:
+    """The same for a user's model named by reference: torchvision's ResNet-18, Learn&Drop."""
+    def args_for(out: Path) -> list[str]:
+        args = _train_args(cifar_root, out, "learndrop")
+        args[args.index("--model") + 1] = "torchvision:resnet18"
+        return args
+
+    args = args_for(tmp_path / "killed")
+    _kill_at_record(args, 4, tmp_path, lambda: main(args_for(tmp_path / "straight")))
+    folder = _run_folder(tmp_path / "killed")
+    saved = load_checkpoint(folder)
+    assert saved.meta["architecture"]["arch"]["name"] == "torchvision:resnet18"
+    assert saved.meta["architecture"]["dropped_units"]  # Learn&Drop has cut it by then
     assert main([*args, "--resume"]) == 0
     _assert_same_run(_run_folder(tmp_path / "straight"), folder)
 

@@ -70,6 +70,14 @@ def test_cost_prints_golden_counts(capsys) -> None:
     assert "272,474" in out and "MACs" in out and "train FLOPs" in out
 
 
+def test_cost_list_shows_public_models_only(capsys) -> None:
+    from leantrain.registry import list_models
+
+    assert main(["cost", "--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed == list_models() and "resnet56" in listed and "test_vgg" not in listed
+
+
 def test_cost_verbose_lists_layers(capsys) -> None:
     assert main(["cost", "test_vgg", "-v"]) == 0
     assert "features.0" in capsys.readouterr().out
@@ -268,5 +276,6 @@ def test_train_help_comes_from_the_dataclass_docs(capsys) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert ("--dcp.p P pruning rate, the fraction of all prunable channels switched off each "
             "step, in [0, 1). (default: 0.5)") in out  # the DCP docstring's Args entry
-    assert "--lr LR peak learning rate (default: 0.1)" in out  # TrainConfig's inline comment
+    # TrainConfig's inline comment, and the per-family recipe's default
+    assert "--lr LR peak learning rate (default: per model, vgg*: 0.02, resnet*: 0.1)" in out
     assert "dcp settings (--dcp.FIELD, also in a [dcp] TOML table)" in out

@@ -61,7 +61,7 @@ def test_different_settings_are_different_runs(a, b) -> None:
     assert from_dict(a).digest() != from_dict(b).digest()
 
 
-def test_a_changed_default_is_a_different_run(monkeypatch) -> None:
+def test_a_changed_default_is_a_different_run() -> None:
     """The digest hashes resolved values, so a method whose default changed (τ 0.25 → 0.5) is not
     mistaken for the runs made before, while a run that sets the old value stays the same run."""
 
@@ -75,13 +75,18 @@ def test_a_changed_default_is_a_different_run(monkeypatch) -> None:
         name: ClassVar[str] = "toy"
         tau: float = 0.5
 
-    monkeypatch.setitem(METHODS, "toy", Before)
-    old = from_dict({"method": "toy"})
-    monkeypatch.setitem(METHODS, "toy", After)
-    new = from_dict({"method": "toy"})
+    def resolve(cls: type[Method], d: dict) -> RunConfig:
+        METHODS.register(cls, name="toy")
+        try:
+            return from_dict(d)
+        finally:
+            METHODS.unregister("toy")
+
+    old = resolve(Before, {"method": "toy"})
+    new = resolve(After, {"method": "toy"})
     assert old.method_args == {"toy": {"tau": 0.25}} and new.method_args == {"toy": {"tau": 0.5}}
     assert new.digest() != old.digest() and new.run_dir() != old.run_dir()
-    assert from_dict({"method": "toy", "toy": {"tau": 0.25}}).digest() == old.digest()
+    assert resolve(After, {"method": "toy", "toy": {"tau": 0.25}}).digest() == old.digest()
 
 
 @pytest.mark.parametrize(

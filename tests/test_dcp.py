@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import randomise_bn
 from leantrain.cost import count_macs, count_params
 from leantrain.io import load_model, save_model
 from leantrain.methods.base import Progress
@@ -26,16 +27,6 @@ def _batch(n: int = 8, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, tor
     return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
-    """Random BN statistics and affine parameters, so eval-mode comparisons are not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
 def _select(method: DCP, model: torch.nn.Module, seed: int = 1) -> None:
@@ -73,7 +64,7 @@ def test_sliced_equals_masked(name: str) -> None:
     """Property 1: outputs, parameter gradients, utilities and BN statistics agree."""
     torch.manual_seed(0)
     sliced = create_model(name)
-    _randomise(sliced)
+    randomise_bn(sliced)
     masked = copy.deepcopy(sliced)
     m_slice, m_mask = DCP(p=0.4, mode="slice"), DCP(p=0.4, mode="mask")
     _select(m_slice, sliced)
@@ -110,7 +101,7 @@ def test_compact_export_equals_gated_model(name: str, multiple: int) -> None:
     """Property 2: the compact model reproduces the gated model; counts follow kept widths."""
     torch.manual_seed(0)
     model = create_model(name)
-    _randomise(model)
+    randomise_bn(model)
     method = DCP(p=0.5, min_channels=2, compute_multiple=multiple)
     _select(method, model)
     model.eval()
@@ -139,7 +130,7 @@ def test_computed_widths_are_padded_to_the_multiple_and_gated() -> None:
     """Slice mode computes multiples of 8 channels, yet equals the exact selection."""
     torch.manual_seed(0)
     exact_model = create_model("test_vgg")
-    _randomise(exact_model)
+    randomise_bn(exact_model)
     padded_model = copy.deepcopy(exact_model)
     exact, padded = DCP(p=0.3, compute_multiple=1), DCP(p=0.3, compute_multiple=8)
     _select(exact, exact_model)
@@ -232,7 +223,7 @@ def test_save_load_compact_model(tmp_path, name: str) -> None:
     """Property 5: save → load of a compact model reproduces its outputs exactly."""
     torch.manual_seed(0)
     model = create_model(name)
-    _randomise(model)
+    randomise_bn(model)
     method = DCP(p=0.5)
     _select(method, model)
     method.finish(model)

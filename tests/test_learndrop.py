@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import randomise_bn
 from leantrain.config import TrainConfig
 from leantrain.cost import count_params, measure_step_flops
 from leantrain.io import load_model, save_model
@@ -29,6 +30,7 @@ from leantrain.scores import (
     continuation,
     flat_params,
     normalize,
+    register_score,
     relative_change,
 )
 from leantrain.structure import StructureError, Unit, prepare, stage_blocks_of, units_of
@@ -83,10 +85,10 @@ class DecayScore(UnitScore):
 
 @pytest.fixture
 def decay_score():
-    UNIT_SCORES[DecayScore.name] = DecayScore
+    register_score(DecayScore)
     DecayScore.rates = {}
     yield DecayScore
-    UNIT_SCORES.pop(DecayScore.name, None)
+    UNIT_SCORES.unregister(DecayScore.name)
     DecayScore.rates = {}
 
 
@@ -105,16 +107,6 @@ def _model(name: str = "test_resnet", seed: int = 0) -> nn.Module:
     return create_model(name, input_size=SIZE)
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> None:
-    """Random BN statistics and affine parameters, so eval-mode comparisons are not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
 def _batch(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,7 +215,7 @@ def test_disabled_dropping_equals_dense_run(kw: dict[str, Any]) -> None:
 
 def test_dropped_block_equals_zeroed_residual_branch(decay_score) -> None:
     model = _model("test_resnet")
-    _randomise(model)
+    randomise_bn(model)
     reference = copy.deepcopy(model)
     method = _forced(max_per_checkpoint=1)
     method.setup(model, Progress(0, 100, 10))
@@ -722,3 +714,10 @@ def test_method_is_registered() -> None:
     from leantrain.methods import METHODS
 
     assert METHODS["learndrop"] is LearnDrop
+
+
+def test_score_names_are_taken_once() -> None:
+    with pytest.raises(ValueError, match=r"^unit score 'change' is already registered; pick another "
+                       r"name for the new one\.$"):
+        register_score(type("Again", (UnitScore,), {"name": "change"}))
+    assert UNIT_SCORES.names() == ["change", "residual_norm"]

@@ -85,10 +85,26 @@ def test_registry_lists_all_families() -> None:
     names = list_models()
     expected = {f"vgg{d}" for d in (11, 13, 16, 19)}
     expected |= {f"resnet{d}" for d in (20, 32, 44, 56, 110, 18, 34, 50, 101, 152)}
-    expected |= {"test_vgg", "test_resnet", "test_resnet_bottleneck"}
     assert expected <= set(names)
     assert names == sorted(names)
     assert list_models("vgg*") == ["vgg11", "vgg13", "vgg16", "vgg19"]
+
+
+TEST_MODELS = ["test_resnet", "test_resnet_bottleneck", "test_vgg"]
+
+
+def test_test_models_are_hidden_but_buildable() -> None:
+    """The tiny test models stay out of the public list (and `cost --list`), yet build by name."""
+    from leantrain.registry import MODELS
+
+    assert not [n for n in list_models() if n.startswith("test_")]
+    assert list_models("test_*") == []
+    assert set(TEST_MODELS) <= set(MODELS.names(include_hidden=True))
+    for name in TEST_MODELS:
+        assert create_model(name).arch["name"] == name
+    with pytest.raises(ValueError) as e:
+        create_model("test_nope")
+    assert "test_" not in str(e.value).split("choose one of:")[1]
 
 
 def test_unknown_model_names_the_choices() -> None:
@@ -118,11 +134,36 @@ def test_registry_rejects_duplicates() -> None:
         return 1
 
     reg.register(a, name="b")
-    assert reg.names() == ["a", "b"] and "a" in reg and len(reg) == 2
-    with pytest.raises(ValueError, match="already registered"):
+    reg.register(a, name="h", hidden=True)
+    assert reg.names() == ["a", "b"] and reg.names(include_hidden=True) == ["a", "b", "h"]
+    assert "a" in reg and "h" in reg and len(reg) == 3 and reg["h"] is a and list(reg) == ["a", "b", "h"]
+    with pytest.raises(ValueError, match=r"^widget 'a' is already registered; pick another name "
+                       r"for the new one\.$"):
         reg.register(a)
-    with pytest.raises(ValueError, match="unknown widget 'c'; choose one of: a, b"):
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register(name="h")(a)
+    with pytest.raises(ValueError, match=r"^unknown widget 'c'; choose one of: a, b\.$"):
         reg.get("c")
+    with pytest.raises(ValueError, match=r"^unknown widget 'c'; choose one of: a, b\.$"):
+        reg["c"]
+    reg.unregister("h")
+    assert "h" not in reg and reg.register(a, name="h") is a  # the name is free again
+
+
+def test_method_names_are_taken_once() -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from leantrain.methods import METHODS, Method, register_method
+
+    @dataclass
+    class Impostor(Method):
+        name: ClassVar[str] = "dcp"
+
+    with pytest.raises(ValueError, match=r"^method 'dcp' is already registered; pick another name "
+                       r"for the new one\.$"):
+        register_method(Impostor)
+    assert METHODS["dcp"] is not Impostor
 
 
 def test_arch_is_json_and_rebuilds_the_same_model() -> None:

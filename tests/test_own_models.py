@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import user_models
-from leantrain.io import load_model, save_model
+from conftest import randomise_bn
+from leantrain.io import ModelFileError, load_model, save_model
 from leantrain.methods.base import Progress
 from leantrain.methods.dcp import DCP
 from leantrain.registry import create_model
@@ -103,21 +104,11 @@ def _build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     ref, kwargs = MODELS[name]
     model = create_model(ref, kwargs=kwargs or None)
-    _randomise_bn(model)
+    randomise_bn(model)
     prepare(model)
     return model
 
 
-def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    """Random BN statistics and affine parameters, so comparisons are not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
 def _batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,3 +255,92 @@ def test_model_reference_errors_name_the_fix() -> None:
         create_model("user_models:plain_cnn", kwargs={"depth": 3})
     with pytest.raises(ValueError, match="leantrain model and takes no extra keyword"):
         create_model("resnet20", kwargs={"depth": 3})
+
+
+def test_a_model_without_a_name_saves_and_loads_into_a_fresh_instance(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = user_models.PlainCNN()  # built by the user, not by name
+    prepare(model, torch.zeros(2, *SHAPE))
+    drop_units(model, [units_of(model)[0].name])
+    method = DCP(p=0.5)
+    _select(method, model)
+    method.finish(model)
+    model.eval()
+    path = save_model(model, tmp_path / "model.safetensors")
+    with pytest.raises(ModelFileError, match=r"PlainCNN that was not built by name.*load_model"
+                                             r"\(path, model=YourModel\(\)\)"):
+        load_model(path)
+    with pytest.raises(ModelFileError, match="holds a PlainCNN, but the model given is a ConcatNet"):
+        load_model(path, model=user_models.ConcatNet())
+    loaded = load_model(path, model=user_models.PlainCNN()).eval()
+    x, _ = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_inspect_lists_units_sets_and_reasons(capsys) -> None:
+    from leantrain.cli import main
+
+    assert main(["inspect", "torchvision:resnet18", "--input", "3x64x64"]) == 0
+    out = capsys.readouterr().out
+    assert "torchvision:resnet18 at 3x64x64" in out
+    assert "layer1.1" in out and "% MACs" in out
+    assert "layer1.0.conv1" in out and "64 channels" in out
+    assert "conv1 " in out and "residual add in layer1.0" in out
+    assert main(["inspect", "user_models:nothing"]) == 2
+    assert "has no callable 'nothing'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_both_methods_run_in_the_own_loop(name: str) -> None:
+    """Learn&Drop (budget mode: drops are certain) and DCP together, hooks as the README's loop."""
+    from leantrain.methods.learndrop import LearnDrop
+    from leantrain.train import make_optimizer, TrainConfig
+
+    model = _build(name)
+    methods = []
+    if PINNED[name]["units"]:
+        methods.append(LearnDrop(mode="budget", budget_target=0.5, warmup=0.0, budget_end=0.6,
+                                 stop=1.0, every_steps=2, window=2, min_units_per_stage=0))
+    if name in WITH_SETS:
+        methods.append(DCP(p=0.5, warmup=0.0))
+    # No momentum and one batch: each interval's parameter change shrinks as the batch is fit,
+    # so no unit is vetoed by a rising change (Learn&Drop's continuation score).
+    opt = make_optimizer(model, TrainConfig(lr=0.02, momentum=0.0))
+    total = 8
+    for m in methods:
+        if change := m.setup(model, Progress(0, total, total)):
+            change.apply_to(opt)
+    x, y = _batch()
+    for step in range(total):
+        loss = F.cross_entropy(model.train()(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for m in methods:
+            m.after_backward(model, Progress(step, total, total))
+        opt.step()
+        for m in methods:
+            if change := m.step(model, Progress(step + 1, total, total)):
+                change.apply_to(opt)
+        live = {id(p) for p in model.parameters() if p.requires_grad}
+        assert live == {id(p) for g in opt.param_groups for p in g["params"]}
+    for m in methods:
+        if change := m.finish(model):
+            change.apply_to(opt)
+    if PINNED[name]["units"]:
+        assert methods[0].dropped, "Learn&Drop dropped nothing"
+    assert model.eval()(_batch()[0]).shape == (4, 10)
+
+
+def test_cli_trains_a_torchvision_model_with_dcp(cifar_root, tmp_path, capsys) -> None:
+    from leantrain.cli import main
+
+    args = ["train", "--model", "torchvision:mobilenet_v2", "--dataset", "cifar10",
+            "--data-dir", str(cifar_root), "--epochs", "1", "--batch-size", "25", "--threads", "1",
+            "--out-dir", str(tmp_path), "--no-progress", "--method", "dcp", "--dcp.warmup", "0.0"]
+    assert main(args) == 0
+    (folder,) = tmp_path.glob("*/seed0")
+    loaded = load_model(folder / "model.safetensors").eval()
+    full = create_model("torchvision:mobilenet_v2")
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in full.parameters())
+    assert loaded(_batch()[0]).shape == (4, 10)

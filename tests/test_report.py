@@ -8,7 +8,7 @@ import math
 import pytest
 
 from leantrain.cli import main
-from leantrain.report import (
+from leantrain.harness.report import (
     END,
     START,
     check_environment,
@@ -147,6 +147,23 @@ def test_speedup_only_against_dense_of_the_same_recipe(tmp_path) -> None:
     _, dcp = summarize(load_rows([_write(tmp_path / "r.jsonl", rows)]))
     assert dcp.speedup is None
     assert "| – |" in markdown_table([dcp])
+
+
+def test_no_time_ratio_from_a_run_that_shared_the_machine(tmp_path) -> None:
+    quiet = {"cpu_share": 0.95, "threads": 2, "load_end": [2.1, 2.0, 2.0]}
+    shared = {"cpu_share": 0.55, "threads": 2, "load_end": [3.9, 3.0, 2.0]}
+    rows = [
+        {**_row("dense", "none", 0, 0.9, 10.0), "machine": quiet},
+        {**_row("dense", "none", 1, 0.9, 14.0), "machine": shared},  # slowed by other work
+        {**_row("dcp", "dcp", 0, 0.9, 5.0), "machine": quiet},
+        {**_row("ld", "learndrop", 0, 0.9, 6.0), "machine": shared},
+    ]
+    dense, dcp, ld = summarize(load_rows([_write(tmp_path / "r.jsonl", rows)]))
+    assert dcp.speedup == 2.0  # 10 s (the quiet dense row only) / 5 s
+    assert ld.speedup is None and ld.contended == 1
+    table = markdown_table([dense, dcp, ld])
+    assert "| 12.0 (1 shared) | 1.00× |" in table
+    assert "| 6.0 (1 shared) | – (shared machine) |" in table
 
 
 def test_refuses_to_mix_environments(tmp_path, results) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 
-from leantrain.report import summarize
-from leantrain.targets import check_targets, targets_tables
+from leantrain.harness.report import summarize
+from leantrain.harness.targets import check_targets, targets_tables
 
 from test_report import _row  # tests/ is on sys.path (pytest rootdir conftest)
 

@@ -148,3 +148,26 @@ def test_exploding_but_finite_loss_stops_the_run(tiny_cifar) -> None:
         r"step's loss \([0-9.]+\); lower --lr or check the data, then train again\.", message
     ), message
     assert float(message.split()[4]) > LOSS_BOUND * 2.3 and rows == []  # no epoch was logged
+
+
+def test_method_events_are_queued_once_by_the_base() -> None:
+    """`Method._emit` queues, `events()` hands each event over once; instances never share."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from leantrain.methods import METHODS, Method
+
+    @dataclass
+    class Toy(Method):
+        name: ClassVar[str] = "toy"
+        p: float = 0.5
+
+    a, b = Toy(), Toy()
+    assert a.events() == []
+    a._emit({"kind": "x", "step": 1})
+    a._emit({"kind": "y", "step": 2})
+    assert b.events() == []
+    assert a.events() == [{"kind": "x", "step": 1}, {"kind": "y", "step": 2}]
+    assert a.events() == []
+    # One source of truth: no built-in method keeps its own copy of the queue.
+    assert [n for n, cls in METHODS.items() if "events" in vars(cls)] == []

@@ -1,4 +1,4 @@
-"""Command-line interface: ``leantrain train | demo | cost | bench | report | export | eval`` (each
+"""Command-line interface: ``leantrain train | demo | cost | inspect | bench | report | export | eval`` (each
 command owns its subparser).
 
 Errors a user can fix (bad paths, corrupt files, impossible settings) print one sentence and exit
@@ -98,9 +98,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="short offline run on the embedded MNIST sample",
         description="Train on the MNIST sample shipped inside leantrain and print a results table.",
     )
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-subset", type=int, default=2000,
-                   help="training images of the 6000-image sample (default 2000)")
+    from .demo import EPOCHS, TRAIN_SUBSET
+
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"(default {EPOCHS})")
+    p.add_argument("--train-subset", type=int, default=TRAIN_SUBSET,
+                   help="training images of the 6000-image sample (default: all)")
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--no-progress", action="store_true")
 
@@ -120,7 +122,8 @@ def _add_cost(sub: argparse._SubParsersAction) -> None:
         description="Print parameters, MACs (multiply-accumulates) and training FLOPs "
         "(2 FLOPs per MAC, forward + backward) per sample.",
     )
-    p.add_argument("model", help="registered model name (see `leantrain cost --list`)", nargs="?")
+    p.add_argument("model", nargs="?",
+                   help="a registered name (see --list), torchvision:NAME or package.module:factory")
     p.add_argument("--input", default="3x32x32", help="CxHxW, e.g. 1x28x28 or 3x64x64")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--list", action="store_true", help="list registered models")
@@ -163,33 +166,58 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect", help="what Learn&Drop and DCP can change in a model, found by tracing",
+        description="Trace a model's forward and list its droppable units (with their share of "
+        "the MACs), its prunable channel sets (with their sizes) and every part left out, with "
+        "the reason.",
+    )
+    p.add_argument("model", help="a registered name, torchvision:NAME or package.module:factory")
+    p.add_argument("--input", default="3x32x32", help="CxHxW of one sample, e.g. 3x64x64")
+    p.add_argument("--num-classes", type=int, default=10)
+
+
+@_command("inspect")
+def _inspect(args: argparse.Namespace) -> int:
+    from .registry import create_model
+    from .structure import prepare
+
+    c, h, _ = _parse_shape(args.input)
+    model = create_model(args.model, num_classes=args.num_classes, in_channels=c, input_size=h)
+    structure = prepare(model, (c, h, h))
+    print(f"{args.model} at {args.input}, {structure.macs.get('', 0):,} MACs per sample")
+    print(structure)
+    return 0
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from .bench import add_parser
+    from .harness.bench import add_parser
 
     add_parser(sub)
 
 
 @_command("bench")
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+    from .harness.bench import main as bench_main
 
     return bench_main(args)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    from .report import add_parser
+    from .harness.report import add_parser
 
     add_parser(sub)
 
 
 @_command("report")
 def _report(args: argparse.Namespace) -> int:
-    from .report import main as report_main
+    from .harness.report import main as report_main
 
     return report_main(args)
 
 
-_PARSERS = [_add_train, _add_demo, _add_cost, _add_bench, _add_report]
+_PARSERS = [_add_train, _add_demo, _add_cost, _add_inspect, _add_bench, _add_report]
 
 
 

@@ -21,7 +21,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from .registry import Registry  # imports torch; a config is read without it
 
 __all__ = [
     "DataConfig",
@@ -59,9 +62,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which registered model to build."""
+    """Which model to build.
+
+    Args:
+        name: a registered name (``leantrain cost --list``), ``torchvision:NAME`` (e.g.
+            ``torchvision:resnet50``) or ``package.module:factory`` for your own factory function.
+        kwargs: keyword arguments for a torchvision model or your factory (TOML table
+            ``[model.kwargs]``); ``num_classes`` comes from the data set.
+    """
 
     name: str = "vgg11"
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,6 +144,8 @@ def describe_type(tp: Any) -> str:
         (inner,) = typing.get_args(tp) or (Any,)
         return {int: "a list of whole numbers", float: "a list of numbers",
                 str: "a list of strings"}.get(inner, "a list")
+    if typing.get_origin(tp) is dict:
+        return "a table of settings"
     return {bool: "true or false", int: "a whole number", float: "a finite number",
             str: "a string"}.get(tp, f"of type {getattr(tp, '__name__', tp)}")
 
@@ -146,6 +159,8 @@ def coerce_value(value: Any, tp: Any) -> tuple[bool, Any]:
             return True, None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return coerce_value(value, inner[0]) if len(inner) == 1 else (True, value)
+    if origin is dict:
+        return isinstance(value, dict), value
     if origin is list:
         if not isinstance(value, list):
             return False, value
@@ -219,7 +234,7 @@ def check_fields(
 # ------------------------------------------------------------------------------------ methods
 
 
-def _registry() -> Mapping[str, type]:
+def _registry() -> "Registry[type]":
     from .methods import METHODS  # lazily: methods import torch, reading a config need not
 
     return METHODS
@@ -335,8 +350,11 @@ class RunConfig:
 
     def run_dir(self) -> Path:
         label = "dense" if not self.method_names() else self.method
+        # A model reference (torchvision:resnet18) names the folder without its colon, which
+        # some file systems refuse.
+        model = self.model.name.replace(":", "_")
         return Path(self.out_dir) / (
-            f"{self.data.dataset}-{self.model.name}-{label}-{self.digest()}"
+            f"{self.data.dataset}-{model}-{label}-{self.digest()}"
         ) / f"seed{self.seed}"
 
 

@@ -16,6 +16,7 @@ import types
 import typing
 from typing import Any
 
+from .recipes import recipe_help, with_default_recipe
 from .config import (
     ConfigError,
     DataConfig,
@@ -83,6 +84,8 @@ def add_dataclass_flags(
             default = None
         if "action" not in kwargs:
             kwargs["metavar"] = f.name.upper()
+        if section == "train" and (per_model := recipe_help(f.name)):
+            default = f"per model, {per_model}"
         group.add_argument(
             *flags, dest=f"{section}{_SEP}{f.name}", default=argparse.SUPPRESS,
             help=f"{helps.get(f.name, '')} (default: {default})".strip().replace("%", "%%"),
@@ -96,7 +99,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("-c", "--config", help="TOML config file; flags override it")
     parser.add_argument("--model", dest=f"model{_SEP}name", default=argparse.SUPPRESS, metavar="NAME",
-                        help="registered model name, see `leantrain cost --list` (default: vgg11)")
+                        help="a registered name (see `leantrain cost --list`), torchvision:NAME or "
+                        "package.module:factory (default: vgg11); factory arguments go in the "
+                        "TOML table [model.kwargs]")
     parser.add_argument("--method", dest=f"top{_SEP}method", default=argparse.SUPPRESS,
                         metavar="METHOD", help=f"none, {', '.join(sorted(METHODS))}, or several "
                         "joined by '+' (default: none)")
@@ -154,4 +159,5 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides = collect_overrides(args)
     merged = merge(base, overrides, source)
     _check_method_flags(overrides, merged.get("method", "none"))
-    return from_dict(merged, source=source)
+    # The model family's recipe fills the train fields that neither the TOML nor a flag sets.
+    return from_dict(with_default_recipe(merged), source=source)

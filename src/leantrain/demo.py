@@ -1,11 +1,13 @@
 """`leantrain demo`: dense, Learn&Drop and DCP side by side on the embedded MNIST sample.
 
-It trains one small recipe (ResNet-20, 28 px MNIST sample, SGD + cosine, same seed, same
-process) three times: densely, with Learn&Drop and with DCP computing only the selected channels
-(p = 0.5), then prints accuracy, training time, the speed-up against dense, the training FLOPs
-and the final model size, so a new user sees what the library does in a minute or two on 2 CPU
-cores. The demo is far too short for the paper's schedule, so Learn&Drop checkpoints six times
-over training (every 1/6) after a 20% warm-up instead of once per epoch; the output says so.
+It trains one small recipe (ResNet-20 on all 6000 images of the 28 px MNIST sample, 3 epochs,
+batch 64, SGD + cosine after a 10% warm-up, same seed, same process) three times: densely, with
+Learn&Drop and with DCP computing only the selected channels (p = 0.5), then prints accuracy,
+training time, the speed-up against dense, the training FLOPs and the final model size, so a new
+user sees what the library does in about two minutes on 2 CPU cores. Dense training reaches
+about 98% test accuracy on the sample's 1000 test images. The demo is far too short for the
+paper's schedule, so Learn&Drop checkpoints six times over training (every 1/6) after a 20%
+warm-up instead of once per epoch; the output says so.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from .runner import run
 
 __all__ = ["demo_configs", "run_demo", "format_table"]
 
-BATCH_SIZE = 128
+# The recipe, tuned so that dense training reaches ≥ 97% on the sample in about 40 s on 2 CPU
+# cores. Measured (dense): 3 epochs of all 6000 images at batch 64 → 97.8% (seed 1: 97.6%);
+# 2 epochs → 96.1%; 3 epochs at batch 128, LR 0.2 → 95.4%; the old recipe (45 steps of 2000
+# images at batch 128) → 73%.
+EPOCHS = 3
+BATCH_SIZE = 64
+LR = 0.1
+WARMUP = 0.1
+TRAIN_SUBSET: int | None = None  # all 6000 images of the sample
+SAMPLE_TRAIN_IMAGES = 6000
 # Learn&Drop scores units at this many evenly spaced checkpoints over the demo's short training
 # (the paper checkpoints every epoch, which would give only 2-3 checkpoints here).
 LD_CHECKPOINTS = 6
@@ -52,12 +63,12 @@ def _demo_methods(total_steps: int) -> list[tuple[str, str, dict[str, dict[str, 
 
 
 def demo_configs(
-    epochs: int = 3,
+    epochs: int = EPOCHS,
     out_dir: str = "runs/demo",
-    train_subset: int | None = 2000,
+    train_subset: int | None = TRAIN_SUBSET,
     test_subset: int | None = None,
 ) -> list[tuple[str, RunConfig]]:
-    """The demo's runs: ResNet-20 on the 28 px MNIST sample, SGD + cosine, batch 128.
+    """The demo's runs: ResNet-20 on the 28 px MNIST sample, SGD + cosine, batch 64.
 
     Args:
         epochs: passes over the training subset.
@@ -65,7 +76,17 @@ def demo_configs(
         train_subset: training images drawn from the 6000-image sample (None: all of them).
         test_subset: test images drawn from the 1000-image sample (None: all of them).
     """
-    images = min(train_subset or 6000, 6000)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(
+            f"demo epochs must be a whole number ≥ 1, got {epochs!r}; leave --epochs out for "
+            f"the default {EPOCHS}."
+        )
+    if train_subset is not None and not 1 <= train_subset <= SAMPLE_TRAIN_IMAGES:
+        raise ValueError(
+            f"demo train_subset must be 1 to {SAMPLE_TRAIN_IMAGES} (the sample's training "
+            f"images), got {train_subset}; leave --train-subset out to use all of them."
+        )
+    images = train_subset or SAMPLE_TRAIN_IMAGES
     total_steps = max(1, images // BATCH_SIZE) * epochs
     return [
         (
@@ -76,7 +97,7 @@ def demo_configs(
                 ),
                 model=ModelConfig(name="resnet20"),
                 train=TrainConfig(
-                    epochs=epochs, batch_size=BATCH_SIZE, lr=0.1, weight_decay=5e-4, warmup=0.1
+                    epochs=epochs, batch_size=BATCH_SIZE, lr=LR, weight_decay=5e-4, warmup=WARMUP
                 ),
                 method=method,
                 method_args=args,
@@ -106,10 +127,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_demo(
-    epochs: int = 3,
+    epochs: int = EPOCHS,
     out_dir: str = "runs/demo",
     show_progress: bool = True,
-    train_subset: int | None = 2000,
+    train_subset: int | None = TRAIN_SUBSET,
     test_subset: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every demo configuration, print the comparison table and return its rows."""

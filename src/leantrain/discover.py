@@ -463,18 +463,15 @@ class _Discovery:
         a, b = core.args
         if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
             return None
-        if self._shape(x) != self._shape(out):
-            shortcut = self._projection(path, x, a, b, inside)
-            if shortcut is None:
-                return None
-            kind, proj_path, branch = "projection", shortcut[0], shortcut[1]
-        elif (b is x or a is x) and self._branch_reads_x(a if b is x else b, x, x, inside):
-            kind, proj_path, branch = "identity", None, (a if b is x else b)
+        identity_branch = a if b is x else b if a is x else None
+        if (identity_branch is not None and self._shape(x) == self._shape(out)
+                and self._branch_reads_x(identity_branch, x, x, inside)):
+            kind, proj_path, branch = "identity", None, identity_branch
         else:
-            shortcut = self._projection(path, x, a, b, inside)
-            if shortcut is None:
+            found = self._projection(path, x, a, b, inside)
+            if found is None:
                 return None
-            kind, proj_path, branch = "projection", shortcut[0], shortcut[1]
+            kind, (proj_path, branch) = "projection", found
         skip_value = x if kind == "identity" else (a if branch is b else b)
         act = self._replacement_activation(act_node, skip_value)
         if kind == "identity":

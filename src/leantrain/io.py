@@ -19,7 +19,7 @@ from torch import nn
 
 from .atomic import write_atomic
 from .registry import create_model
-from .structure import channel_sets_of
+from .structure import channel_sets_of, example_shape, set_example_input
 from .surgery import drop_units, prune_channels
 
 __all__ = [
@@ -47,18 +47,24 @@ def architecture(model: nn.Module) -> dict[str, Any]:
     order); ``widths`` (live width of every prunable channel set); ``surgery``, every cut in order
     (``{"op": "drop", "name", "kind"}`` or ``{"op": "prune", "keep": {set: kept indices}}``).
     """
-    if not hasattr(model, "arch"):
-        raise TypeError("only models made by leantrain.create_model() can be saved with their architecture.")
     if reason := getattr(model, "external_surgery", None):
         raise TypeError(f"this model's architecture cannot be described ({reason}); save its weights only.")
     widths = {s.name: len(s) for s in channel_sets_of(model)}
     return {
         "format": FORMAT,
-        "arch": dict(model.arch),
+        "arch": dict(getattr(model, "arch", None) or _unnamed_arch(model)),
         "dropped_units": list(getattr(model, "dropped_units", [])),
         "widths": widths,
         "surgery": list(getattr(model, "surgery_log", [])),
     }
+
+
+def _unnamed_arch(model: nn.Module) -> dict[str, Any]:
+    """A model built without a name (a user's instance): its class and input shape, for checks;
+    it is rebuilt from a fresh instance the caller gives (`load_model(path, model=...)`)."""
+    shape = example_shape(model)
+    return {"name": None, "class": type(model).__qualname__,
+            "input_shape": None if shape is None else list(shape)}
 
 
 def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
@@ -75,7 +81,18 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
         raise ModelFileError(f"not a leantrain architecture (format {got!r}, expected {FORMAT!r}).")
-    arch = dict(getattr(model, "arch", {}))
+    saved = desc.get("arch") if isinstance(desc.get("arch"), dict) else {}
+    if saved.get("name") is None and not hasattr(model, "arch"):  # a fresh instance of a user's class
+        if saved.get("class") != type(model).__qualname__:
+            raise ModelFileError(
+                f"the file holds a {saved.get('class')}, but the model given is a "
+                f"{type(model).__qualname__}; pass a fresh instance of the saved class."
+            )
+        if example_shape(model) is None and saved.get("input_shape"):
+            set_example_input(model, saved["input_shape"])
+        arch = saved
+    else:
+        arch = dict(getattr(model, "arch", {}))
     if arch != desc.get("arch"):
         raise ModelFileError(
             f"the saved architecture is {desc.get('arch')}, but the model given is "
@@ -126,6 +143,11 @@ def build_architecture(desc: dict[str, Any]) -> nn.Module:
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
         raise ModelFileError(f"not a leantrain architecture (format {got!r}, expected {FORMAT!r}).")
+    if isinstance(desc.get("arch"), dict) and desc["arch"].get("name", "") is None:
+        raise ModelFileError(
+            f"the file holds a {desc['arch'].get('class')} that was not built by name, so it "
+            "cannot be rebuilt alone; pass a fresh instance: load_model(path, model=YourModel())."
+        )
     if not isinstance(desc.get("arch"), dict) or not isinstance(desc["arch"].get("name"), str):
         raise ModelFileError(
             f"the saved architecture {desc.get('arch')!r} is not a table of a model name and its "
@@ -202,11 +224,23 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
         ) from e
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the saved architecture and load its weights (no unpickling)."""
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", model: nn.Module | None = None
+) -> nn.Module:
+    """Rebuild the saved architecture and load its weights (no unpickling).
+
+    Args:
+        path: a file written by `save_model`.
+        device: where the weights go.
+        model: a fresh instance to cut and fill, for a model that was not built by name (a
+            user's own class instance); models built by name are rebuilt without it.
+    """
     path = Path(path)
     desc = read_model_metadata(path)
-    model = build_architecture(desc)
+    if model is None:
+        model = build_architecture(desc)
+    else:
+        apply_architecture(model, desc)
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import inspect
-from typing import Any, Callable, Generic, TypeVar, overload
+from typing import Any, Callable, Generic, Iterator, TypeVar, overload
 
 from torch import nn
 
@@ -26,7 +26,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Registry(Generic[F]):
-    """A mapping from names to factories, filled by a `register` decorator.
+    """A mapping from names to factories (functions or classes), filled by a `register` decorator.
+
+    One type for every name → thing table of leantrain: models, methods and unit scores. A name
+    is taken once; a *hidden* entry (e.g. a tiny test model) is built by name like any other but
+    left out of `names`, the public list shown to users. Reading works like a read-only dict
+    (``name in reg``, ``reg[name]``, ``reg.items()``, iteration over every name, sorted).
 
     Args:
         kind: what the registry holds, used in error messages (e.g. ``"model"``).
@@ -35,21 +40,27 @@ class Registry(Generic[F]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._factories: dict[str, F] = {}
+        self._hidden: set[str] = set()
 
     @overload
-    def register(self, fn: F, *, name: str | None = None) -> F: ...
+    def register(self, fn: F, *, name: str | None = None, hidden: bool = False) -> F: ...
 
     @overload
-    def register(self, fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+    def register(
+        self, fn: None = None, *, name: str | None = None, hidden: bool = False
+    ) -> Callable[[F], F]: ...
 
-    def register(self, fn: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
+    def register(
+        self, fn: F | None = None, *, name: str | None = None, hidden: bool = False
+    ) -> F | Callable[[F], F]:
         """Register a factory under ``name`` (default: the function's ``__name__``).
 
-        Usable bare (``@MODELS.register``) or with a name (``@MODELS.register(name="x")``).
+        Usable bare (``@MODELS.register``) or with arguments (``@MODELS.register(name="x")``).
 
         Args:
             fn: the factory.
             name: the registry name; defaults to ``fn.__name__``.
+            hidden: keep the name out of `names` (still buildable by name).
 
         Returns:
             The factory itself, unchanged, or a decorator when ``fn`` is omitted.
@@ -65,19 +76,31 @@ class Registry(Generic[F]):
                     f"{self.kind} '{key}' is already registered; pick another name for the new one."
                 )
             self._factories[key] = factory
+            if hidden:
+                self._hidden.add(key)
             return factory
 
         return add(fn) if fn is not None else add
 
-    def names(self) -> list[str]:
-        """All registered names, sorted."""
-        return sorted(self._factories)
-
-    def get(self, name: str) -> F:
-        """The factory registered under ``name``.
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (e.g. a plug-in a test registered), so the name can be taken again.
 
         Raises:
-            ValueError: if ``name`` is unknown; the message lists the known names.
+            ValueError: if ``name`` is unknown.
+        """
+        self.get(name)
+        del self._factories[name]
+        self._hidden.discard(name)
+
+    def names(self, *, include_hidden: bool = False) -> list[str]:
+        """The public names, sorted (with ``include_hidden``: every name)."""
+        return sorted(n for n in self._factories if include_hidden or n not in self._hidden)
+
+    def get(self, name: str) -> F:
+        """The factory registered under ``name`` (hidden ones too).
+
+        Raises:
+            ValueError: if ``name`` is unknown; the message lists the public names.
         """
         try:
             return self._factories[name]
@@ -85,6 +108,15 @@ class Registry(Generic[F]):
             raise ValueError(
                 f"unknown {self.kind} '{name}'; choose one of: {', '.join(self.names())}."
             ) from None
+
+    __getitem__ = get
+
+    def items(self) -> list[tuple[str, F]]:
+        """``(name, factory)`` of every name, hidden ones too, sorted by name."""
+        return [(n, self._factories[n]) for n in self.names(include_hidden=True)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names(include_hidden=True))
 
     def __contains__(self, name: object) -> bool:
         return name in self._factories
@@ -215,10 +247,13 @@ def _from_reference(
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names, sorted, optionally filtered by a shell-style pattern.
+    """Public model names, sorted, optionally filtered by a shell-style pattern.
+
+    The tiny test models (``test_resnet``, ``test_vgg``, …) are hidden: `create_model` builds
+    them by name, but they are not listed.
 
     Args:
-        pattern: e.g. ``"resnet*"``; None lists every model.
+        pattern: e.g. ``"resnet*"``; None lists every public model.
     """
     _load_models()
     names = MODELS.names()

@@ -33,6 +33,7 @@ from .config import RunConfig
 from .cost import count_macs, count_params
 from .data import TensorLoader, load_dataset
 from .env import environment, memory_summary, reset_peak_memory
+from .machine_share import MachineShare
 from .io import save_model, save_weights
 from .methods import build_methods
 from .plots import plot_run_events
@@ -238,7 +239,7 @@ def _run(
     seed_everything(cfg.seed)
     model = create_model(
         cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
-        input_size=spec.image_size,
+        input_size=spec.image_size, kwargs=cfg.model.kwargs or None,
     )
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     dense_params, dense_macs = count_params(model), count_macs(model, input_shape)
@@ -277,6 +278,7 @@ def _run(
             _append_jsonl(metrics if kind == "epoch" else events, row)
 
     memory = reset_peak_memory(device)  # peaks of the training phase, not of data loading
+    share = MachineShare()  # did this run have the machine to itself?
     result = fit(model, train_loader, test_loader, cfg.train, methods, log=log,
                  show_progress=show_progress, checkpointer=checkpointer, resume_from=ckpt,
                  run_config=cfg.to_dict(), on_start=start)
@@ -290,7 +292,7 @@ def _run(
         "dense_params": dense_params, "dense_macs": dense_macs,
         "final_params": count_params(model), "final_macs": count_macs(model, input_shape),
         "events": len(result.events), "env": env, **memory_summary(device, memory),
-        **result.memory,
+        **result.memory, "machine": share.finish(),
     }
     if world > 1:  # the job's one model: every process must hold the same (checked)
         distributed.check_same_weights(model)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .registry import Registry
 from .structure import Unit
 
 __all__ = [
@@ -49,13 +50,16 @@ __all__ = [
 EPS = 1e-12
 
 # name → UnitScore subclass; `register_score` fills it.
-UNIT_SCORES: dict[str, type[UnitScore]] = {}
+UNIT_SCORES: Registry[type[UnitScore]] = Registry("unit score")
 
 
 def register_score(cls: type[UnitScore]) -> type[UnitScore]:
-    """Class decorator: make a `UnitScore` available to Learn&Drop by its ``name``."""
-    UNIT_SCORES[cls.name] = cls
-    return cls
+    """Class decorator: make a `UnitScore` available to Learn&Drop by its ``name``.
+
+    Raises:
+        ValueError: if another score already has that name.
+    """
+    return UNIT_SCORES.register(cls, name=cls.name)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,18 +5,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..registry import Registry
 from .base import Method, Progress
 
-__all__ = ["Method", "Progress", "METHODS", "build_methods", "method_fields"]
+__all__ = ["Method", "Progress", "METHODS", "build_methods", "method_fields", "register_method"]
 
 # name → Method dataclass; each module below registers itself on import.
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a Method dataclass available by its ``name``."""
-    METHODS[cls.name] = cls
-    return cls
+    """Class decorator: make a Method dataclass available by its ``name``.
+
+    Raises:
+        ValueError: if another method already has that name.
+    """
+    return METHODS.register(cls, name=cls.name)
 
 
 def method_fields() -> dict[str, set[str]]:
@@ -30,7 +34,7 @@ def build_methods(names: list[str], args: dict[str, dict[str, Any]]) -> list[Met
     for name in names:
         if name not in METHODS:
             raise ValueError(
-                f"unknown method {name!r}; choose none or one of: {', '.join(sorted(METHODS))} "
+                f"unknown method {name!r}; choose none or one of: {', '.join(METHODS.names())} "
                 "(combine with '+')."
             )
         methods.append(METHODS[name](**args.get(name, {})))

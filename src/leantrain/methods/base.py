@@ -84,8 +84,15 @@ class Method:
         return None
 
     def events(self) -> list[dict[str, Any]]:
-        """Structural events since the last call (logged by `fit()` to ``events.jsonl``)."""
-        return []
+        """Structural events since the last call, each returned once (logged by `fit()` to
+        ``events.jsonl``). Methods queue them with `_emit`."""
+        return self.__dict__.pop("_pending_events", [])
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        """Queue a structural event for the next `events` call."""
+        # Kept in the instance dict, created on first use: methods are dataclasses whose
+        # generated __init__ never calls this class's, so no constructor could set it up.
+        self.__dict__.setdefault("_pending_events", []).append(event)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume the method mid-run (tensors and plain values)."""

@@ -118,7 +118,6 @@ class DCP(Method):
         self.kept: dict[str, Tensor | None] = {}
         self._saliency: dict[str, Tensor] = {}
         self._computed_widths: list[int] = []  # per set, padding included (-1: full width)
-        self._events: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ hooks
 
@@ -138,12 +137,18 @@ class DCP(Method):
                 f"dcp.p = {self.p} would prune {round(total * self.p)} of {total} channels, "
                 f"leaving fewer than min_channels = {self.min_channels} in some layer; lower p."
             )
+        self._track(sets)
+        self._apply_selection(sets)
+
+    def _track(self, sets: list[ChannelSet]) -> None:
+        """Utilities and a saliency observer for every set. Sets can appear mid-training: when
+        Learn&Drop drops a block, the channels of the conv before it may reach only convs now
+        (MobileNetV2: a projection conv followed by dropped residual blocks)."""
         for s in sets:
             if s.name not in self.utilities:  # keep utilities loaded by load_state_dict
                 self.utilities[s.name] = torch.full((len(s),), 1.0 / len(s), device=s.device)
                 self.kept[s.name] = None
             s.bn.observer = self._observe
-        self._apply_selection(sets)
 
     def _observe(self, bn: nn.Module, a: Tensor, g: Tensor) -> None:
         # s_c = 1/(B·H·W) Σ_b |Σ_hw a·g|: the first-order Taylor saliency of the BN output.
@@ -172,6 +177,7 @@ class DCP(Method):
 
     def step(self, model: nn.Module, progress: Progress) -> Change | None:
         sets = channel_sets_of(model)
+        self._track(sets)
         if progress.fraction >= self.warmup and self.p > 0:
             total = sum(len(s) for s in sets)
             kept = select_channels(
@@ -181,7 +187,7 @@ class DCP(Method):
                 self.kept[s.name] = None if len(k) == len(s) else k
         self._apply_selection(sets)
         if progress.epoch_ended and (progress.step // progress.steps_per_epoch) % self.snapshot_every == 0:
-            self._events.append({
+            self._emit({
                 "kind": "dcp_snapshot",
                 "widths": {s.name: self._width(s) for s in sets},
                 "utilities": {s.name: self.utilities[s.name].tolist() for s in sets},
@@ -197,7 +203,7 @@ class DCP(Method):
         if not self.export or not keep:
             return None
         change = prune_channels(model, keep)
-        self._events.append({"kind": "dcp_export", "removed": change.removed})
+        self._emit({"kind": "dcp_export", "removed": change.removed})
         return change
 
     # ------------------------------------------------------------------ helpers
@@ -245,10 +251,6 @@ class DCP(Method):
     def cost_key(self, model: nn.Module) -> Any:
         # The computed widths (padding included) set the step's FLOPs.
         return tuple(self._computed_widths)
-
-    def events(self) -> list[dict[str, Any]]:
-        out, self._events = self._events, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -116,7 +116,6 @@ class FreezeOut(Method):
         # Per training layer: its LR factor this step and its parameters before the update.
         self._before: dict[str, tuple[float, list[tuple[nn.Parameter, Tensor]]]] = {}
         self._hooks: list[Any] = []
-        self._events: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ hooks
 
@@ -128,7 +127,7 @@ class FreezeOut(Method):
         )
         for name in self.frozen:  # a resumed run: freeze again what was frozen
             self._freeze(model, name)
-        self._events.append({"kind": "fo_setup", "freeze_at": dict(self.times)})
+        self._emit({"kind": "fo_setup", "freeze_at": dict(self.times)})
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, progress: Progress) -> None:
@@ -161,7 +160,7 @@ class FreezeOut(Method):
             self._freeze(model, name)
             edits += [ParamEdit(p, None) for p in params]
             self.frozen.append(name)
-            self._events.append(
+            self._emit(
                 {
                     "kind": "freeze",
                     "unit": name,
@@ -194,10 +193,6 @@ class FreezeOut(Method):
             return 1.0
         base = 1 / t_i if self.scale_lr else 1.0
         return base * _cos(fraction / t_i) / max(_cos(fraction), 1e-12)
-
-    def events(self) -> list[dict[str, Any]]:
-        out, self._events = self._events, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"frozen": list(self.frozen)}

@@ -19,7 +19,7 @@ gradients instead. Every checkpoint logs every unit's D, S, C and decision (``ld
 events) and every drop its forward FLOPs before and after, for `leantrain.plots.plot_learndrop`.
 
 Only the paper's abstract is available; the score definitions, rules and defaults are ours
-(see the spec ``learn_and_drop.md``) and are meant to be calibrated by the benchmark sweep.
+(see ``docs/methods/learndrop.md``) and are meant to be calibrated by the benchmark sweep.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class LearnDrop(Method):
         if self.score not in UNIT_SCORES:
             raise ValueError(
                 f"learndrop.score = {self.score!r} is unknown; choose one of: "
-                f"{', '.join(sorted(UNIT_SCORES))}."
+                f"{', '.join(UNIT_SCORES.names())}."
             )
         if self.normalize not in ("self", "peers"):
             raise ValueError(f"learndrop.normalize = {self.normalize!r}; choose 'self' or 'peers'.")
@@ -199,7 +199,6 @@ class LearnDrop(Method):
         self.n_eligible: int | None = None  # eligible units at the start of training
         self._input_shape: tuple[int, int, int] | None = None
         self._flops: int | None = None
-        self._events: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ hooks
 
@@ -228,7 +227,7 @@ class LearnDrop(Method):
         self._scorer.attach(model, active)
         self._input_shape = _input_shape(model)
         self._flops = self._forward_flops(model)
-        self._events.append({
+        self._emit({
             "kind": "ld_setup",
             "step": progress.step,
             "units": [u.name for u in active],
@@ -270,7 +269,7 @@ class LearnDrop(Method):
         change = self._remove(model, chosen, progress.step, s, c) if chosen else None
         for u in chosen:
             decisions[u.name] = self.action
-        self._events.append({
+        self._emit({
             "kind": "ld_checkpoint",
             "step": progress.step,
             "units": {
@@ -372,7 +371,7 @@ class LearnDrop(Method):
             removed += change.removed
             edits += change.edits
             self.dropped.append(u.name)
-            self._events.append({
+            self._emit({
                 "kind": self.action,
                 "unit": u.name,
                 "stage": u.stage,
@@ -424,10 +423,6 @@ class LearnDrop(Method):
 
     def cost_key(self, model: nn.Module) -> Any:
         return None  # structure changes only through returned Changes, which fit() counts
-
-    def events(self) -> list[dict[str, Any]]:
-        out, self._events = self._events, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -57,7 +57,6 @@ class StaticWidths(Method):
         if self.multiple < 1 or self.min_channels < 1:
             raise ValueError("static.multiple and static.min_channels must be ≥ 1.")
         self._cut = False
-        self._events: list[dict[str, Any]] = []
 
     def target_widths(self, model: nn.Module) -> list[int]:
         """The kept width of every channel set of `model`, in `channel_sets_of` order."""
@@ -96,12 +95,8 @@ class StaticWidths(Method):
         if not keep:
             return None
         change = prune_channels(model, keep)
-        self._events.append({"kind": "static_cut", "widths": widths, "removed": change.removed})
+        self._emit({"kind": "static_cut", "widths": widths, "removed": change.removed})
         return change
-
-    def events(self) -> list[dict[str, Any]]:
-        out, self._events = self._events, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"cut": self._cut}

@@ -104,7 +104,6 @@ class StochasticDepth(Method):
         self._gates: dict[str, _Skippable] = {}
         self._stages: dict[str, str] = {}
         self._handles: list[Any] = []
-        self._events: list[dict[str, Any]] = []
 
     def setup(self, model: nn.Module, progress: Progress) -> None:
         blocks = _residual_blocks(model)
@@ -129,7 +128,7 @@ class StochasticDepth(Method):
         if self._generator is None:
             # Own generator: sampling must not shift the global stream (data order, init).
             self._generator = torch.Generator().manual_seed(torch.initial_seed() + self.seed)
-        self._events.append({
+        self._emit({
             "kind": "sd_setup", "survival": dict(self.survival),
             "never_skipped": [u.name for u in blocks if u.name not in self.survival],
         })
@@ -146,7 +145,7 @@ class StochasticDepth(Method):
         self._skipped_sum += len(names)
         self._steps += 1
         if progress.epoch_ended:
-            self._events.append(
+            self._emit(
                 {
                     "kind": "sd_epoch",
                     "mean_skipped_blocks": self._skipped_sum / max(1, self._steps),
@@ -181,10 +180,6 @@ class StochasticDepth(Method):
         # determines the step's FLOPs: far fewer recounts than one per skip pattern.
         counts = Counter(self._stages[n] for n, g in self._gates.items() if g.skip)
         return tuple(sorted(counts.items()))
-
-    def events(self) -> list[dict[str, Any]]:
-        out, self._events = self._events, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {

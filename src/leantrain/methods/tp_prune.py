@@ -147,7 +147,6 @@ class TPPrune(Method):
             raise ValueError("tp_prune needs iterative_steps ≥ 1 and max_pruning_ratio in (0, 1).")
         self.done = False
         self._input_shape: tuple[int, int, int] | None = None
-        self._events: list[dict[str, Any]] = []
 
     def setup(self, model: nn.Module, progress: Progress) -> None:
         _classifier(model)
@@ -172,7 +171,7 @@ class TPPrune(Method):
         model.external_surgery = "pruned by torch-pruning (residual widths changed)"
         after = dict(model.named_parameters())
         edits = [ParamEdit(p, after[n]) for n, p in before.items() if after.get(n) is not p]
-        self._events.append(
+        self._emit(
             {
                 "kind": "tp_prune",
                 "step": progress.step,
@@ -187,10 +186,6 @@ class TPPrune(Method):
             ],
             edits=edits,
         )
-
-    def events(self) -> list[dict[str, Any]]:
-        out, self._events = self._events, []
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"done": self.done}

@@ -250,13 +250,13 @@ def resnet152(num_classes: int = 10, in_channels: int = 3, input_size: int = 32)
 # --- Tiny variants for fast tests -------------------------------------------------------------
 
 
-@MODELS.register
+@MODELS.register(hidden=True)  # for tests; not in list_models()
 def test_resnet(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> ResNet:
     """Tiny CIFAR-style ResNet: widths 8/16/32, 2 BasicBlocks per stage (4 identity blocks)."""
     return ResNet(BasicBlock, [2, 2, 2], [8, 16, 32], num_classes, in_channels, stem_width=8)
 
 
-@MODELS.register
+@MODELS.register(hidden=True)  # for tests; not in list_models()
 def test_resnet_bottleneck(
     num_classes: int = 10, in_channels: int = 3, input_size: int = 32
 ) -> ResNet:

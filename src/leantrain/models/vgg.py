@@ -97,7 +97,7 @@ def vgg19(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> 
     return _vgg("vgg19", num_classes, in_channels, input_size)
 
 
-@MODELS.register
+@MODELS.register(hidden=True)  # for tests; not in list_models()
 def test_vgg(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> VGG:
     """Tiny VGG for tests: widths 8/16/32, 2 droppable convs in 2 stages."""
     return _vgg("test_vgg", num_classes, in_channels, input_size)

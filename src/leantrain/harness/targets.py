@@ -1,7 +1,7 @@
 """The papers' headline claims as checks against benchmark summaries: met, missed, by how much.
 
-Each check reads the aggregated rows of `leantrain.report` and says whether a target holds at
-this machine's scale. The targets (numbers cited below) are the Learn&Drop paper's (arXiv
+Each check reads the aggregated rows of `leantrain.harness.report` and says whether a target holds
+at this machine's scale. The targets (numbers cited below) are the Learn&Drop paper's (arXiv
 2604.23403: "training time more than halved", accuracy within 2.38 points for VGG and 3.2 for
 ResNets) and the DCP paper's (arXiv 2007.01486, CIFAR-10 table: VGG-16 73.3% and ResNet-32 50.2%
 fewer FLOPs at its default p), plus our own acceptance bars (sliced DCP ≤ 0.75× dense time at

@@ -1,6 +1,6 @@
 """Benchmark suites: TOML grids of data sets × models × methods × seeds, parsed into runs.
 
-A suite is a TOML file (``src/leantrain/suites/<name>.toml``, or any path) with
+A suite is a TOML file (``src/leantrain/harness/suites/<name>.toml``, or any path) with
 
 * ``seeds`` and an optional ``[defaults]`` table in the `RunConfig` layout (``train``/``data``
   tables) applied to every run;
@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from ..config import (
     ConfigError,
     RunConfig,
     coerce_value,
@@ -72,7 +72,7 @@ class Suite:
 
 def suite_names() -> list[str]:
     """Suites shipped with leantrain."""
-    folder = resources.files("leantrain") / "suites"
+    folder = resources.files("leantrain.harness") / "suites"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -82,7 +82,7 @@ def _suite_path(suite: str) -> Path:
         if not path.is_file():
             raise ConfigError(f"suite file {path} does not exist.")
         return path
-    shipped = resources.files("leantrain") / "suites" / f"{suite}.toml"
+    shipped = resources.files("leantrain.harness") / "suites" / f"{suite}.toml"
     if not shipped.is_file():
         raise ConfigError(
             f"unknown suite {suite!r}; choose one of {', '.join(suite_names())} or give a "

@@ -1,7 +1,7 @@
 """`leantrain bench SUITE`: run a benchmark grid and append one result row per run.
 
-Suites are described in `leantrain.suite`; runs come in its order (each dense run right before
-the method runs it is compared with). Every run executes in a fresh subprocess
+Suites are described in `leantrain.harness.suite`; runs come in its order (each dense run right
+before the method runs it is compared with). Every run executes in a fresh subprocess
 (`leantrain.runner.run`), which isolates runs and makes the process's peak RSS a per-run memory
 figure. Rows go to ``<results-dir>/<suite>-<environment key>.jsonl`` (whole lines, flushed and
 fsynced); a run whose key (suite, label, data set, model, seed, config digest) is already there
@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
-from .config import ConfigError, from_dict
-from .env import environment, environment_key
+from ..atomic import write_atomic
+from ..config import ConfigError, from_dict
+from ..env import environment, environment_key
 from .suite import BenchRun, Suite, load_suite, suite_names
 
 __all__ = [
@@ -148,7 +148,7 @@ def _execute(run: BenchRun, env_vars: dict[str, str]) -> tuple[dict[str, Any] | 
     folder = run.config.run_dir()
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "leantrain.bench", json.dumps(run.config.to_dict())],
+        [sys.executable, "-m", "leantrain.harness.bench", json.dumps(run.config.to_dict())],
         capture_output=True,
         text=True,
         env=env_vars,
@@ -193,7 +193,7 @@ def _row(run: BenchRun, suite: Suite, summary: dict[str, Any], wall: float | Non
 
 def _finished_row(run: BenchRun, suite: Suite) -> dict[str, Any] | None:
     """The row of a run whose folder already holds a finished run (kept or rebuilt), or None."""
-    from .runner import finished_summary
+    from ..runner import finished_summary
 
     folder = run.config.run_dir()
     summary = finished_summary(folder)
@@ -244,7 +244,7 @@ def run_suite(
     """
     from tqdm.auto import tqdm
 
-    from .train import resolve_device
+    from ..train import resolve_device
 
     devices = {r.config.train.device for r in suite.runs}
     if len(devices) > 1:
@@ -373,9 +373,9 @@ def _child(config_json: str) -> int:
     A user error ends it as the CLI would (one ``leantrain: error:`` line, exit 2), so the
     parent's one-line report shows the sentence, not an exception's type.
     """
-    from .methods import method_fields
-    from .runner import run
-    from .train import TrainingDiverged
+    from ..methods import method_fields
+    from ..runner import run
+    from ..train import TrainingDiverged
 
     cfg = from_dict(json.loads(config_json), method_fields())
     try:

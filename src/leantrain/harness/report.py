@@ -1,7 +1,7 @@
 """`leantrain report RESULTS… --out DIR`: tables and plots generated from benchmark result rows.
 
-Rows (one per run, written by `leantrain.bench`) are grouped by (suite, data set, model, recipe,
-method label). Each group reports accuracy mean ± std over seeds, training time (train + surgery
+Rows (one per run, written by `leantrain.harness.bench`) are grouped by (suite, data set, model,
+recipe, method label). Each group reports accuracy mean ± std over seeds, training time (train + surgery
 laps; evaluation excluded), the speed-up against the dense rows of the *same* results file, data
 set, model and recipe, cumulative forward and training FLOPs reductions, the final architecture's
 MACs reduction, parameters and peak memory. Results from different environments (device, CPU/GPU
@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from ..atomic import write_atomic
+from ..config import toml_repr
+from ..machine_share import is_quiet
 from .bench import read_results
-from .config import toml_repr
 from .plots import plot_flops_curves, plot_pareto, slug
 from .targets import check_targets, targets_tables
 
@@ -42,7 +43,10 @@ _ENV_FIELDS = ("device", "cpu", "gpu", "cores", "torch")
 TIME_NOTE = (
     "Train time = the `train` + `surgery` laps of `fit()` (forward, backward, optimizer "
     "step, the method's hooks and every cut, device-synchronised); evaluation, data "
-    "loading and FLOP counting are excluded."
+    "loading and FLOP counting are excluded. Speed-ups use only runs that had the machine to "
+    "themselves (`leantrain.machine_share`: CPU time ≥ 75% of wall time × threads and under "
+    "0.75 of a core of other load); a time marked *shared* was taken beside other work and "
+    "gives no ratio."
 )
 DATA_NOTES = {
     "cifar10": "CIFAR-10 here is a copy rebuilt from JPEG (quality 75) images: real CIFAR-10 "
@@ -79,12 +83,25 @@ class Summary:
         return statistics.stdev(values) if len(values) > 1 else None
 
     @property
+    def contended(self) -> int:
+        """Rows whose run shared the machine with other work (`leantrain.machine_share`)."""
+        return sum(is_quiet(r.get("machine")) is False for r in self.rows)
+
+    def quiet_time(self) -> float | None:
+        """Mean training time over the rows that did not share the machine (rows from before
+        the record existed count as quiet: nothing says otherwise)."""
+        values = [v for r in self.rows
+                  if is_quiet(r.get("machine")) is not False and (v := _value(r, "time_s")) is not None]
+        return statistics.fmean(values) if values else None
+
+    @property
     def speedup(self) -> float | None:
-        """Mean dense training time / mean training time of this row (same file and recipe)."""
-        if self.dense is None or not self.mean("time_s"):
+        """Mean dense training time / mean training time of this row (same file and recipe),
+        from quiet rows only: a time taken while other work shared the cores is no result."""
+        if self.dense is None:
             return None
-        dense = self.dense.mean("time_s")
-        return dense / self.mean("time_s") if dense else None  # type: ignore[operator]
+        mine, dense = self.quiet_time(), self.dense.quiet_time()
+        return dense / mine if mine and dense else None
 
 
 def _value(row: dict[str, Any], key: str) -> float | None:
@@ -291,8 +308,10 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
             s.model,
             s.label,
             _acc(s),
-            _fmt(s.mean("time_s"), ".1f"),
-            "1.00×" if s.method == "none" and s.n else _fmt(speed, ".2f", "×"),
+            _fmt(s.mean("time_s"), ".1f") + (f" ({s.contended} shared)" if s.contended else ""),
+            ("1.00×" if s.method == "none" and s.n > s.contended
+             else _fmt(speed, ".2f", "×") if speed is not None or not s.contended
+             else "– (shared machine)"),
             _pct(s.mean("r_train")),
             _pct(s.mean("r_final")),
         ]
@@ -431,8 +450,8 @@ def write_report(
                 "## Targets",
                 "",
                 "The papers' claims and our acceptance bars, checked against the rows below at "
-                "this machine's scale (`leantrain.targets` cites where each target comes from). "
-                "✓ met, **✗** missed, no mark: not judged (a time target only the paper's "
+                "this machine's scale (`leantrain.harness.targets` cites where each target comes "
+                "from). ✓ met, **✗** missed, no mark: not judged (a time target only the paper's "
                 "ResNets carry, or one seed where noise must be estimated). The DCP table's "
                 "*Control* and *Bound* columns are context, never judged: `static` rows trained "
                 "densely from the first step at a DCP run's final widths (the same architecture "

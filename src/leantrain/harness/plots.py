@@ -1,0 +1,112 @@
+"""Benchmark plots (`leantrain report`): one figure per (suite, data set, model).
+
+The plots of a single run's events stay in the core (`leantrain.plots`): `leantrain.runner`
+writes them into every run folder, benchmark or not.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless, as in leantrain.plots: reports are made on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from ..plots import save_figure  # noqa: E402
+
+if TYPE_CHECKING:
+    from .report import Summary
+
+__all__ = ["plot_pareto", "plot_flops_curves", "slug"]
+
+
+def slug(*parts: str) -> str:
+    """A file-name-safe ``a-b-c`` from the parts."""
+    return "-".join("".join(c if c.isalnum() or c in "._" else "_" for c in p) for p in parts)
+
+
+def _by_model(summaries: list["Summary"]) -> dict[tuple[str, str, str], list["Summary"]]:
+    out: dict[tuple[str, str, str], list["Summary"]] = {}
+    for s in summaries:
+        out.setdefault((s.suite, s.dataset, s.model), []).append(s)
+    return out
+
+
+def plot_pareto(summaries: list["Summary"], out_dir: str | Path) -> list[Path]:
+    """Accuracy vs training time and vs training FLOPs, one PNG per (suite, data set, model)."""
+    written = []
+    for (suite, dataset, model), group in _by_model(summaries).items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        for s in group:
+            y, yerr = s.mean("acc"), s.std("acc") or 0.0
+            flops = s.mean("train_flops")
+            tflops = None if flops is None else flops / 1e12
+            for ax, x in ((axes[0], s.mean("time_s")), (axes[1], tflops)):
+                if x is None or y is None:
+                    continue
+                marker = "s" if s.method == "none" else "o"
+                ax.errorbar([x], [y], yerr=[yerr], fmt=marker, capsize=3, label=s.label)
+                ax.annotate(s.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axes[0].set(xlabel="training time (s, train + surgery)", ylabel="test top-1 (%)")
+        axes[1].set(xlabel="training TFLOPs (forward + backward, integrated)")
+        fig.suptitle(f"{suite}: {model} on {dataset} (mean ± std over seeds)")
+        axes[1].legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        path = Path(out_dir) / f"{slug(suite, dataset, model)}-pareto.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_figure(fig, path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _flops_curve(row: dict[str, Any]) -> tuple[list[int], list[float]]:
+    """Training FLOPs per sample averaged over each evaluated epoch, as a post-step curve."""
+    steps, values = [0], []
+    prev = {"step": 0, "train_flops": 0, "samples": 0}
+    for e in row.get("trace", {}).get("epochs", []):
+        samples = e.get("samples", 0) - prev["samples"]
+        if samples > 0 and "train_flops" in e:
+            values.append((e["train_flops"] - prev["train_flops"]) / samples)
+            steps.append(int(e["step"]))
+            prev = e
+    return steps, values
+
+
+def plot_flops_curves(summaries: list["Summary"], out_dir: str | Path) -> list[Path]:
+    """Per (suite, data set, model): each method's FLOPs over training (first seed), with events."""
+    written = []
+    marks = {"drop": "v", "freeze": "s", "tp_prune": "X", "dcp_export": "*"}
+    for (suite, dataset, model), group in _by_model(summaries).items():
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        drawn = False
+        for s in group:
+            row = min(s.rows, key=lambda r: r.get("seed", 0))
+            steps, values = _flops_curve(row)
+            if not values:
+                continue
+            drawn = True
+            gflops = [v / 1e9 for v in values]
+            line = ax.stairs(gflops, steps, label=s.label, linewidth=1.5, baseline=None)
+            for e in row.get("trace", {}).get("events", []):
+                if e.get("kind") in marks:  # on the curve, in the epoch the event happened
+                    k = min(max(bisect.bisect_left(steps, e["step"]) - 1, 0), len(gflops) - 1)
+                    colour = line.get_edgecolor()
+                    ax.plot([e["step"]], [gflops[k]], marks[e["kind"]], color=colour, markersize=7)
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set(xlabel="optimizer step", ylabel="training GFLOPs / sample (epoch mean)",
+               title=f"{suite}: {model} on {dataset}  (▼ drop, ■ freeze, ✕ prune, ★ export)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(out_dir) / f"{slug(suite, dataset, model)}-flops.png"
+        save_figure(fig, path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
