@@ -22,7 +22,8 @@ $(VENV)/.installed: pyproject.toml
 # The library itself never needs torchvision. The Lightning callback's tests need the lightning
 # extra (its torch>=2.1 requirement is met by the torch in $(VENV), which pip keeps).
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[dev,peers,lightning]"
+	$(PY) -m pip install -q -e ".[dev,peers]"
+	$(PY) -m pip install -q -e ".[lightning]"
 	$(PY) -m pip install -q --no-deps "torchvision==0.28.0"
 	@touch $@
 

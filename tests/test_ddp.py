@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 import leantrain
-from leantrain.cli import main
-from leantrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from leantrain.cli import build_parser, main
+from leantrain.config_flags import config_from_args
 from leantrain.data import TensorLoader, load_dataset
 from leantrain.io import load_model
 from leantrain.methods import build_methods
@@ -45,13 +45,8 @@ def _torchrun(out: Path, kill_at: int = 0, *extra: str) -> subprocess.CompletedP
 
 def _reference() -> torch.nn.Module:
     """One process, the same global batch, each process's half through the model in turn."""
-    cfg = RunConfig(
-        data=DataConfig(dataset="mnist-sample", train_subset=256, test_subset=100),
-        model=ModelConfig(name="test_resnet"), train=TrainConfig(epochs=2, batch_size=32),
-        method="learndrop+dcp",
-        method_args={"learndrop": {"tau": 1.0, "warmup": 0.0, "every_steps": 2},
-                     "dcp": {"warmup": 0.1}},
-    )
+    # The command line's settings, per-family default recipe included.
+    cfg = config_from_args(build_parser().parse_args([*ARGS, "--out-dir", "unused"]))
     train, _, spec = load_dataset("mnist-sample", train_subset=256, test_subset=100, seed=0)
     seed_everything(0)
     model = leantrain.create_model("test_resnet", num_classes=spec.num_classes,
@@ -61,15 +56,16 @@ def _reference() -> torch.nn.Module:
     opt = make_optimizer(model, cfg.train)
     methods = build_methods(cfg.method_names(), cfg.method_args)
     total = len(loader) * cfg.train.epochs
+    dcp, observe = methods[1], methods[1]._observe
+
+    def observe_halves(bn, a, g):  # the saliencies of the halves add up, as DDP's are averaged
+        before = dcp._saliency.get(id(bn))
+        observe(bn, a, g)
+        if before is not None:
+            dcp._saliency[id(bn)] = dcp._saliency[id(bn)] + before
+
+    dcp._observe = observe_halves  # DCP hands `self._observe` to every BN it tracks
     handle = leantrain.attach(model, opt, methods, total, steps_per_epoch=len(loader))
-    dcp = methods[1]
-    for s in leantrain.channel_sets_of(model):  # saliencies of the halves add up, as DDP's do
-        def observe(bn, a, g, previous=dcp._saliency):
-            before = previous.get(id(bn))
-            dcp._observe(bn, a, g)
-            if before is not None:
-                previous[id(bn)] = previous[id(bn)] + before
-        s.bn.observer = observe
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for epoch in range(cfg.train.epochs):
         model.train()
@@ -82,7 +78,9 @@ def _reference() -> torch.nn.Module:
                 for bn in bns:  # running statistics: process 0's, as DDP broadcasts them
                     bn.momentum = 0.1 if r == 0 else 0.0
                 out = model(x[r * half:(r + 1) * half])
-                (F.cross_entropy(out, y[r * half:(r + 1) * half]) / WORLD).backward()
+                loss = F.cross_entropy(out, y[r * half:(r + 1) * half],
+                                       label_smoothing=cfg.train.label_smoothing)
+                (loss / WORLD).backward()
             for bn in bns:
                 bn.momentum = 0.1
             opt.step()

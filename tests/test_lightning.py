@@ -58,3 +58,15 @@ def test_other_methods_on_resume_are_refused(tmp_path) -> None:
         "this checkpoint was trained with methods ['learndrop', 'dcp'] but LeanTrain has "
         "['dcp']; resume with the same methods."
     )
+
+
+def test_make_test_installs_the_lightning_extra(tmp_path) -> None:
+    import subprocess
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    plan = subprocess.run(["make", "-n", "-B", "test", f"VENV={tmp_path / 'venv'}"], cwd=root,
+                          capture_output=True, text=True, check=True).stdout
+    assert 'pip install -q -e ".[lightning]"' in plan
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["lightning"] == ["lightning>=2.4"]
