@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -123,3 +124,27 @@ def test_two_processes_kill_resume_and_equal_one_process(tmp_path, capsys) -> No
     for key in want:
         if not key.endswith("num_batches_tracked"):  # counted per half in the reference
             torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_each_process_reads_its_slice_of_every_global_batch(tiny_cifar) -> None:
+    from leantrain.distributed import ShardedLoader
+
+    train, _, spec = tiny_cifar
+    loader = TensorLoader(train, spec, 16, train=True, seed=3)
+    shards = [ShardedLoader(loader, rank, 2) for rank in range(2)]
+    assert len(shards[0]) == len(loader) and shards[0].batch_size == 16
+    for epoch in range(2):
+        for (x, y), (x0, y0), (x1, y1) in zip(loader.epoch(epoch), shards[0].epoch(epoch),
+                                              shards[1].epoch(epoch)):
+            assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+
+
+def test_a_batch_that_does_not_split_gets_one_sentence(tiny_cifar) -> None:
+    from leantrain.distributed import ShardedLoader
+
+    train, _, spec = tiny_cifar
+    with pytest.raises(ValueError) as err:
+        ShardedLoader(TensorLoader(train, spec, 15, train=True), 0, 2)
+    assert str(err.value) == (
+        "the batch size 15 does not split over 2 processes; use a --batch-size divisible by 2."
+    )

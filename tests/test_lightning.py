@@ -70,3 +70,35 @@ def test_make_test_installs_the_lightning_extra(tmp_path) -> None:
     assert 'pip install -q -e ".[lightning]"' in plan
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras["lightning"] == ["lightning>=2.4"]
+
+
+def test_two_optimizers_are_refused() -> None:
+    import lightning as L
+
+    import leantrain
+    from leantrain.lightning import LeanTrain
+
+    example = _example()
+
+    class TwoOptimizers(example.Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, index):
+            return None
+
+        def configure_optimizers(self):
+            half = len(list(self.parameters())) // 2
+            params = list(self.parameters())
+            return [torch.optim.SGD(params[:half], lr=0.1), torch.optim.SGD(params[half:], lr=0.1)]
+
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        callbacks=[LeanTrain(leantrain.DCP(), module="net")])
+    with pytest.raises(ValueError) as err:
+        trainer.fit(TwoOptimizers(), example.batches(128))
+    assert str(err.value) == (
+        "LeanTrain needs exactly one optimizer, but configure_optimizers returned 2; return one "
+        "optimizer."
+    )
