@@ -1,7 +1,8 @@
 """The unit users plug in: a `Method` with two hooks, and the `Progress` it is told about.
 
-A method changes a model while it trains. The built-in `fit()` and a user's own loop call the
-same hooks at the same places, so both give identical results for the same seed:
+A method changes a model while it trains. `leantrain.attach` calls its hooks from the
+optimizer's step hooks, for the built-in `fit()` and a user's own loop alike, so both give
+identical results for the same seed; the order is:
 
     loss.backward()
     method.after_backward(model, progress)   # accumulate scores / utilities from gradients
