@@ -17,6 +17,7 @@ from torch import nn
 
 import user_models
 from conftest import randomise_bn
+from torchvision_stub import import_torchvision_models
 from leantrain.io import ModelFileError, load_model, save_model
 from leantrain.methods.base import Progress
 from leantrain.methods.dcp import DCP
@@ -344,3 +345,30 @@ def test_cli_trains_a_torchvision_model_with_dcp(cifar_root, tmp_path, capsys) -
     full = create_model("torchvision:mobilenet_v2")
     assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in full.parameters())
     assert loaded(_batch()[0]).shape == (4, 10)
+
+
+def test_readme_own_model_snippet_runs() -> None:
+    """The README's "Your own model": a torchvision ResNet in five added lines."""
+    import leantrain
+
+    tv = import_torchvision_models()
+    torch.manual_seed(0)
+    model = tv.resnet18(num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    total_steps = 4
+    methods = [leantrain.LearnDrop(mode="budget", warmup=0.0, budget_end=0.5, stop=1.0,
+                                   every_steps=1, min_units_per_stage=0), leantrain.DCP(p=0.5)]
+    handle = leantrain.attach(model, opt, methods, total_steps,
+                              example_input=torch.zeros(1, 3, 32, 32))
+    listing = str(handle.structure)
+    assert "layer1.0.conv1" in listing and "residual add" in listing
+    x, y = _batch()
+    for _ in range(total_steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    handle.finish()
+    assert type(model).__name__ == "ResNet" and model(x).shape == (4, 10)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {
+        id(p) for p in model.parameters() if p.requires_grad}

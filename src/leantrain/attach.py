@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .methods.base import Method, Progress
-from .structure import prepare
+from .structure import Structure, prepare, structure_of
 from .surgery import Change
 
 __all__ = ["Attached", "attach", "OptimizerMismatch"]
@@ -180,6 +180,11 @@ class Attached:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+
+    @property
+    def structure(self) -> Structure:
+        """The live model's `Structure` (units, channel sets, exclusions with reasons)."""
+        return structure_of(self.model)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything to resume the methods: step, the cuts so far, every method's state.
