@@ -119,7 +119,10 @@ def _train(args: list[str], procs: int, out: Path) -> dict:
                "--nproc-per-node", str(procs), "-m", "leantrain", *args, "--threads", "1"]
     else:
         cmd = [sys.executable, "-m", "leantrain", *args, "--threads", str(os.cpu_count() or 1)]
-    subprocess.run([*cmd, "--out-dir", str(out)], check=True, env=env, capture_output=True)
+    done = subprocess.run([*cmd, "--out-dir", str(out)], env=env, capture_output=True, text=True)
+    if done.returncode != 0:  # show why: the child's own last lines, not only its exit status
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise SystemExit(f"{' '.join(cmd)} failed with exit {done.returncode}:\n{tail}")
     (summary,) = out.glob("*/seed0/summary.json")
     return json.loads(summary.read_text())
 
