@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from leantrain.machine_share import MachineShare, is_quiet
+from leantrain.machine_share import MachineShare, is_quiet, whole_run
 
 
 def test_is_quiet_needs_cpu_share_and_no_other_load() -> None:
@@ -22,3 +22,29 @@ def test_share_of_a_sleeping_process_is_low_and_recorded() -> None:
     assert record["wall_s"] >= 0.2 and record["cpu_share"] < 0.5
     assert record["quiet"] is False
     assert len(record["load_start"]) == len(record["load_end"]) == 3
+
+
+def test_a_resumed_run_is_quiet_only_if_every_segment_was() -> None:
+    quiet = {"cpu_share": 0.93, "threads": 2, "load_end": [2.3, 2.0, 1.5], "quiet": True}
+    shared = {**quiet, "cpu_share": 0.5, "quiet": False}
+    # epoch rows as checkpoints keep them: epoch 1 in a segment that shared the machine
+    history = [{"epoch": 1, "machine": shared}, {"epoch": 2, "machine": quiet}]
+    assert whole_run(quiet, history)["quiet"] is False
+    assert whole_run(quiet, history[1:])["quiet"] is True
+    assert whole_run(quiet, [{"epoch": 1}])["quiet"] is True  # rows from before the record
+
+
+def test_the_runner_records_machine_share_per_epoch_and_for_the_run(tmp_path) -> None:
+    import json
+
+    from leantrain.config import from_dict
+    from leantrain.runner import run
+
+    cfg = from_dict({"data": {"dataset": "mnist-sample", "train_subset": 64, "test_subset": 32},
+                     "model": {"name": "test_resnet"}, "out_dir": str(tmp_path),
+                     "train": {"epochs": 2, "batch_size": 32}})
+    _, folder = run(cfg, show_progress=False)
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert all("cpu_share" in r["machine"] for r in rows)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["machine"]["segments_checked"] == 2 and "quiet" in summary["machine"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MachineShare", "is_quiet", "QUIET_CPU_SHARE", "QUIET_OTHER_LOAD"]
+__all__ = ["MachineShare", "is_quiet", "whole_run", "QUIET_CPU_SHARE", "QUIET_OTHER_LOAD"]
 
 # A training process using T threads on a quiet machine keeps them busy most of the time; when
 # one more busy thread competes for 2 cores, its share falls to about 2/3. 0.75 separates the two.
@@ -46,6 +46,16 @@ class MachineShare:
         }
         record["quiet"] = is_quiet(record)
         return record
+
+
+def whole_run(final: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record of a run that may have been resumed: its last segment's record, quiet only if
+    every earlier epoch row's snapshot was quiet too. Each evaluated epoch row carries the record
+    of its segment so far and checkpoints keep the rows, so a contended segment before a resume
+    is not forgotten (what a killed segment did after its last checkpoint is redone anyway)."""
+    earlier = [r.get("machine") for r in history if isinstance(r.get("machine"), dict)]
+    quiet = final.get("quiet") is not False and all(is_quiet(m) is not False for m in earlier)
+    return {**final, "quiet": quiet, "segments_checked": len(earlier)}
 
 
 def is_quiet(record: dict[str, Any] | None) -> bool | None:

@@ -33,7 +33,7 @@ from .config import RunConfig
 from .cost import count_macs, count_params
 from .data import TensorLoader, load_dataset
 from .env import environment, memory_summary, reset_peak_memory
-from .machine_share import MachineShare
+from .machine_share import MachineShare, whole_run
 from .io import save_model, save_weights
 from .methods import build_methods
 from .plots import plot_run_events
@@ -281,7 +281,8 @@ def _run(
     share = MachineShare()  # did this run have the machine to itself?
     result = fit(model, train_loader, test_loader, cfg.train, methods, log=log,
                  show_progress=show_progress, checkpointer=checkpointer, resume_from=ckpt,
-                 run_config=cfg.to_dict(), on_start=start)
+                 run_config=cfg.to_dict(), on_start=start,
+                 epoch_extra=lambda: {"machine": share.finish()})
     summary = {
         "dataset": cfg.data.dataset, "model": cfg.model.name,
         "method": "dense" if not cfg.method_names() else cfg.method, "seed": cfg.seed,
@@ -292,7 +293,7 @@ def _run(
         "dense_params": dense_params, "dense_macs": dense_macs,
         "final_params": count_params(model), "final_macs": count_macs(model, input_shape),
         "events": len(result.events), "env": env, **memory_summary(device, memory),
-        **result.memory, "machine": share.finish(),
+        **result.memory, "machine": whole_run(share.finish(), result.history),
     }
     if world > 1:  # the job's one model: every process must hold the same (checked)
         distributed.check_same_weights(model)

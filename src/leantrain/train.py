@@ -253,6 +253,7 @@ def fit(
     resume_from: Checkpoint | str | Path | None = None,
     run_config: dict[str, Any] | None = None,
     on_start: Callable[[TrainState], None] | None = None,
+    epoch_extra: Callable[[], dict[str, Any]] | None = None,
 ) -> Result:
     """Train `model` with `methods` plugged in; evaluate every `cfg.eval_every` epochs.
 
@@ -273,6 +274,8 @@ def fit(
         on_start: called with the training state once it is known (after a resume's checks and
             restore), before the first step: the runner writes its run folder's files there,
             so a refused resume leaves no folder behind.
+        epoch_extra: called at each evaluated epoch; its fields join the epoch's row (kept in
+            checkpoints with the history), e.g. the runner's machine-share record.
 
     Raises:
         TrainingDiverged: the loss became NaN/inf or exploded (see `LOSS_BOUND`), or the state
@@ -364,6 +367,7 @@ def fit(
                 "epoch": epoch + 1, "step": state.step, "lr": lr_at(state.step / total, cfg),
                 "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
                 **clock.totals(), **cost.totals(), "params": count_params(model),
+                **(epoch_extra() if epoch_extra is not None else {}),
             }
             state.history.append(row)
             log("epoch", row)
