@@ -183,18 +183,7 @@ def test_unwritable_folder_during_first_checkpoint(cifar_root, tmp_path, monkeyp
 
 
 def test_damaged_checkpoints_on_resume(cifar_root, tmp_path, monkeypatch, capsys) -> None:
-    args = [*_train(cifar_root, tmp_path / "runs"), "--checkpoint-every", "2"]
-    real = ckpt_mod.Checkpointer.save
-
-    def stop_at_third(self, tensors, meta):
-        if meta["step"] == 6:
-            raise KeyboardInterrupt
-        return real(self, tensors, meta)
-
-    monkeypatch.setattr(ckpt_mod.Checkpointer, "save", stop_at_third)
-    assert main(args) == 130
-    monkeypatch.undo()
-    (folder,) = (tmp_path / "runs").glob("*/seed0")
+    args, folder = _interrupted_at_step_6(cifar_root, tmp_path, monkeypatch)
     latest = folder / "checkpoint-000000004.safetensors"
     good = latest.read_bytes()
     latest.write_bytes(good[:100])  # truncated latest: falls back to step 2, with a warning

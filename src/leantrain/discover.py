@@ -130,7 +130,7 @@ class _Discovery:
             for m, flag in flags.items():
                 m.training = flag
         gm = fx.GraphModule(self.model, graph)
-        device, dtype = _device_dtype(self.model)
+        _, dtype = _device_dtype(self.model)
         from .structure import sliceable_layers
 
         saved = [(m, dict(m.__dict__)) for m in sliceable_layers(self.model)]
@@ -164,7 +164,7 @@ class _Discovery:
         gm = self._trace()
         self.nodes = list(gm.graph.nodes)
         self.calls = Counter(n.target for n in self.nodes if n.op == "call_module")
-        sets, followed = self._channel_sets()
+        sets = self._channel_sets()
         units, blocks = self._units()
         stages: dict[str, list[str]] = defaultdict(list)
         for name, stage in blocks:
@@ -241,7 +241,7 @@ class _Discovery:
 
     # ------------------------------------------------------------------ channel sets
 
-    def _channel_sets(self) -> tuple[list[ChannelSet], set[str]]:
+    def _channel_sets(self) -> list[ChannelSet]:
         sets: list[ChannelSet] = []
         followed: set[str] = set()
         convs = [n for n in self.nodes if self._is(n, nn.Conv2d)]
@@ -249,7 +249,7 @@ class _Discovery:
         for node in convs:
             conv = self._module(node)
             assert isinstance(conv, nn.Conv2d)
-            name = self._set_name(node)
+            name = self._wrapper_name(str(node.target))
             try:
                 cs, follower_names = self._channel_set(node, conv, name)
             except _Refused as r:
@@ -260,7 +260,7 @@ class _Discovery:
         for target, reason in pending:
             if target not in followed:
                 self.excluded.append(Excluded(self._wrapper_name(target), "channels", reason))
-        return sets, followed
+        return sets
 
     def _channel_set(self, node: fx.Node, conv: nn.Conv2d, name: str) -> tuple[ChannelSet, set[str]]:
         if self.calls[node.target] > 1:
@@ -384,9 +384,6 @@ class _Discovery:
     def _spatial_mean(self, node: fx.Node, user: fx.Node) -> bool:
         before, after = self._shape(node), self._shape(user)
         return before is not None and after is not None and len(after) >= 2 and after[:2] == before[:2]
-
-    def _set_name(self, conv_node: fx.Node) -> str:
-        return self._wrapper_name(str(conv_node.target))
 
     def _wrapper_name(self, conv_path: str) -> str:
         """A conv inside a conv+BN(+act) wrapper (leantrain's ConvBN, torchvision's
@@ -658,21 +655,20 @@ class _Discovery:
 
     def _macs(self, units: list[Unit]) -> dict[str, int]:
         """Forward MACs per sample of the whole model and of each unit, from the traced shapes
-        (pycls' formulas, as `leantrain.cost`; for inspection only)."""
+        (`leantrain.cost`'s per-layer formula on meta tensors of those shapes; for inspection)."""
+        from .cost import _module_macs
+
         per_module: dict[str, int] = defaultdict(int)
         for n in self.nodes:
             mod, out = self._module(n), self._shape(n)
-            if out is None or not n.args or not isinstance(n.args[0], fx.Node):
+            if not isinstance(mod, (nn.Conv2d, nn.Linear)) or out is None:
                 continue
-            inp = self._shape(n.args[0])
-            if isinstance(mod, nn.Conv2d) and inp is not None:
-                kh, kw = mod.kernel_size
-                macs = _numel(out[1:]) * inp[1] // mod.groups * kh * kw
-            elif isinstance(mod, nn.Linear):
-                macs = _numel(out[1:]) * mod.in_features
-            else:
+            inp = self._shape(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+            if inp is None:
                 continue
-            per_module[str(n.target)] += macs + (_numel(out[1:]) if mod.bias is not None else 0)
+            macs, bias = _module_macs(mod, torch.empty(inp, device="meta"),
+                                      torch.empty(out, device="meta"))
+            per_module[str(n.target)] += macs + bias
         out_macs = {"": sum(per_module.values())}
         for u in units:
             out_macs[u.name] = sum(
@@ -744,12 +740,6 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
             return t.device, t.dtype
     return torch.device("cpu"), torch.get_default_dtype()
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
 
 
 def _fmt(shape: tuple[int, ...] | None) -> str:

@@ -162,7 +162,6 @@ class ChannelSet:
     def clear(self) -> None:
         """Back to full width (no selection)."""
         self.select(None)
-        self.bn.gate_mode = "slice"
 
 
 @dataclass(frozen=True)
