@@ -300,7 +300,9 @@ def test_inspect_lists_units_sets_and_reasons(capsys) -> None:
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_both_methods_run_in_the_own_loop(name: str) -> None:
-    """Learn&Drop (budget mode: drops are certain) and DCP together, hooks as the README's loop."""
+    """Learn&Drop (budget mode: drops are certain) and DCP together, through `attach` as the
+    README's own loop."""
+    from leantrain.attach import attach
     from leantrain.methods.learndrop import LearnDrop
     from leantrain.train import make_optimizer, TrainConfig
 
@@ -315,25 +317,16 @@ def test_both_methods_run_in_the_own_loop(name: str) -> None:
     # so no unit is vetoed by a rising change (Learn&Drop's continuation score).
     opt = make_optimizer(model, TrainConfig(lr=0.02, momentum=0.0))
     total = 8
-    for m in methods:
-        if change := m.setup(model, Progress(0, total, total)):
-            change.apply_to(opt)
+    handle = attach(model, opt, methods, total)
     x, y = _batch()
-    for step in range(total):
+    for _ in range(total):
         loss = F.cross_entropy(model.train()(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for m in methods:
-            m.after_backward(model, Progress(step, total, total))
         opt.step()
-        for m in methods:
-            if change := m.step(model, Progress(step + 1, total, total)):
-                change.apply_to(opt)
         live = {id(p) for p in model.parameters() if p.requires_grad}
         assert live == {id(p) for g in opt.param_groups for p in g["params"]}
-    for m in methods:
-        if change := m.finish(model):
-            change.apply_to(opt)
+    handle.finish()
     if PINNED[name]["units"]:
         assert methods[0].dropped, "Learn&Drop dropped nothing"
     assert model.eval()(_batch()[0]).shape == (4, 10)
