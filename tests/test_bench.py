@@ -313,3 +313,37 @@ def test_a_trained_run_keeps_its_row_and_files_whatever_happens(tmp_path, cifar_
     assert failures == 0 and read_results(path) == [kept] and kept["wall_s"] > 0
     assert "finished earlier in" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == files  # nothing overwritten
+
+
+def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path, cifar_root, monkeypatch) -> None:
+    """A long suite spans sessions: the run killed mid-way continues at its last checkpoint, and
+    its row's training time includes the first segment's (carried by the checkpoint)."""
+    from leantrain.checkpoint import Checkpointer
+    from leantrain.runner import run
+
+    monkeypatch.chdir(tmp_path)
+    text = TINY.replace('methods = ["dcp-p0.5", "dense"]', 'methods = ["dense"]').replace(
+        "epochs = 1,", "epochs = 2,")
+    suite = load_suite(_suite(tmp_path, text))
+    (only,) = suite.runs
+    cfg = dataclasses.replace(only.config, data=dataclasses.replace(
+        only.config.data, data_dir=str(cifar_root)))
+    real = Checkpointer.save
+
+    def save(self, tensors, meta):  # the first epoch's checkpoint lands, then a "kill"
+        real(self, tensors, meta)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, show_progress=False)
+    monkeypatch.setattr(Checkpointer, "save", real)
+    first = json.loads((cfg.run_dir() / "checkpoint.json").read_text())
+    assert only.config.run_dir() == cfg.run_dir()  # the data folder is not part of the identity
+
+    path, failures = run_suite(suite, tmp_path / "results", data_dir=str(cifar_root),
+                               show_progress=False)
+    (row,) = read_results(path)
+    assert failures == 0 and [e["epoch"] for e in row["trace"]["epochs"]] == [1, 2]
+    events = [json.loads(line) for line in (cfg.run_dir() / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["kind"] == "resume"] == [first["step"]]

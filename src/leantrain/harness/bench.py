@@ -5,7 +5,8 @@ before the method runs it is compared with). Every run executes in a fresh subpr
 (`leantrain.runner.run`), which isolates runs and makes the process's peak RSS a per-run memory
 figure. Rows go to ``<results-dir>/<suite>-<environment key>.jsonl`` (whole lines, flushed and
 fsynced); a run whose key (suite, label, data set, model, seed, config digest) is already there
-is skipped, so an interrupted suite resumes where it stopped.
+is skipped, so an interrupted suite resumes where it stopped, and an interrupted run continues
+from its last checkpoint (lap times and machine-share records carry over).
 
 Nothing a run produced is lost: each row is first kept in its run folder (``bench-row.json``),
 then appended to the results file; a run folder that already holds a finished run is never
@@ -373,15 +374,23 @@ def _child(config_json: str) -> int:
     A user error ends it as the CLI would (one ``leantrain: error:`` line, exit 2), so the
     parent's one-line report shows the sentence, not an exception's type.
     """
+    from ..checkpoint import CheckpointError
     from ..methods import method_fields
     from ..runner import run
     from ..train import TrainingDiverged
 
     cfg = from_dict(json.loads(config_json), method_fields())
     try:
-        # An interrupted run starts over rather than continuing from its checkpoint: one
-        # process per run keeps its time and peak memory comparable with the others.
-        run(cfg, show_progress=False, resume="restart")
+        # An interrupted run continues from its last checkpoint, so a long suite can span
+        # sessions: the checkpoint carries the lap times (the redone partial epoch is not
+        # counted twice) and every segment's machine-share record (the run is quiet only if each
+        # segment was). The row's peak memory is its last segment's. A checkpoint that cannot be
+        # used is no reason to fail the run: it starts over.
+        try:
+            run(cfg, show_progress=False, resume="auto")
+        except CheckpointError as e:
+            print(f"leantrain: {cfg.run_dir()}: {e}; starting the run over.", file=sys.stderr)
+            run(cfg, show_progress=False, resume="restart")
     except (ValueError, OSError, TrainingDiverged) as e:
         print(f"leantrain: error: {e}", file=sys.stderr)
         return 2
