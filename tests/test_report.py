@@ -249,3 +249,64 @@ def test_rows_without_optional_measurements_are_reported(tmp_path) -> None:
     rows = [dict(r, peak_rss_mb=None) for r in ROWS]  # peak RSS unknown on this platform
     [*_, ld] = summarize(load_rows([_write(tmp_path / "s-cpu2-torch2.13.0.jsonl", rows)]))
     assert ld.mean("peak_rss_mb") is None and ld.mean("acc") == pytest.approx(85.0)
+
+
+def _paper_rows():
+    """A `paper`-suite ResNet-32: dense 91.5%, Learn&Drop 0.80× at −1 point, DCP sliced 0.70× at
+    −1.5 points with a 50% compact cut, the static half-width network at 0.50×."""
+    def row(label, method, seed, acc, train_s, args=None, **kw):
+        r = _row(label, method, seed, acc, train_s, model="resnet32", **kw)
+        r["suite"] = "paper"
+        r["key"] = r["key"].replace("s|", "paper|")
+        r["config"]["method_args"] = args or {}
+        return r
+
+    return [
+        row("dense", "none", 0, 0.91, 10.0),
+        row("dense", "none", 1, 0.92, 10.0),
+        row("learndrop", "learndrop", 0, 0.90, 8.0, train=240.0, macs=30,
+            args={"learndrop": {"tau": 0.5}}),
+        row("learndrop", "learndrop", 1, 0.91, 8.0, train=240.0, macs=30,
+            args={"learndrop": {"tau": 0.5}}),
+        row("dcp-p0.5", "dcp", 0, 0.90, 7.0, train=150.0, macs=25,
+            args={"dcp": {"p": 0.5, "warmup": 0.05, "compute_multiple": 8}}),
+        row("static-p0.5", "static", 0, 0.89, 5.0, train=150.0, macs=25,
+            args={"static": {"p": 0.5, "widths": []}}),
+    ]
+
+
+def test_story_states_each_verdict_and_the_numbers_that_explain_it() -> None:
+    from leantrain.harness.story import story
+
+    rows = _paper_rows()
+    for r in rows:
+        r["_file"] = "paper-cpu2.jsonl"
+    dense, ld, dcp, static = story(summarize(rows))
+    assert dense.startswith("- **Dense resnet32** (2 seeds): 91.50% ± 0.71 top-1 after 3 epochs")
+    assert "the recipe's bar of 90% is met" in dense
+    assert "0.80× dense training time (paper: ≤ 0.5×; **missed**)" in ld
+    assert "top-1 -1.00 points vs dense (paper: within 3.2; met)" in ld
+    # one removal per run at step 12 of 20; the trace's last epoch ends at step 20
+    assert "It removed 1 block per run, the first at 60% and the last at 60% of training" in ld
+    assert "Training FLOPs fell 20% and time 20%: 1.00× the FLOPs saving" in ld
+    assert "halving the time needs a ≥ 50% cut in training FLOPs" in ld
+    assert "50.0% fewer FLOPs (authors: 50.2%; not judged yet: one seed)" not in dcp
+    assert "50.0% fewer FLOPs (authors: 50.2%; **missed**)" in dcp
+    assert "sliced training at 0.70× dense time (≤ 0.75×; met)" in dcp
+    assert "The static network `static-p0.5`" in dcp and "0.50× dense time at -2.50 points" in dcp
+    assert static.startswith("- **static-p0.5** on resnet32 (1 seed): 0.50× dense time")
+
+
+def test_readme_leads_with_the_paper_suite_and_keeps_the_quick_reproducer(tmp_path) -> None:
+    quick = [dict(r, suite="quick", key=r["key"].replace("s|", "quick|")) for r in ROWS]
+    paper = _write(tmp_path / "paper-cpu2-torch2.13.0.jsonl", _paper_rows())
+    quick_file = _write(tmp_path / "quick-cpu2-torch2.13.0.jsonl", quick)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{START}\nold\n{END}\n")
+    write_report([paper, quick_file], tmp_path / "out", readme=readme)
+    text = readme.read_text()
+    assert text.index("Suite `paper`") < text.index("What these rows say") < text.index(
+        "**Quick reproducer.** Suite `quick`")
+    assert "leantrain bench paper && leantrain bench quick && leantrain report" in text
+    with pytest.raises(ValueError, match="no results of suite 'nope'"):
+        write_report([paper], tmp_path / "out", readme=readme, readme_suites=["nope"])

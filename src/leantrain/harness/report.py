@@ -19,6 +19,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from ..atomic import write_atomic
@@ -26,6 +27,7 @@ from ..config import toml_repr
 from ..machine_share import is_quiet
 from .bench import read_results
 from .plots import plot_flops_curves, plot_pareto, slug
+from .story import story
 from .targets import check_targets, targets_tables
 
 __all__ = [
@@ -400,6 +402,51 @@ def _recipes(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# The README's suites when none are named: the full-scale evidence first, then the quick
+# reproducer (a few minutes on a laptop).
+README_SUITES = ("paper", "quick")
+
+
+def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[str] | None,
+                  out_dir: Path, readme: Path) -> str:
+    """The README's results: the first suite's table and its story in words, then each further
+    suite's table, each with its machine and the command that reproduces it."""
+    names = list(chosen) if chosen else [n for n in README_SUITES if n in suites] or suites[:1]
+    missing = [n for n in names if n not in suites]
+    if missing:
+        raise ValueError(
+            f"no results of suite {missing[0]!r} for the README; have: {', '.join(suites)}."
+        )
+    parts: list[str] = []
+    files: list[str] = []
+    for i, name in enumerate(names):
+        mine = [s for s in summaries if s.suite == name]
+        env = mine[0].rows[0].get("env", {})
+        hw = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
+        seeds = sorted({r.get("seed", 0) for s in mine for r in s.rows})
+        files += sorted({Path(r["_file"]).as_posix() for s in mine for r in s.rows})
+        title = "**Quick reproducer.** " if i > 0 and name == "quick" else ""
+        parts += [
+            f"{title}Suite `{name}` on {hw} ({env.get('cores')} cores), torch {env.get('torch')}, "
+            f"seeds {', '.join(map(str, seeds))}." + (f" {TIME_NOTE}" if i == 0 else ""),
+            "",
+            markdown_table(mine, headline=True),
+            "",
+        ]
+        if i == 0:
+            parts += ["What these rows say (sentences generated from the same rows):", "",
+                      *story(mine), ""]
+    benches = " && ".join(f"leantrain bench {n}" for n in names)
+    chosen_flags = "".join(f" --readme-suite {n}" for n in names) if chosen else ""
+    parts += [
+        "Reproduce (data sets under `$LEANTRAIN_DATA`; this block is written back here):",
+        "",
+        f"    {benches} && leantrain report {' '.join(dict.fromkeys(files))} "
+        f"--out {out_dir.as_posix()} --readme {readme.as_posix()}{chosen_flags}",
+    ]
+    return "\n".join(parts)
+
+
 def replace_between_markers(text: str, block: str) -> str:
     """Replace what lies between the README's results markers with `block`."""
     if START not in text or END not in text or text.index(START) > text.index(END):
@@ -418,7 +465,7 @@ def write_report(
     out_dir: str | Path,
     benchmarks: str | Path | None = None,
     readme: str | Path | None = None,
-    readme_suite: str | None = None,
+    readme_suites: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md`` and plots into `out_dir`; optionally BENCHMARKS.md and the README block.
 
@@ -515,29 +562,7 @@ def write_report(
             document(bpath.parent, "Benchmarks", f"{command} --write-benchmarks {bpath.as_posix()}"),
         )
     if readme:
-        chosen = readme_suite or ("quick" if "quick" in suites else suites[0])
-        mine = [s for s in all_summaries if s.suite == chosen]
-        if not mine:
-            raise ValueError(
-                f"no results of suite {chosen!r} for the README; have: {', '.join(suites)}."
-            )
-        env = mine[0].rows[0].get("env", {}) if mine else {}
-        hw = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
-        seeds = sorted({r.get("seed", 0) for s in mine for r in s.rows})
-        mine_files = sorted({Path(r["_file"]).as_posix() for s in mine for r in s.rows})
-        block = "\n".join(
-            [
-                f"Suite `{chosen}` on {hw} ({env.get('cores')} cores), torch {env.get('torch')}, "
-                f"seeds {', '.join(map(str, seeds))}. {TIME_NOTE}",
-                "",
-                markdown_table(mine, headline=True),
-                "",
-                "Reproduce (data sets under `$LEANTRAIN_DATA`; this block is written back here):",
-                "",
-                f"    leantrain bench {chosen} && leantrain report {' '.join(mine_files)} "
-                f"--out {Path(out_dir).as_posix()} --readme {Path(readme).as_posix()}",
-            ]
-        )
+        block = _readme_block(all_summaries, suites, readme_suites, Path(out_dir), Path(readme))
         rpath = Path(readme)
         write_atomic(rpath, replace_between_markers(rpath.read_text(), block))
     return {"summaries": all_summaries, "markdown": markdown, "images": all_images}
@@ -559,7 +584,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--readme", help="fill the README's results block (between the markers)")
     p.add_argument(
-        "--readme-suite", help="suite shown in the README (default: quick, else the first)"
+        "--readme-suite",
+        action="append",
+        help="suite shown in the README, repeatable: the first gets the headline and its story "
+        "(default: paper, then quick, where they have results; else the first suite)",
     )
 
 
@@ -570,7 +598,7 @@ def main(args: argparse.Namespace) -> int:
         args.out,
         benchmarks=args.write_benchmarks,
         readme=args.readme,
-        readme_suite=args.readme_suite,
+        readme_suites=args.readme_suite,
     )
     print(markdown_table(result["summaries"]))
     print(f"wrote {Path(args.out) / 'report.md'} and {len(result['images'])} plot(s)")

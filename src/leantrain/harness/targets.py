@@ -31,7 +31,7 @@ DCP_AUTHORS = {"vgg16": (0.42, 73.3), "resnet32": (0.5, 50.2)}
 DCP_MAX_DROP = 1.0  # accuracy points vs our dense baseline on the same recipe
 DCP_MAX_TIME_RATIO = 0.75  # sliced DCP at p = 0.5
 # Suites whose Learn&Drop rows are judged (the sweep's rows are calibration, not results).
-LD_SUITES = ("learndrop", "long", "quick", "peers")
+LD_SUITES = ("learndrop", "long", "quick", "peers", "paper")
 
 # Column headers of each method's table, in order.
 COLUMNS = {

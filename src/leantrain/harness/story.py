@@ -1,0 +1,233 @@
+"""The headline in words: for each method of a suite, what it measured against its target and the
+measured quantities that say why, generated from the result rows (never typed by hand).
+
+A reader who sees "0.78× dense time" also needs to know whether that was the claim, and what bounds
+it: a method cannot save more time than it cut training FLOPs (forward + backward over the whole
+run), and a per-step channel selection cannot train faster than a static network of the widths it
+computes. Each sentence here is built from those numbers: the verdicts come from
+`leantrain.harness.targets`, the removals' timing from the rows' event traces, the FLOPs cuts
+from the FLOP counters, the time ratios from quiet runs only.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from .targets import (
+    DCP_AUTHORS,
+    DCP_MAX_DROP,
+    DCP_MAX_TIME_RATIO,
+    LD_MAX_DROP,
+    LD_MAX_TIME_RATIO,
+    Check,
+    check_targets,
+)
+
+if TYPE_CHECKING:
+    from .report import Summary
+
+__all__ = ["story", "RECIPE_BARS"]
+
+# The recipe bars a dense baseline must reach before a method's accuracy drop means anything at
+# this scale: (suite, data set, model) → top-1 %. The `paper` suite's: ≥ 90% for CIFAR ResNet-32
+# in ≤ 30 epochs (the scale at which the DCP paper reports ResNet-32; its dense ≈ 92-93%).
+RECIPE_BARS = {("paper", "cifar10", "resnet32"): 90.0}
+
+_VERDICT = {True: "met", False: "**missed**", None: "not judged"}
+
+
+def _verdict(check: Check | None) -> str:
+    if check is None:
+        return "not judged"
+    if check.met is None and check.seeds < 2:
+        return "not judged yet: one seed"
+    return _VERDICT[check.met]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _removal_timing(s: Summary) -> tuple[float, float, float] | None:
+    """(mean blocks removed per run, earliest and latest removal as a fraction of training)."""
+    counts, firsts, lasts = [], [], []
+    for row in s.rows:
+        trace = row.get("trace") or {}
+        total = max((e.get("step", 0) for e in trace.get("epochs", [])), default=0)
+        steps = [e["step"] for e in trace.get("events", [])
+                 if e.get("kind") in ("drop", "freeze") and "step" in e]
+        counts.append(len(steps))
+        if steps and total:
+            firsts.append(min(steps) / total)
+            lasts.append(max(steps) / total)
+    if not counts:
+        return None
+    return statistics.fmean(counts), min(firsts, default=0.0), max(lasts, default=0.0)
+
+
+def _args(s: Summary, method: str) -> dict[str, Any]:
+    return s.rows[0].get("config", {}).get("method_args", {}).get(method, {})
+
+
+def _drop_pts(s: Summary) -> float | None:
+    dense = s.dense.mean("acc") if s.dense else None
+    acc = s.mean("acc")
+    return None if dense is None or acc is None else dense - acc
+
+
+def _seeds(s: Summary) -> str:
+    return "1 seed" if s.n == 1 else f"{s.n} seeds"
+
+
+def _time_and_flops(s: Summary, why_flops: str = "") -> str:
+    """Time saving against the training-FLOPs saving: the most time the cut could save."""
+    ratio, r_train = (1 / s.speedup if s.speedup else None), s.mean("r_train")
+    if ratio is None or r_train is None:
+        return ""
+    text = f"training FLOPs fell {_pct(r_train)}{why_flops} and time {_pct(1 - ratio)}"
+    if r_train > 0.01:
+        text += f": {(1 - ratio) / r_train:.2f}× the FLOPs saving reached the clock"
+    return text
+
+
+def _dense_sentence(s: Summary) -> str:
+    acc, std = s.mean("acc"), s.std("acc")
+    epochs = s.rows[0].get("config", {}).get("train", {}).get("epochs")
+    text = f"**Dense {s.model}** ({_seeds(s)}): {acc:.2f}%" + (f" ± {std:.2f}" if std else "")
+    text += f" top-1 after {epochs} epochs (the last epoch's model, never the best epoch's)"
+    bar = RECIPE_BARS.get((s.suite, s.dataset, s.model))
+    if bar is not None and acc is not None:
+        text += f"; the recipe's bar of {bar:g}% is {'met' if acc >= bar else '**missed**'}"
+    return text + "."
+
+
+def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
+    ratio = 1 / s.speedup if s.speedup else None
+    drop = _drop_pts(s)
+    family = "resnet" if s.model.startswith("resnet") else "vgg"
+    parts = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
+    if ratio is not None:
+        target = f"paper: ≤ {LD_MAX_TIME_RATIO:g}×" if family == "resnet" else "no time claim"
+        parts.append(f"{ratio:.2f}× dense training time ({target}; "
+                     f"{_verdict(checks.get('time'))}),")
+    if drop is not None:
+        parts.append(f"top-1 {-drop:+.2f} points vs dense (paper: within "
+                     f"{LD_MAX_DROP[family]}; {_verdict(checks.get('acc'))}).")
+    timing = _removal_timing(s)
+    if timing and timing[0] > 0:
+        n, first, last = timing
+        blocks = "block" if n == 1 else "blocks"
+        parts.append(f"It removed {n:g} {blocks} per run, the first at {_pct(first)} and the "
+                     f"last at {_pct(last)} of training; the final network computes "
+                     f"{_pct(s.mean('r_final') or 0.0)} fewer forward FLOPs than dense.")
+    elif timing:
+        args = _args(s, "learndrop")
+        parts.append("It removed no block: no block met the drop rule"
+                     + (f" (τ = {args['tau']:g})" if "tau" in args else "") + ".")
+    why = _time_and_flops(s)
+    if why:
+        r_train = s.mean("r_train") or 0.0
+        halved = ratio is not None and ratio <= LD_MAX_TIME_RATIO
+        if not halved and r_train < 1 - LD_MAX_TIME_RATIO:
+            why += (f"; halving the time needs a ≥ {_pct(1 - LD_MAX_TIME_RATIO)} cut in training "
+                    "FLOPs over the whole run, so the removals came too late or were too few")
+        parts.append(why[0].upper() + why[1:] + ".")
+    return " ".join(parts)
+
+
+def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None) -> str:
+    args = _args(s, "dcp")
+    p = float(args.get("p", 0.3))
+    ratio = 1 / s.speedup if s.speedup else None
+    drop = _drop_pts(s)
+    parts = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
+    r_final = s.mean("r_final")
+    authors = DCP_AUTHORS.get(s.model)
+    if r_final is not None:
+        claim = (f"authors: {authors[1]}%; {_verdict(checks.get('flops'))}"
+                 if authors and abs(p - authors[0]) < 1e-9 else "no published figure at this p")
+        parts.append(f"the compact model has {100 * r_final:.1f}% fewer FLOPs ({claim}),")
+    if drop is not None:
+        parts.append(f"top-1 {-drop:+.2f} points vs dense (≤ {DCP_MAX_DROP:g} point; "
+                     f"{_verdict(checks.get('acc'))}),")
+    if ratio is not None:
+        mode = args.get("mode", "slice")
+        target = (f"≤ {DCP_MAX_TIME_RATIO}×; {_verdict(checks.get('time'))}"
+                  if mode == "slice" and abs(p - 0.5) < 1e-9 else "no time target")
+        parts.append(f"{mode}d training at {ratio:.2f}× dense time ({target}).")
+    warmup = float(args.get("warmup", 0.05))
+    why = _time_and_flops(s, f" (the first {_pct(warmup)} of training is dense, and each layer "
+                             "computes its selected channels rounded up to a multiple of "
+                             f"{args.get('compute_multiple', 8)})")
+    if why:
+        parts.append(why[0].upper() + why[1:] + ".")
+    if bound is not None and bound.speedup:
+        b_drop = _drop_pts(bound)
+        parts.append(f"The static network `{bound.label}` (every prunable width cut by p = {p:g} "
+                     "before the first step, trained densely) runs at "
+                     f"{1 / bound.speedup:.2f}× dense time"
+                     + (f" at {-b_drop:+.2f} points" if b_drop is not None else "")
+                     + ": about the fastest a selection at this p can train here.")
+    return " ".join(parts)
+
+
+def _other_sentence(s: Summary) -> str:
+    ratio = 1 / s.speedup if s.speedup else None
+    drop = _drop_pts(s)
+    bits = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
+    if ratio is not None:
+        bits.append(f"{ratio:.2f}× dense time,")
+    if drop is not None:
+        bits.append(f"top-1 {-drop:+.2f} points vs dense,")
+    r_train, r_final = s.mean("r_train"), s.mean("r_final")
+    if r_train is not None and r_final is not None:
+        bits.append(f"training FLOPs −{_pct(r_train)}, final network −{_pct(r_final)} FLOPs.")
+    return " ".join(bits).rstrip(",") + ("" if bits[-1].endswith(".") else ".")
+
+
+def _static_bound(s: Summary, summaries: list[Summary]) -> Summary | None:
+    """The uniform static row at DCP's p in the same suite and model: the speed bound for p."""
+    p = float(_args(s, "dcp").get("p", 0.3))
+    for c in summaries:
+        a = _args(c, "static")
+        if (c.method == "static" and (c.suite, c.dataset, c.model) == (s.suite, s.dataset, s.model)
+                and not a.get("widths") and abs(float(a.get("p", 0.5)) - p) < 1e-9):
+            return c
+    return None
+
+
+# Which target column each sentence's verdicts read, per method table.
+_KEYS = {
+    "Learn&Drop": {"Time vs dense": "time", "Accuracy drop": "acc"},
+    "DCP": {"Compact FLOPs cut": "flops", "Accuracy drop at authors' p": "acc",
+            "Sliced time at p = 0.5": "time"},
+}
+
+
+def _checks_by_run(checks: list[Check]) -> dict[str, dict[str, Check]]:
+    out: dict[str, dict[str, Check]] = {}
+    for c in checks:
+        for prefix, key in _KEYS.get(c.method, {}).items():
+            if c.column.startswith(prefix):
+                out.setdefault(c.where, {})[key] = c
+    return out
+
+
+def story(summaries: list[Summary]) -> list[str]:
+    """One Markdown bullet per row of `summaries` (one suite): the dense baselines' accuracy,
+    then what each method measured, its verdicts and the numbers that explain them."""
+    by_run = _checks_by_run(check_targets(summaries))
+    lines = []
+    for s in summaries:
+        where = f"{s.suite}: {s.dataset} / {s.model} / {s.label}"
+        if s.method == "none":
+            text = _dense_sentence(s)
+        elif s.method == "learndrop":
+            text = _learndrop_sentence(s, by_run.get(where, {}))
+        elif s.method == "dcp":
+            text = _dcp_sentence(s, by_run.get(where, {}), _static_bound(s, summaries))
+        else:
+            text = _other_sentence(s)
+        lines.append(f"- {text}")
+    return lines
