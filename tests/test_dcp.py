@@ -59,14 +59,16 @@ def _assert_same_step(
         torch.testing.assert_close(a_method.utilities[key], b_method.utilities[key], **utility_tol)
 
 
+@pytest.mark.parametrize("selection", ["global", "layer"])
 @pytest.mark.parametrize("name", MODELS)
-def test_sliced_equals_masked(name: str) -> None:
+def test_sliced_equals_masked(name: str, selection: str) -> None:
     """Property 1: outputs, parameter gradients, utilities and BN statistics agree."""
     torch.manual_seed(0)
     sliced = create_model(name)
     randomise_bn(sliced)
     masked = copy.deepcopy(sliced)
-    m_slice, m_mask = DCP(p=0.4, mode="slice"), DCP(p=0.4, mode="mask")
+    m_slice = DCP(p=0.4, mode="slice", selection=selection)
+    m_mask = DCP(p=0.4, mode="mask", selection=selection)
     _select(m_slice, sliced)
     _select(m_mask, masked)
     assert any(k is not None for k in m_slice.kept.values())
@@ -218,6 +220,20 @@ def test_selection_prunes_round_np_in_model() -> None:
     assert all(s.conv.out_index is None or len(s.conv.out_index) >= 3 for s in sets)
 
 
+@pytest.mark.parametrize("p, min_channels", [(0.5, 1), (0.3, 1), (0.9, 3)])
+def test_layer_selection_cuts_every_width_alike(p: float, min_channels: int) -> None:
+    """selection='layer': each set keeps its own round(C·(1 − p)) highest-utility channels."""
+    model = create_model("test_resnet")
+    method = DCP(p=p, selection="layer", min_channels=min_channels)
+    _select(method, model)
+    for s in channel_sets_of(model):
+        want = max(min_channels, len(s) - round(len(s) * p))
+        u = method.utilities[s.name]
+        top = torch.sort(u, descending=True, stable=True).indices[:want].sort().values
+        kept = method.kept[s.name]
+        assert torch.equal(kept if kept is not None else torch.arange(len(s)), top), s.name
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_save_load_compact_model(tmp_path, name: str) -> None:
     """Property 5: save → load of a compact model reproduces its outputs exactly."""
@@ -245,6 +261,11 @@ def test_gamma_schedule_and_warmup() -> None:
     assert all(k is None for k in method.kept.values())
     method.step(model, Progress(3, 10, 5))
     assert any(k is not None for k in method.kept.values())
+
+
+def test_rejects_an_unknown_selection_rule() -> None:
+    with pytest.raises(ValueError, match="dcp.selection = 'per-layer'; choose 'global' or 'layer'"):
+        DCP(selection="per-layer")
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
