@@ -203,6 +203,7 @@ def test_report_writes_markdown_plots_benchmarks_and_readme(tmp_path, results) -
     assert "JPEG" in text  # the CIFAR-10 copy is lossy, said next to its numbers
     assert "](benchmarks/report/s-cifar10-resnet20-pareto.png)" in text
     assert "--write-benchmarks" in text
+    assert "Machine time: 0.0 h over 5 runs (training, evaluation and checkpoint time" in text
     new = readme.read_text()
     assert "old table" not in new and new.startswith("# leantrain\n\nintro")
     assert new.endswith("## Quick start\n") and "89.00 ± 1.41 (n=2)" in new

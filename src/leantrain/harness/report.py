@@ -144,7 +144,7 @@ _ROW_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "env": (dict, False),
     "trace": (dict, False),
     **{k: (_NUMBER, False) for k in (
-        "train_s", "surgery_s", "forward_flops", "dense_forward_flops", "train_flops",
+        "train_s", "surgery_s", "eval_s", "checkpoint_s", "forward_flops", "dense_forward_flops", "train_flops",
         "dense_train_flops", "final_macs", "dense_macs", "final_params", "peak_rss_mb",
         "rss_start_mb", "train_images", "test_images",
     )},
@@ -379,6 +379,15 @@ def _settings(rows: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
     return out
 
 
+def _machine_time(rows: list[dict[str, Any]]) -> str:
+    """What the suite's runs cost in machine time: each run's training, surgery, evaluation and
+    checkpoint laps (carried across resumes, so a run spread over sessions counts whole), summed."""
+    laps = ("train_s", "surgery_s", "eval_s", "checkpoint_s")
+    total = sum(float(r.get(k) or 0.0) for r in rows for k in laps)
+    return (f"Machine time: {total / 3600:.1f} h over {len(rows)} runs (training, evaluation and "
+            "checkpoint time; data loading and start-up not counted).")
+
+
 def _recipes(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| Data set | Model | Train / test images | Epochs | Batch | LR (schedule, warm-up) "
@@ -520,6 +529,8 @@ def write_report(
             suite_rows = [r for s in mine for r in s.rows]
             parts += [
                 f"{level} Suite `{suite}`",
+                "",
+                _machine_time(suite_rows),
                 "",
                 "Recipes:",
                 "",
