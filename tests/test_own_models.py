@@ -371,3 +371,22 @@ def test_readme_own_model_snippet_runs() -> None:
     assert type(model).__name__ == "ResNet" and model(x).shape == (4, 10)
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {
         id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_inspect_prints_a_compact_models_widths_for_the_static_control(tmp_path, capsys) -> None:
+    """`leantrain inspect RUN/model.safetensors --widths` gives a DCP run's final widths in the
+    order `static.widths` takes them."""
+    from leantrain.cli import main
+    from leantrain.surgery import prune_channels
+
+    model = create_model("test_resnet")
+    sets = channel_sets_of(model)
+    keep = {s.name: torch.arange(1 + i % len(s)) for i, s in enumerate(sets)}
+    prune_channels(model, keep)
+    path = tmp_path / "model.safetensors"
+    save_model(model, path)
+    assert main(["inspect", str(path), "--widths"]) == 0
+    assert capsys.readouterr().out.strip() == f"widths = {[len(k) for k in keep.values()]}"
+    assert main(["inspect", str(tmp_path / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("leantrain: error:") and "missing.safetensors" in err

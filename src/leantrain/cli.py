@@ -173,9 +173,13 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
         "the MACs), its prunable channel sets (with their sizes) and every part left out, with "
         "the reason.",
     )
-    p.add_argument("model", help="a registered name, torchvision:NAME or package.module:factory")
+    p.add_argument("model", help="a registered name, torchvision:NAME, package.module:factory, "
+                   "or a saved model file (model.safetensors of a run)")
     p.add_argument("--input", default="3x32x32", help="CxHxW of one sample, e.g. 3x64x64")
     p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--widths", action="store_true",
+                   help="print only the channel sets' widths as a `static.widths` TOML line (a "
+                   "DCP run's final widths, for the static control trained at them)")
 
 
 @_command("inspect")
@@ -184,8 +188,16 @@ def _inspect(args: argparse.Namespace) -> int:
     from .structure import prepare
 
     c, h, _ = _parse_shape(args.input)
-    model = create_model(args.model, num_classes=args.num_classes, in_channels=c, input_size=h)
+    if args.model.endswith(".safetensors"):
+        from .io import load_model
+
+        model = load_model(args.model)
+    else:
+        model = create_model(args.model, num_classes=args.num_classes, in_channels=c, input_size=h)
     structure = prepare(model, (c, h, h))
+    if args.widths:
+        print(f"widths = {[len(s) for s in structure.channel_sets]}")
+        return 0
     print(f"{args.model} at {args.input}, {structure.macs.get('', 0):,} MACs per sample")
     print(structure)
     return 0
