@@ -294,6 +294,7 @@ def test_story_states_each_verdict_and_the_numbers_that_explain_it() -> None:
     assert "50.0% fewer FLOPs (authors: 50.2%; not judged yet: one seed)" not in dcp
     assert "50.0% fewer FLOPs (authors: 50.2%; **missed**)" in dcp
     assert "sliced training at 0.70× dense time (≤ 0.75×; met)" in dcp
+    assert "top-1 -1.50 points vs dense (≤ 1 point; **missed**)" in dcp
     assert "The static network `static-p0.5`" in dcp and "0.50× dense time at -2.50 points" in dcp
     assert static.startswith("- **static-p0.5** on resnet32 (1 seed): 0.50× dense time")
 
@@ -309,5 +310,6 @@ def test_readme_leads_with_the_paper_suite_and_keeps_the_quick_reproducer(tmp_pa
     assert text.index("Suite `paper`") < text.index("What these rows say") < text.index(
         "**Quick reproducer.** Suite `quick`")
     assert "leantrain bench paper && leantrain bench quick && leantrain report" in text
+    assert text.count("What these rows say") == 1  # the quick suite's table stands alone
     with pytest.raises(ValueError, match="no results of suite 'nope'"):
         write_report([paper], tmp_path / "out", readme=readme, readme_suites=["nope"])

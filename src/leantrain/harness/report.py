@@ -384,7 +384,8 @@ def _machine_time(rows: list[dict[str, Any]]) -> str:
     checkpoint laps (carried across resumes, so a run spread over sessions counts whole), summed."""
     laps = ("train_s", "surgery_s", "eval_s", "checkpoint_s")
     total = sum(float(r.get(k) or 0.0) for r in rows for k in laps)
-    return (f"Machine time: {total / 3600:.1f} h over {len(rows)} runs (training, evaluation and "
+    runs = "1 run" if len(rows) == 1 else f"{len(rows)} runs"
+    return (f"Machine time: {total / 3600:.1f} h over {runs} (training, evaluation and "
             "checkpoint time; data loading and start-up not counted).")
 
 
@@ -414,6 +415,9 @@ def _recipes(rows: list[dict[str, Any]]) -> str:
 # The README's suites when none are named: the full-scale evidence first, then the quick
 # reproducer (a few minutes on a laptop).
 README_SUITES = ("paper", "quick")
+# Suites whose scale the generated sentences are written for: at the quick suite's few hundred
+# steps a verdict on the papers' claims says little, so its table stands alone.
+STORY_SUITES = ("paper",)
 
 
 def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[str] | None,
@@ -442,7 +446,7 @@ def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[
             markdown_table(mine, headline=True),
             "",
         ]
-        if i == 0:
+        if i == 0 and name in STORY_SUITES:
             parts += ["What these rows say (sentences generated from the same rows):", "",
                       *story(mine), ""]
     benches = " && ".join(f"leantrain bench {n}" for n in names)

@@ -148,19 +148,21 @@ def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None) -
         claim = (f"authors: {authors[1]}%; {_verdict(checks.get('flops'))}"
                  if authors and abs(p - authors[0]) < 1e-9 else "no published figure at this p")
         parts.append(f"the compact model has {100 * r_final:.1f}% fewer FLOPs ({claim}),")
+    mode = args.get("mode", "slice")
     if drop is not None:
-        parts.append(f"top-1 {-drop:+.2f} points vs dense (≤ {DCP_MAX_DROP:g} point; "
-                     f"{_verdict(checks.get('acc'))}),")
+        judged = (f" (≤ {DCP_MAX_DROP:g} point; {_verdict(checks['acc'])})"
+                  if "acc" in checks else "")
+        parts.append(f"top-1 {-drop:+.2f} points vs dense{judged},")
     if ratio is not None:
-        mode = args.get("mode", "slice")
         target = (f"≤ {DCP_MAX_TIME_RATIO}×; {_verdict(checks.get('time'))}"
                   if mode == "slice" and abs(p - 0.5) < 1e-9 else "no time target")
-        parts.append(f"{mode}d training at {ratio:.2f}× dense time ({target}).")
+        done = "sliced" if mode == "slice" else "masked"
+        parts.append(f"{done} training at {ratio:.2f}× dense time ({target}).")
     warmup = float(args.get("warmup", 0.05))
     why = _time_and_flops(s, f" (the first {_pct(warmup)} of training is dense, and each layer "
                              "computes its selected channels rounded up to a multiple of "
                              f"{args.get('compute_multiple', 8)})")
-    if why:
+    if why and mode == "slice":  # masked computes every channel: no FLOPs saving to explain
         parts.append(why[0].upper() + why[1:] + ".")
     if bound is not None and bound.speedup:
         b_drop = _drop_pts(bound)
