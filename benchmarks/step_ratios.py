@@ -68,11 +68,10 @@ def _build(name: str, size: int, config: str, device: torch.device, total: int,
     torch.manual_seed(0)
     model = leantrain.create_model(name, num_classes=10, input_size=size)
     model = model.to(device=device, memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    if config == "learndrop-half":
+    if config == "learndrop-half":  # dropped before the optimizer sees the parameters
         drop_units(model, [u.name for u in units_of(model)[::2]])
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    elif config != "dense":
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if config not in ("dense", "learndrop-half"):
         method = {
             "dcp-slice": lambda: leantrain.DCP(p=0.5, warmup=0.0),
             "dcp-mask": lambda: leantrain.DCP(p=0.5, warmup=0.0, mode="mask"),

@@ -18,8 +18,8 @@ import math
 import os
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..atomic import write_atomic
@@ -105,6 +105,12 @@ class Summary:
         mine, dense = self.quiet_time(), self.dense.quiet_time()
         return dense / mine if mine and dense else None
 
+    @property
+    def time_ratio(self) -> float | None:
+        """Training time as a multiple of dense's (1 / `speedup`), from quiet rows only."""
+        speedup = self.speedup
+        return 1 / speedup if speedup else None
+
 
 def _value(row: dict[str, Any], key: str) -> float | None:
     """A per-run quantity, derived from the row's raw fields."""
@@ -144,9 +150,9 @@ _ROW_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "env": (dict, False),
     "trace": (dict, False),
     **{k: (_NUMBER, False) for k in (
-        "train_s", "surgery_s", "eval_s", "checkpoint_s", "forward_flops", "dense_forward_flops", "train_flops",
-        "dense_train_flops", "final_macs", "dense_macs", "final_params", "peak_rss_mb",
-        "rss_start_mb", "train_images", "test_images",
+        "train_s", "surgery_s", "eval_s", "checkpoint_s", "forward_flops", "dense_forward_flops",
+        "train_flops", "dense_train_flops", "final_macs", "dense_macs", "final_params",
+        "peak_rss_mb", "rss_start_mb", "train_images", "test_images",
     )},
 }
 _CONFIG_TABLES = ("data", "model", "train", "method_args")
@@ -202,12 +208,13 @@ def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
 
 def check_environment(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The one environment all rows share; a clear error when they come from several."""
-    seen: dict[tuple[Any, ...], set[str]] = {}
-    for r in rows:
-        env = r.get("env", {})
-        seen.setdefault(tuple(env.get(k) for k in _ENV_FIELDS), set()).add(Path(r["_file"]).name)
-    if len(seen) > 1:
-        lines = [f"  {dict(zip(_ENV_FIELDS, k))}: {', '.join(sorted(v))}" for k, v in seen.items()]
+    groups = by_environment(rows)
+    if len(groups) > 1:
+        lines = [
+            f"  {dict((k, env.get(k)) for k in _ENV_FIELDS)}: "
+            + ", ".join(sorted({Path(r["_file"]).name for r in group}))
+            for env, group in groups
+        ]
         raise ValueError(
             "these results come from different environments, and speed-ups are only comparable "
             "within one; report each environment separately:\n" + "\n".join(lines)
@@ -223,6 +230,11 @@ def by_environment(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], lis
         env = r.get("env", {})
         groups.setdefault(tuple(env.get(k) for k in _ENV_FIELDS), []).append(r)
     return [(group[0].get("env", {}), group) for group in groups.values()]
+
+
+def _hardware(env: dict[str, Any]) -> str | None:
+    """What the times ran on: the GPU's name for CUDA rows, else the CPU's."""
+    return env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
 
 
 def _recipe(row: dict[str, Any]) -> str:
@@ -347,7 +359,7 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
 
 
 def _settings(rows: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
-    hw = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
+    hw = _hardware(env)
     commits = sorted({str(r.get("env", {}).get("git_commit")) for r in rows} - {"None"})
     out = [
         f"- **Hardware:** {hw} ({env.get('device')}, {env.get('cores')} cores, "
@@ -435,7 +447,7 @@ def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[
     for i, name in enumerate(names):
         mine = [s for s in summaries if s.suite == name]
         env = mine[0].rows[0].get("env", {})
-        hw = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
+        hw = _hardware(env)
         seeds = sorted({r.get("seed", 0) for s in mine for r in s.rows})
         files += sorted({Path(r["_file"]).as_posix() for s in mine for r in s.rows})
         title = "**Quick reproducer.** " if i > 0 and name == "quick" else ""
@@ -562,7 +574,7 @@ def write_report(
             "",
         ]
         for env, env_rows, summaries, images, checks in sections:
-            hw = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
+            hw = _hardware(env)
             names = ", ".join(f"`{n}`" for n in dict.fromkeys(s.suite for s in summaries))
             parts += [f"## On {hw}, torch {env.get('torch')}: {names}", ""]
             parts += section_parts(base, env, env_rows, summaries, images, checks, "###")

@@ -12,15 +12,19 @@ from the FLOP counters, the time ratios from quiet runs only.
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .targets import (
+    COLUMNS,
     DCP_AUTHORS,
     DCP_MAX_DROP,
     DCP_MAX_TIME_RATIO,
     LD_MAX_DROP,
     LD_MAX_TIME_RATIO,
     Check,
+    _args,
+    _drop,
+    _where,
     check_targets,
 )
 
@@ -66,23 +70,13 @@ def _removal_timing(s: Summary) -> tuple[float, float, float] | None:
     return statistics.fmean(counts), min(firsts, default=0.0), max(lasts, default=0.0)
 
 
-def _args(s: Summary, method: str) -> dict[str, Any]:
-    return s.rows[0].get("config", {}).get("method_args", {}).get(method, {})
-
-
-def _drop_pts(s: Summary) -> float | None:
-    dense = s.dense.mean("acc") if s.dense else None
-    acc = s.mean("acc")
-    return None if dense is None or acc is None else dense - acc
-
-
 def _seeds(s: Summary) -> str:
     return "1 seed" if s.n == 1 else f"{s.n} seeds"
 
 
 def _time_and_flops(s: Summary, why_flops: str = "") -> str:
     """Time saving against the training-FLOPs saving: the most time the cut could save."""
-    ratio, r_train = (1 / s.speedup if s.speedup else None), s.mean("r_train")
+    ratio, r_train = s.time_ratio, s.mean("r_train")
     if ratio is None or r_train is None:
         return ""
     text = f"training FLOPs fell {_pct(r_train)}{why_flops} and time {_pct(1 - ratio)}"
@@ -103,8 +97,8 @@ def _dense_sentence(s: Summary) -> str:
 
 
 def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
-    ratio = 1 / s.speedup if s.speedup else None
-    drop = _drop_pts(s)
+    ratio = s.time_ratio
+    drop = _drop(s)
     family = "resnet" if s.model.startswith("resnet") else "vgg"
     parts = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
     if ratio is not None:
@@ -139,8 +133,8 @@ def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
 def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None) -> str:
     args = _args(s, "dcp")
     p = float(args.get("p", 0.3))
-    ratio = 1 / s.speedup if s.speedup else None
-    drop = _drop_pts(s)
+    ratio = s.time_ratio
+    drop = _drop(s)
     parts = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
     r_final = s.mean("r_final")
     authors = DCP_AUTHORS.get(s.model)
@@ -164,19 +158,19 @@ def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None) -
                              f"{args.get('compute_multiple', 8)})")
     if why and mode == "slice":  # masked computes every channel: no FLOPs saving to explain
         parts.append(why[0].upper() + why[1:] + ".")
-    if bound is not None and bound.speedup:
-        b_drop = _drop_pts(bound)
+    if bound is not None and bound.time_ratio is not None:
+        b_drop = _drop(bound)
         parts.append(f"The static network `{bound.label}` (every prunable width cut by p = {p:g} "
                      "before the first step, trained densely) runs at "
-                     f"{1 / bound.speedup:.2f}× dense time"
+                     f"{bound.time_ratio:.2f}× dense time"
                      + (f" at {-b_drop:+.2f} points" if b_drop is not None else "")
                      + ": about the fastest a selection at this p can train here.")
     return " ".join(parts)
 
 
 def _other_sentence(s: Summary) -> str:
-    ratio = 1 / s.speedup if s.speedup else None
-    drop = _drop_pts(s)
+    ratio = s.time_ratio
+    drop = _drop(s)
     bits = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
     if ratio is not None:
         bits.append(f"{ratio:.2f}× dense time,")
@@ -199,20 +193,21 @@ def _static_bound(s: Summary, summaries: list[Summary]) -> Summary | None:
     return None
 
 
-# Which target column each sentence's verdicts read, per method table.
+# Which target columns the sentences' verdicts read: (method table, column) → key.
 _KEYS = {
-    "Learn&Drop": {"Time vs dense": "time", "Accuracy drop": "acc"},
-    "DCP": {"Compact FLOPs cut": "flops", "Accuracy drop at authors' p": "acc",
-            "Sliced time at p = 0.5": "time"},
+    ("Learn&Drop", COLUMNS["Learn&Drop"][0]): "time",
+    ("Learn&Drop", COLUMNS["Learn&Drop"][1]): "acc",
+    ("DCP", COLUMNS["DCP"][0]): "flops",
+    ("DCP", COLUMNS["DCP"][1]): "acc",
+    ("DCP", COLUMNS["DCP"][2]): "time",
 }
 
 
 def _checks_by_run(checks: list[Check]) -> dict[str, dict[str, Check]]:
     out: dict[str, dict[str, Check]] = {}
     for c in checks:
-        for prefix, key in _KEYS.get(c.method, {}).items():
-            if c.column.startswith(prefix):
-                out.setdefault(c.where, {})[key] = c
+        if (key := _KEYS.get((c.method, c.column))) is not None:
+            out.setdefault(c.where, {})[key] = c
     return out
 
 
@@ -222,7 +217,7 @@ def story(summaries: list[Summary]) -> list[str]:
     by_run = _checks_by_run(check_targets(summaries))
     lines = []
     for s in summaries:
-        where = f"{s.suite}: {s.dataset} / {s.model} / {s.label}"
+        where = _where(s)
         if s.method == "none":
             text = _dense_sentence(s)
         elif s.method == "learndrop":

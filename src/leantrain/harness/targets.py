@@ -81,7 +81,7 @@ def _drop(s: Summary) -> float | None:
 def _learndrop(s: Summary) -> list[Check]:
     cols, where, out = COLUMNS["Learn&Drop"], _where(s), []
     family = "resnet" if s.model.startswith("resnet") else "vgg"
-    ratio = 1 / s.speedup if s.speedup else None
+    ratio = s.time_ratio
     if ratio is not None:
         judged = ratio <= LD_MAX_TIME_RATIO if family == "resnet" else None
         out.append(Check("Learn&Drop", cols[0], where, f"{ratio:.2f}×", judged, s.n))
@@ -105,7 +105,7 @@ def _dcp(
     cols, where, out = COLUMNS["DCP"], _where(s), []
     args = _args(s, "dcp")
     p, mode = float(args.get("p", 0.3)), args.get("mode", "slice")
-    ratio = 1 / s.speedup if s.speedup else None
+    ratio = s.time_ratio
     if mode == "mask":
         if ratio is not None:
             out.append(Check("DCP", cols[3], where, f"{ratio:.2f}×", ratio >= 1.0, s.n))
@@ -133,8 +133,8 @@ def _dcp(
     scratch, bound = _controls_of(s, controls)
     if scratch is not None and (drop := _drop(scratch)) is not None:
         out.append(Check("DCP", cols[5], where, f"{drop:+.2f}", None, scratch.n))
-    if bound is not None and bound.speedup:
-        out.append(Check("DCP", cols[6], where, f"{1 / bound.speedup:.2f}×", None, bound.n))
+    if bound is not None and bound.time_ratio is not None:
+        out.append(Check("DCP", cols[6], where, f"{bound.time_ratio:.2f}×", None, bound.n))
     return out
 
 
