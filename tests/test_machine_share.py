@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from leantrain.machine_share import MachineShare, is_quiet, whole_run
+from leantrain.machine_share import MachineShare, is_quiet, stretch_shares, whole_run
 
 
 def test_is_quiet_needs_cpu_share_and_no_other_load() -> None:
@@ -32,6 +32,37 @@ def test_a_resumed_run_is_quiet_only_if_every_segment_was() -> None:
     assert whole_run(quiet, history)["quiet"] is False
     assert whole_run(quiet, history[1:])["quiet"] is True
     assert whole_run(quiet, [{"epoch": 1}])["quiet"] is True  # rows from before the record
+
+
+def _segment(load: list[float], laps: list[tuple[float, float]]) -> list[dict]:
+    """Cumulative epoch records of one segment from (cpu_s, wall_s) per epoch."""
+    rows, cpu, wall = [], 0.0, 0.0
+    for c, w in laps:
+        cpu, wall = cpu + c, wall + w
+        rows.append({"cpu_s": cpu, "wall_s": wall, "threads": 2, "cpu_share": cpu / (2 * wall),
+                     "load_start": load, "load_end": [2.0, 2.0, 2.0]})
+    return rows
+
+
+def test_a_contended_epoch_inside_a_long_quiet_segment_is_caught() -> None:
+    # nine quiet epochs, then one where another process took a core: the segment's average
+    # (0.96) passes, the stretch of the tenth epoch (0.55) does not
+    rows = _segment([1.0, 1.0, 1.0], [(198.0, 100.0)] * 9 + [(110.0, 100.0)])
+    assert rows[-1]["cpu_share"] > 0.9 and is_quiet(rows[-1]) is True
+    shares = stretch_shares(rows)
+    assert len(shares) == 10 and abs(shares[-1] - 0.55) < 1e-9 and min(shares[:9]) > 0.98
+    verdict = whole_run(rows[-1], [{"epoch": i + 1, "machine": r} for i, r in enumerate(rows)])
+    assert verdict["quiet"] is False and abs(verdict["min_epoch_cpu_share"] - 0.55) < 1e-9
+    assert is_quiet(verdict) is False  # the report reads the verdict, not just the last share
+
+
+def test_stretches_restart_with_each_segment_of_a_resumed_run() -> None:
+    first = _segment([1.0, 1.0, 1.0], [(190.0, 100.0)] * 3)
+    second = _segment([0.2, 0.5, 0.9], [(180.0, 100.0)] * 2)  # counters start again
+    shares = stretch_shares(first + second)
+    assert [round(s, 2) for s in shares] == [0.95, 0.95, 0.95, 0.9, 0.9]
+    verdict = whole_run(second[-1], [{"machine": r} for r in first + second])
+    assert verdict["quiet"] is True and verdict["segments_checked"] == 5
 
 
 def test_the_runner_records_machine_share_per_epoch_and_for_the_run(tmp_path) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["MachineShare", "is_quiet", "whole_run", "QUIET_CPU_SHARE", "QUIET_OTHER_LOAD"]
+__all__ = [
+    "MachineShare", "is_quiet", "stretch_shares", "whole_run", "QUIET_CPU_SHARE", "QUIET_OTHER_LOAD",
+]
 
 # A training process using T threads on a quiet machine keeps them busy most of the time; when
 # one more busy thread competes for 2 cores, its share falls to about 2/3. 0.75 separates the two.
@@ -50,18 +52,49 @@ class MachineShare:
 
 def whole_run(final: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     """The record of a run that may have been resumed: its last segment's record, quiet only if
-    every earlier epoch row's snapshot was quiet too. Each evaluated epoch row carries the record
-    of its segment so far and checkpoints keep the rows, so a contended segment before a resume
-    is not forgotten (what a killed segment did after its last checkpoint is redone anyway)."""
+    every epoch was. Each evaluated epoch row carries the record of its segment so far and
+    checkpoints keep the rows, so a contended segment before a resume is not forgotten (what a
+    killed segment did after its last checkpoint is redone anyway). A segment's record is
+    cumulative, so a few contended minutes inside a long quiet segment would pass its average:
+    the CPU share of every stretch between two epoch rows is checked too (`stretch_shares`)."""
     earlier = [r.get("machine") for r in history if isinstance(r.get("machine"), dict)]
-    quiet = final.get("quiet") is not False and all(is_quiet(m) is not False for m in earlier)
-    return {**final, "quiet": quiet, "segments_checked": len(earlier)}
+    stretches = stretch_shares(earlier)
+    quiet = (final.get("quiet") is not False
+             and all(is_quiet(m) is not False for m in earlier)
+             and all(s >= QUIET_CPU_SHARE for s in stretches))
+    record = {**final, "quiet": quiet, "segments_checked": len(earlier)}
+    if stretches:
+        record["min_epoch_cpu_share"] = min(stretches)
+    return record
+
+
+def stretch_shares(records: list[dict[str, Any]]) -> list[float]:
+    """CPU share of each stretch between consecutive epoch records of one segment (the first
+    epoch of a segment is its own record). Records of one segment share ``load_start`` and grow
+    in ``wall_s``; a new segment starts its counters again."""
+    shares: list[float] = []
+    prev: dict[str, Any] | None = None
+    for rec in records:
+        if "cpu_s" not in rec or "wall_s" not in rec:
+            prev = None
+            continue
+        same_segment = (prev is not None and prev.get("load_start") == rec.get("load_start")
+                        and rec["wall_s"] > prev["wall_s"] and rec["cpu_s"] >= prev["cpu_s"])
+        cpu = rec["cpu_s"] - (prev["cpu_s"] if same_segment and prev else 0.0)
+        wall = rec["wall_s"] - (prev["wall_s"] if same_segment and prev else 0.0)
+        shares.append(cpu / max(1e-9, wall * rec.get("threads", 1)))
+        prev = rec
+    return shares
 
 
 def is_quiet(record: dict[str, Any] | None) -> bool | None:
-    """True when the run had the machine to itself, False when not, None when not recorded."""
+    """True when the run had the machine to itself, False when not, None when not recorded.
+    A record already judged contended (``quiet: false``, e.g. by `whole_run` for an earlier
+    epoch) stays contended."""
     if not isinstance(record, dict) or "cpu_share" not in record:
         return None
+    if record.get("quiet") is False:
+        return False
     others = (record.get("load_end") or [0.0])[0] - record.get("threads", 1)
     return record["cpu_share"] >= QUIET_CPU_SHARE and others <= QUIET_OTHER_LOAD
 
