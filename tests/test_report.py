@@ -299,6 +299,42 @@ def test_story_states_each_verdict_and_the_numbers_that_explain_it() -> None:
     assert static.startswith("- **static-p0.5** on resnet32 (1 seed): 0.50× dense time")
 
 
+def test_story_says_how_close_a_threshold_rule_that_never_fired_came(tmp_path) -> None:
+    import json
+
+    from leantrain.harness.bench import _trace
+    from leantrain.harness.story import story
+
+    # a run folder's files as training writes them: no drop, three Learn&Drop checkpoints
+    units = lambda a, b: {"layer1.0": {"S": a, "C": -0.1}, "layer3.4": {"S": b, "C": -0.1},
+                          "layer2.0": {"S": None, "C": None}}  # no score yet: ignored
+    events = [{"kind": "ld_checkpoint", "step": 1, "epoch": 1, "units": units(0.9, 0.40)},
+              {"kind": "ld_checkpoint", "step": 10, "epoch": 5, "units": units(0.8, 0.55)},
+              {"kind": "ld_checkpoint", "step": 16, "epoch": 8, "units": units(0.7, 0.52)},
+              {"kind": "ld_checkpoint", "step": 18, "epoch": 9, "units": units(0.7, 0.30)}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": i, "step": 2 * i}) + "\n" for i in range(1, 11)))
+    trace = _trace(tmp_path)
+    assert [(e.get("lowest_S"), e.get("lowest_unit")) for e in trace["events"]] == [
+        (0.40, "layer3.4"), (0.55, "layer3.4"), (0.52, "layer3.4"), (0.30, "layer3.4")]
+
+    rows = [r for r in _paper_rows() if r["method"] == "none"]
+    ld = _paper_rows()[2]
+    ld["config"]["method_args"] = {"learndrop": {"tau": 0.5, "warmup": 0.1, "stop": 0.75,
+                                                 "normalize": "peers"}}
+    ld["trace"] = trace
+    for r in [*rows, ld]:
+        r["_file"] = "paper-cpu2.jsonl"
+    line = story(summarize([*rows, ld]))[-1]
+    # the checkpoints at 5% (S 0.40, in the warm-up) and 80–90% (after the stop) do not count
+    assert "It removed no block: no block met the drop rule (τ = 0.5)" in line
+    assert "lowest score while drops were allowed (10%–75% of training) was S = 0.52 " \
+           "(layer3.4, at 80%)" not in line  # 80% is past the stop
+    assert "was S = 0.55 (layer3.4, at 50%)" in line
+    assert "changed at 0.55× the rate of the block that changed most" in line
+
+
 def test_readme_leads_with_the_paper_suite_and_keeps_the_quick_reproducer(tmp_path) -> None:
     quick = [dict(r, suite="quick", key=r["key"].replace("s|", "quick|")) for r in ROWS]
     paper = _write(tmp_path / "paper-cpu2-torch2.13.0.jsonl", _paper_rows())

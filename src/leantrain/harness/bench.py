@@ -137,6 +137,11 @@ def _trace(folder: Path) -> dict[str, list[dict[str, Any]]]:
         }
         if "removed" in e:
             keep["removed"] = len(e["removed"])
+        if isinstance(e.get("units"), dict):  # a Learn&Drop checkpoint: its lowest score
+            scored = [(v["S"], name) for name, v in e["units"].items()
+                      if isinstance(v, dict) and isinstance(v.get("S"), (int, float))]
+            if scored:
+                keep["lowest_S"], keep["lowest_unit"] = min(scored)
         events.append(keep)
     return {"epochs": epochs, "events": events}
 

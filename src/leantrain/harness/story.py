@@ -70,6 +70,42 @@ def _removal_timing(s: Summary) -> tuple[float, float, float] | None:
     return statistics.fmean(counts), min(firsts, default=0.0), max(lasts, default=0.0)
 
 
+def _lowest_score(s: Summary) -> tuple[float, str, float] | None:
+    """(S, unit, fraction of training) of the lowest score any block reached at a Learn&Drop
+    checkpoint while drops were allowed (between the warm-up and the stop), over all seeds."""
+    args = _args(s, "learndrop")
+    warmup, stop = float(args.get("warmup", 0.0)), float(args.get("stop", 1.0))
+    best: tuple[float, str, float] | None = None
+    for row in s.rows:
+        trace = row.get("trace") or {}
+        total = max((e.get("step", 0) for e in trace.get("epochs", [])), default=0)
+        for e in trace.get("events", []):
+            if e.get("kind") != "ld_checkpoint" or "lowest_S" not in e or not total:
+                continue
+            at = e.get("step", 0) / total
+            if warmup <= at < stop and (best is None or e["lowest_S"] < best[0]):
+                best = (e["lowest_S"], e.get("lowest_unit", "?"), at)
+    return best
+
+
+def _no_drop_reason(s: Summary) -> str:
+    """Why the threshold rule removed nothing: how close the lowest score came to τ."""
+    args = _args(s, "learndrop")
+    tau = f" (τ = {args['tau']:g})" if "tau" in args else ""
+    text = f"It removed no block: no block met the drop rule{tau}"
+    lowest = _lowest_score(s)
+    if lowest is None:
+        return text + "."
+    score, unit, at = lowest
+    text += (f"; the lowest score while drops were allowed "
+             f"({_pct(float(args.get('warmup', 0)))}–{_pct(float(args.get('stop', 1)))} of "
+             f"training) was S = {score:.2f} ({unit}, at {_pct(at)})")
+    if args.get("normalize") == "peers":
+        text += (": the block that changed least still changed at "
+                 f"{score:.2f}× the rate of the block that changed most")
+    return text + "."
+
+
 def _seeds(s: Summary) -> str:
     return "1 seed" if s.n == 1 else f"{s.n} seeds"
 
@@ -116,9 +152,7 @@ def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
                      f"last at {_pct(last)} of training; the final network computes "
                      f"{_pct(s.mean('r_final') or 0.0)} fewer forward FLOPs than dense.")
     elif timing:
-        args = _args(s, "learndrop")
-        parts.append("It removed no block: no block met the drop rule"
-                     + (f" (τ = {args['tau']:g})" if "tau" in args else "") + ".")
+        parts.append(_no_drop_reason(s))
     why = _time_and_flops(s)
     if why:
         r_train = s.mean("r_train") or 0.0
