@@ -15,6 +15,21 @@ def test_is_quiet_needs_cpu_share_and_no_other_load() -> None:
     assert is_quiet(None) is None and is_quiet({"threads": 2}) is None  # older rows: unknown
 
 
+def test_an_accelerator_run_is_judged_by_the_other_processes_load_alone() -> None:
+    # a GPU run's process mostly waits on the device: 1.1 busy cores of 16 threads
+    gpu = {"cpu_s": 110.0, "wall_s": 100.0, "cpu_share": 0.07, "threads": 16, "device": "cuda",
+           "load_end": [1.5, 1.2, 1.0]}
+    assert is_quiet(gpu) is True
+    assert is_quiet({**gpu, "load_end": [3.0, 2.0, 1.0]}) is False  # ~2 cores of other work
+    assert is_quiet({**gpu, "device": "cpu"}) is False  # on the CPU that share means starved
+
+
+def test_the_other_processes_of_one_job_are_not_counted_as_other_work() -> None:
+    rank = {"cpu_share": 0.97, "threads": 1, "load_end": [4.1, 4.0, 3.5], "processes": 4}
+    assert is_quiet(rank) is True
+    assert is_quiet({**rank, "processes": 1}) is False
+
+
 def test_share_of_a_sleeping_process_is_low_and_recorded() -> None:
     share = MachineShare(threads=2)
     time.sleep(0.2)  # wall time passes, no CPU time: what a starved process looks like
@@ -58,9 +73,9 @@ def test_a_contended_epoch_inside_a_long_quiet_segment_is_caught() -> None:
 
 def test_stretches_restart_with_each_segment_of_a_resumed_run() -> None:
     first = _segment([1.0, 1.0, 1.0], [(190.0, 100.0)] * 3)
-    second = _segment([0.2, 0.5, 0.9], [(180.0, 100.0)] * 2)  # counters start again
+    second = _segment([0.2, 0.5, 0.9], [(186.0, 100.0)] * 2)  # counters start again
     shares = stretch_shares(first + second)
-    assert [round(s, 2) for s in shares] == [0.95, 0.95, 0.95, 0.9, 0.9]
+    assert [round(s, 2) for s in shares] == [0.95, 0.95, 0.95, 0.93, 0.93]
     verdict = whole_run(second[-1], [{"machine": r} for r in first + second])
     assert verdict["quiet"] is True and verdict["segments_checked"] == 5
 

@@ -278,7 +278,8 @@ def _run(
             _append_jsonl(metrics if kind == "epoch" else events, row)
 
     memory = reset_peak_memory(device)  # peaks of the training phase, not of data loading
-    share = MachineShare()  # did this run have the machine to itself?
+    # did this run have the machine to itself?
+    share = MachineShare(device=device.type, processes=world)
     result = fit(model, train_loader, test_loader, cfg.train, methods, log=log,
                  show_progress=show_progress, checkpointer=checkpointer, resume_from=ckpt,
                  run_config=cfg.to_dict(), on_start=start,
