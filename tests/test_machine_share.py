@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from leantrain.machine_share import MachineShare, is_quiet, stretch_shares, whole_run
+from leantrain.machine_share import MachineShare, is_quiet, stretches, whole_run
 
 
 def test_is_quiet_needs_cpu_share_and_no_other_load() -> None:
@@ -64,20 +64,46 @@ def test_a_contended_epoch_inside_a_long_quiet_segment_is_caught() -> None:
     # (0.96) passes, the stretch of the tenth epoch (0.55) does not
     rows = _segment([1.0, 1.0, 1.0], [(198.0, 100.0)] * 9 + [(110.0, 100.0)])
     assert rows[-1]["cpu_share"] > 0.9 and is_quiet(rows[-1]) is True
-    shares = stretch_shares(rows)
+    shares = [p["cpu_share"] for p in stretches(rows)]
     assert len(shares) == 10 and abs(shares[-1] - 0.55) < 1e-9 and min(shares[:9]) > 0.98
     verdict = whole_run(rows[-1], [{"epoch": i + 1, "machine": r} for i, r in enumerate(rows)])
     assert verdict["quiet"] is False and abs(verdict["min_epoch_cpu_share"] - 0.55) < 1e-9
     assert is_quiet(verdict) is False  # the report reads the verdict, not just the last share
 
 
+def test_an_epoch_that_waited_for_its_cores_is_contended_whatever_its_cpu_share() -> None:
+    # a test run took a core for about a minute of a 227 s epoch: CPU share 0.87 passes the
+    # share rule, but the threads waited 20% of the time for a core
+    rows = _segment([1.0, 1.0, 1.0], [(340.0, 172.0), (397.0, 227.0)])
+    rows[0]["wait_s"], rows[1]["wait_s"] = 3.0, 3.0 + 0.2 * 2 * 227.0
+    parts = stretches(rows)
+    assert parts[0]["wait_share"] < 0.01 and abs(parts[1]["wait_share"] - 0.2) < 1e-9
+    assert is_quiet(parts[0]) is True and parts[1]["cpu_share"] > 0.75
+    assert is_quiet(parts[1]) is False
+    verdict = whole_run(rows[-1], [{"machine": r} for r in rows])
+    assert verdict["quiet"] is False and verdict["max_epoch_wait_share"] > 0.19
+
+
 def test_stretches_restart_with_each_segment_of_a_resumed_run() -> None:
     first = _segment([1.0, 1.0, 1.0], [(190.0, 100.0)] * 3)
-    second = _segment([0.2, 0.5, 0.9], [(186.0, 100.0)] * 2)  # counters start again
-    shares = stretch_shares(first + second)
-    assert [round(s, 2) for s in shares] == [0.95, 0.95, 0.95, 0.93, 0.93]
+    second = _segment([0.2, 0.5, 0.9], [(180.0, 100.0)] * 2)  # counters start again
+    shares = [p["cpu_share"] for p in stretches(first + second)]
+    assert [round(s, 2) for s in shares] == [0.95, 0.95, 0.95, 0.9, 0.9]
     verdict = whole_run(second[-1], [{"machine": r} for r in first + second])
     assert verdict["quiet"] is True and verdict["segments_checked"] == 5
+
+
+def test_the_wait_for_cores_is_recorded_where_the_system_reports_it() -> None:
+    import sys
+
+    share = MachineShare(threads=1)
+    sum(i * i for i in range(200_000))  # some work of our own
+    record = share.finish()
+    if sys.platform.startswith("linux"):
+        assert 0.0 <= record["wait_s"] <= record["wall_s"]
+        assert record["wait_share"] == record["wait_s"] / record["wall_s"]
+    else:
+        assert "wait_s" not in record
 
 
 def test_the_runner_records_machine_share_per_epoch_and_for_the_run(tmp_path) -> None:
