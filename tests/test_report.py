@@ -297,6 +297,27 @@ def test_story_states_each_verdict_and_the_numbers_that_explain_it() -> None:
     assert "top-1 -1.50 points vs dense (≤ 1 point; **missed**)" in dcp
     assert "The static network `static-p0.5`" in dcp and "0.50× dense time at -2.50 points" in dcp
     assert static.startswith("- **static-p0.5** on resnet32 (1 seed): 0.50× dense time")
+    assert "control" not in dcp  # no row at DCP's own widths yet
+
+
+def test_story_sets_the_static_control_at_dcps_widths_beside_dcp() -> None:
+    from leantrain.harness.story import story
+
+    rows = _paper_rows()
+    control = json.loads(json.dumps(rows[-1]))  # the static row, at DCP's final widths
+    control["label"] = "static@dcp-p0.5"
+    control["key"] = control["key"].replace("static-p0.5", "static@dcp-p0.5")
+    control["config"]["method_args"] = {"static": {"p": 0.5, "widths": [8, 16, 32]}}
+    control["test_acc"], control["train_s"] = 0.895, 6.0
+    for r in [*rows, control]:
+        r["_file"] = "paper-cpu2.jsonl"
+    [dcp] = [line for line in story(summarize([*rows, control]))
+             if line.startswith("- **dcp-p0.5**")]
+    assert ("The control `static@dcp-p0.5`, the network of the widths this run ended with "
+            "trained densely from the first step (Liu et al., arXiv 1810.05270), reached "
+            "89.50% (-0.50 points vs DCP) at 0.60× dense time.") in dcp
+    # the uniform half-width network stays the speed bound, not the control
+    assert "The static network `static-p0.5`" in dcp
 
 
 def test_story_says_how_close_a_threshold_rule_that_never_fired_came(tmp_path) -> None:

@@ -164,7 +164,20 @@ def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
     return " ".join(parts)
 
 
-def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None) -> str:
+def _control_sentence(s: Summary, control: Summary) -> str:
+    """The static control at DCP's final widths against DCP itself."""
+    text = (f"The control `{control.label}`, the network of the widths this run ended with "
+            "trained densely from the first step (Liu et al., arXiv 1810.05270),")
+    acc, mine = control.mean("acc"), s.mean("acc")
+    if acc is not None and mine is not None:
+        text += f" reached {acc:.2f}% ({acc - mine:+.2f} points vs DCP)"
+    if control.time_ratio is not None:
+        text += f" at {control.time_ratio:.2f}× dense time"
+    return text.rstrip(",") + "."
+
+
+def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None,
+                  control: Summary | None = None) -> str:
     args = _args(s, "dcp")
     p = float(args.get("p", 0.3))
     ratio = s.time_ratio
@@ -192,6 +205,8 @@ def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None) -
                              f"{args.get('compute_multiple', 8)})")
     if why and mode == "slice":  # masked computes every channel: no FLOPs saving to explain
         parts.append(why[0].upper() + why[1:] + ".")
+    if control is not None:
+        parts.append(_control_sentence(s, control))
     if bound is not None and bound.time_ratio is not None:
         b_drop = _drop(bound)
         parts.append(f"The static network `{bound.label}` (every prunable width cut by p = {p:g} "
@@ -227,6 +242,16 @@ def _static_bound(s: Summary, summaries: list[Summary]) -> Summary | None:
     return None
 
 
+def _widths_control(s: Summary, summaries: list[Summary]) -> Summary | None:
+    """The static control at this DCP row's final widths: the row labelled ``static@<label>``
+    (its widths from ``leantrain inspect <DCP run>/model.safetensors --widths``)."""
+    for c in summaries:
+        if (c.method == "static" and c.label == f"static@{s.label}"
+                and (c.suite, c.dataset, c.model) == (s.suite, s.dataset, s.model)):
+            return c
+    return None
+
+
 # Which target columns the sentences' verdicts read: (method table, column) → key.
 _KEYS = {
     ("Learn&Drop", COLUMNS["Learn&Drop"][0]): "time",
@@ -257,7 +282,8 @@ def story(summaries: list[Summary]) -> list[str]:
         elif s.method == "learndrop":
             text = _learndrop_sentence(s, by_run.get(where, {}))
         elif s.method == "dcp":
-            text = _dcp_sentence(s, by_run.get(where, {}), _static_bound(s, summaries))
+            text = _dcp_sentence(s, by_run.get(where, {}), _static_bound(s, summaries),
+                                 _widths_control(s, summaries))
         else:
             text = _other_sentence(s)
         lines.append(f"- {text}")
