@@ -346,6 +346,10 @@ class RunConfig:
         for key in ("seed", "out_dir", "checkpoint_every", "checkpoint_minutes"):
             d.pop(key)
         d["data"].pop("data_dir"), d["data"].pop("download")
+        for (method, key), before in DIGEST_NEUTRAL.items():
+            args = d["method_args"].get(method, {})
+            if key in args and args[key] == before:
+                args.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     def run_dir(self) -> Path:
@@ -357,6 +361,14 @@ class RunConfig:
             f"{self.data.dataset}-{model}-{label}-{self.digest()}"
         ) / f"seed{self.seed}"
 
+
+# Method settings added after runs were recorded, with the value that does what the method did
+# before the setting existed: at that value a setting is left out of the digest, so those runs
+# keep their identity (their folders resume, their result rows stay current) and can be set
+# beside the new default.
+DIGEST_NEUTRAL: dict[tuple[str, str], Any] = {
+    ("learndrop", "peer_reference"): "max",
+}
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 _TOP = {f.name: f for f in dataclasses.fields(RunConfig)}

@@ -22,7 +22,7 @@ A score object lives for one run. It never keeps module references across a stru
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -129,6 +129,7 @@ def normalize(
     values: Mapping[str, float],
     histories: Mapping[str, Sequence[float]],
     mode: str,
+    reference: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Normalised scores S in [0, 1] from the raw values of one checkpoint.
 
@@ -136,15 +137,19 @@ def normalize(
         values: raw score per active unit at this checkpoint.
         histories: each unit's raw scores so far (including this checkpoint's), for ``"self"``.
         mode: ``"self"``: S = value / the unit's own peak so far; ``"peers"``: S = value / the
-            largest value among the active units at this checkpoint.
+            largest value among the reference units at this checkpoint.
+        reference: ``"peers"`` only: the units whose largest value is the yardstick (None or
+            none of them finite: every active unit); a unit above it gets S = 1.
 
     Returns:
         S per unit; ``nan`` where the raw value is ``nan``, 0 where the reference is 0.
     """
     if mode == "peers":
-        finite = [v for v in values.values() if math.isfinite(v)]
-        peak = max(finite, default=0.0)
-        return {k: _ratio(v, peak) for k, v in values.items()}
+        finite = {k: v for k, v in values.items() if math.isfinite(v)}
+        chosen = [v for k, v in finite.items() if reference is None or k in reference]
+        peak = max(chosen or finite.values(), default=0.0)
+        return {k: min(1.0, _ratio(v, peak)) if math.isfinite(v) else _ratio(v, peak)
+                for k, v in values.items()}
     if mode == "self":
         out = {}
         for k, v in values.items():
