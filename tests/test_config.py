@@ -89,6 +89,23 @@ def test_a_changed_default_is_a_different_run() -> None:
     assert resolve(After, {"method": "toy", "toy": {"tau": 0.25}}).digest() == old.digest()
 
 
+def test_a_setting_added_later_keeps_the_runs_made_before_at_its_neutral_value() -> None:
+    """A new setting at the value that reproduces what ran before it existed is left out of the
+    digest (`DIGEST_NEUTRAL`): the paper suite's Learn&Drop run recorded before
+    `peer_reference` existed (digest 34c025fe, its folder and row) stays that run."""
+    from leantrain.config import DIGEST_NEUTRAL
+    from leantrain.harness.suite import load_suite
+
+    assert DIGEST_NEUTRAL[("learndrop", "peer_reference")] == "max"
+    runs = {r.name: r for r in load_suite("paper").runs}
+    before = runs["cifar10/resnet32/learndrop-peers-max/seed0"].config
+    assert before.method_args["learndrop"]["peer_reference"] == "max"  # recorded in config.json
+    assert before.digest() == "34c025fe"
+    after = runs["cifar10/resnet32/learndrop/seed0"].config
+    assert after.method_args["learndrop"]["peer_reference"] == "settling"
+    assert after.digest() != before.digest()
+
+
 @pytest.mark.parametrize(
     "d, message",
     [

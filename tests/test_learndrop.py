@@ -526,6 +526,29 @@ def test_relative_change_and_normalisation() -> None:
     histories = {"a": [0.5, 0.1], "b": [0.4]}
     assert normalize(values, histories, "self") == pytest.approx({"a": 0.2, "b": 1.0})
     assert math.isnan(normalize({"a": math.nan, "b": 0.5}, {}, "peers")["a"])
+    # a yardstick of some units: the others are scored against their largest value (S ≤ 1)
+    values = {"a": 0.1, "b": 0.4, "c": 0.2}
+    assert normalize(values, {}, "peers", {"a", "c"}) == pytest.approx(
+        {"a": 0.5, "b": 1.0, "c": 1.0})
+    assert normalize(values, {}, "peers", set()) == normalize(values, {}, "peers")  # no one: all
+
+
+def test_peers_yardstick_leaves_out_a_block_still_picking_up(decay_score, monkeypatch) -> None:
+    # layer2.1 took over a dropped neighbour's work: its change grows (C > 0) while the other
+    # blocks settle at the same pace. Against it they look settled (0.9/1.5)^k and all leave
+    # ("max", the cascade of the paper suite); against each other they are alike and stay.
+    monkeypatch.setattr(decay_score, "default_rate", 0.9)
+    decay_score.rates = {"layer2.1": 1.5}
+    dropped = {}
+    for reference in ("max", "settling"):
+        model = _model("test_resnet")
+        method = _forced(normalize="peers", tau=0.5, window=2, peer_reference=reference)
+        method.setup(model, Progress(0, 100, 10))
+        dropped[reference] = _drops(_checkpoints(method, model, 5))
+    assert sorted(dropped["max"]) == ["layer1.0", "layer1.1", "layer3.1"]
+    assert dropped["settling"] == []
+    with pytest.raises(ValueError, match="peer_reference = 'peak'; choose 'settling' or 'max'"):
+        LearnDrop(peer_reference="peak")
 
 
 def test_change_score_matches_relative_change() -> None:
