@@ -35,8 +35,13 @@ def test_share_of_a_sleeping_process_is_low_and_recorded() -> None:
     time.sleep(0.2)  # wall time passes, no CPU time: what a starved process looks like
     record = share.finish()
     assert record["wall_s"] >= 0.2 and record["cpu_share"] < 0.5
-    assert record["quiet"] is False
     assert len(record["load_start"]) == len(record["load_end"]) == 3
+    if "wait_share" in record:  # it slept, it was not kept from a core: judged by the wait
+        assert record["wait_share"] < 0.05
+    else:  # judged by the share alone, it looks starved
+        assert record["quiet"] is False
+    assert is_quiet({k: v for k, v in record.items() if k not in ("wait_s", "wait_share",
+                                                                  "quiet")}) is False
 
 
 def test_a_resumed_run_is_quiet_only_if_every_segment_was() -> None:
@@ -80,6 +85,8 @@ def test_an_epoch_that_waited_for_its_cores_is_contended_whatever_its_cpu_share(
     assert parts[0]["wait_share"] < 0.01 and abs(parts[1]["wait_share"] - 0.2) < 1e-9
     assert is_quiet(parts[0]) is True and parts[1]["cpu_share"] > 0.75
     assert is_quiet(parts[1]) is False
+    # an evaluation-heavy quiet epoch: a low CPU share, no wait: quiet
+    assert is_quiet({**parts[0], "cpu_share": 0.6}) is True
     verdict = whole_run(rows[-1], [{"machine": r} for r in rows])
     assert verdict["quiet"] is False and verdict["max_epoch_wait_share"] > 0.19
 

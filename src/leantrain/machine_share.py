@@ -21,10 +21,11 @@ __all__ = [
     "QUIET_CPU_SHARE", "QUIET_WAIT_SHARE", "QUIET_OTHER_LOAD",
 ]
 
-# A training process using T threads on a quiet machine keeps them busy most of the time; when
-# one more busy thread competes for 2 cores, its share falls to about 2/3. 0.75 separates the two
-# for a whole run; small or evaluation-heavy runs measured 0.79-0.97 on a quiet machine, so the
-# share alone cannot catch a contended minute inside an epoch: the wait share below does.
+# Where the wait below is not reported (records from before it, other systems): a training
+# process using T threads on a quiet machine keeps them busy most of the time; when one more busy
+# thread competes for 2 cores, its share falls to about 2/3. 0.75 separates the two for a whole
+# run, but the share depends on the workload (small or evaluation-heavy quiet runs measured
+# 0.79-0.97), so it cannot catch a contended minute inside an epoch: the wait share does.
 QUIET_CPU_SHARE = 0.75
 # Time the run's threads spent runnable but waiting for a core (Linux schedstat), as a share of
 # wall time × threads: a direct measure of other work taking our cores, whatever the workload.
@@ -125,21 +126,25 @@ def stretches(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def is_quiet(record: dict[str, Any] | None) -> bool | None:
     """True when the run had the machine to itself, False when not, None when not recorded.
     A record already judged contended (``quiet: false``, e.g. by `whole_run` for an earlier
-    epoch) stays contended. On an accelerator the process mostly waits on the device, so its CPU
-    share says nothing there: the wait share and the other processes' load are judged."""
+    epoch) stays contended. The threads' wait for a core is judged where it was recorded (it
+    does not depend on how parallel the workload is), else the CPU share (CPU runs only); and
+    the load of other processes at the end."""
     if not isinstance(record, dict) or "cpu_share" not in record:
         return None
     if record.get("quiet") is False:
         return False
-    if record.get("wait_share", 0.0) > QUIET_WAIT_SHARE:
-        return False
     processes = record.get("processes", 1)
     load = (record.get("load_end") or [0.0])[0]
-    if record.get("device", "cpu") != "cpu":
+    on_cpu = record.get("device", "cpu") == "cpu"
+    if "wait_share" in record:  # the direct measure, where the system gives it
+        had_cores = record["wait_share"] <= QUIET_WAIT_SHARE
+    else:  # a GPU run's process mostly waits on the device: its CPU share says nothing
+        had_cores = record["cpu_share"] >= QUIET_CPU_SHARE if on_cpu else True
+    if on_cpu:
+        own = processes * record.get("threads", 1)
+    else:
         own = processes * record.get("cpu_s", 0.0) / max(1e-9, record.get("wall_s", 0.0))
-        return load - own <= QUIET_OTHER_LOAD
-    others = load - processes * record.get("threads", 1)
-    return record["cpu_share"] >= QUIET_CPU_SHARE and others <= QUIET_OTHER_LOAD
+    return had_cores and load - own <= QUIET_OTHER_LOAD
 
 
 def _thread_waits() -> dict[str, float] | None:
