@@ -46,11 +46,11 @@ TIME_NOTE = (
     "Train time = the `train` + `surgery` laps of `fit()` (forward, backward, optimizer "
     "step, the method's hooks and every cut, device-synchronised); evaluation, data "
     "loading and FLOP counting are excluded. Speed-ups use only runs that had the machine to "
-    "themselves (`leantrain.machine_share`, judged for every epoch: the threads waited for a "
-    f"core at most {QUIET_WAIT_SHARE:.0%} of the time where the system reports it, used ≥ "
-    f"{QUIET_CPU_SHARE:.0%} of wall time × threads (CPU runs), and at most "
-    f"{QUIET_OTHER_LOAD:g} of a core of other load was running at the epoch's end); a time "
-    "marked *shared* was taken beside other work and gives no ratio."
+    "themselves (`leantrain.machine_share`, judged for every epoch: its threads waited for a "
+    f"core at most {QUIET_WAIT_SHARE:.0%} of the time, or where that is not recorded used ≥ "
+    f"{QUIET_CPU_SHARE:.0%} of wall time × threads, and at most {QUIET_OTHER_LOAD:g} of a core "
+    "of other load was running at the epoch's end); a time marked *shared* was taken beside "
+    "other work and gives no ratio."
 )
 DATA_NOTES = {
     "cifar10": "CIFAR-10 here is a copy rebuilt from JPEG (quality 75) images: real CIFAR-10 "
