@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> Classifier:
 
     torch.manual_seed(0)
     module = Classifier()
-    methods = [leantrain.LearnDrop(tau=1.0, warmup=0.0, stop=1.0, every_steps=2),
+    # a demo that cuts within seconds: drop any block past its own peak change (the paper's
+    # normalisation) and settling, checked every 2 steps from the first
+    methods = [leantrain.LearnDrop(tau=1.0, warmup=0.0, stop=1.0, every_steps=2,
+                                   normalize="self"),
                leantrain.DCP(p=0.5, warmup=0.1)]
     trainer = L.Trainer(
         max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False,

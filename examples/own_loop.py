@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> torch.nn.Module:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     total = len(loader) * args.epochs
 
+    # a demo that cuts within seconds: drop any block past its own peak change (the paper's
+    # normalisation) and settling, checked every 2 steps from the first
     method = (leantrain.DCP(p=0.5, warmup=0.1) if args.method == "dcp"
-              else leantrain.LearnDrop(tau=1.0, warmup=0.0, stop=1.0, every_steps=2))
+              else leantrain.LearnDrop(tau=1.0, warmup=0.0, stop=1.0, every_steps=2,
+                                       normalize="self"))
     handle = leantrain.attach(model, opt, method, total, steps_per_epoch=len(loader))  # leantrain
 
     for epoch in range(args.epochs):
