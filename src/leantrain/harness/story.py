@@ -23,9 +23,11 @@ from .targets import (
     LD_MAX_TIME_RATIO,
     Check,
     _args,
+    _controls_of,
     _drop,
     _where,
     check_targets,
+    width_controls,
 )
 
 if TYPE_CHECKING:
@@ -242,16 +244,6 @@ def _static_bound(s: Summary, summaries: list[Summary]) -> Summary | None:
     return None
 
 
-def _widths_control(s: Summary, summaries: list[Summary]) -> Summary | None:
-    """The static control at this DCP row's final widths: the row labelled ``static@<label>``
-    (its widths from ``leantrain inspect <DCP run>/model.safetensors --widths``)."""
-    for c in summaries:
-        if (c.method == "static" and c.label == f"static@{s.label}"
-                and (c.suite, c.dataset, c.model) == (s.suite, s.dataset, s.model)):
-            return c
-    return None
-
-
 # Which target columns the sentences' verdicts read: (method table, column) → key.
 _KEYS = {
     ("Learn&Drop", COLUMNS["Learn&Drop"][0]): "time",
@@ -274,6 +266,7 @@ def story(summaries: list[Summary]) -> list[str]:
     """One Markdown bullet per row of `summaries` (one suite): the dense baselines' accuracy,
     then what each method measured, its verdicts and the numbers that explain them."""
     by_run = _checks_by_run(check_targets(summaries))
+    controls = width_controls(summaries)
     lines = []
     for s in summaries:
         where = _where(s)
@@ -282,8 +275,8 @@ def story(summaries: list[Summary]) -> list[str]:
         elif s.method == "learndrop":
             text = _learndrop_sentence(s, by_run.get(where, {}))
         elif s.method == "dcp":
-            text = _dcp_sentence(s, by_run.get(where, {}), _static_bound(s, summaries),
-                                 _widths_control(s, summaries))
+            control, _ = _controls_of(s, controls)
+            text = _dcp_sentence(s, by_run.get(where, {}), _static_bound(s, summaries), control)
         else:
             text = _other_sentence(s)
         lines.append(f"- {text}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .report import Summary
 
-__all__ = ["Check", "check_targets", "targets_tables", "COLUMNS"]
+__all__ = ["Check", "check_targets", "targets_tables", "width_controls", "COLUMNS"]
 
 # Learn&Drop paper: the largest accuracy drops it reports, per family (points of top-1).
 LD_MAX_DROP = {"vgg": 2.38, "resnet": 3.2}
@@ -160,6 +160,12 @@ def _controls_of(s: Summary, statics: list[Summary]) -> tuple[Summary | None, Su
     return scratch, bound
 
 
+def width_controls(summaries: list[Summary]) -> list[Summary]:
+    """Static rows with explicit widths: controls of the DCP runs whose final widths they copy
+    (which run's: `_controls_of`)."""
+    return [s for s in summaries if s.method == "static" and _args(s, "static").get("widths")]
+
+
 def check_targets(summaries: list[Summary]) -> list[Check]:
     """Every target that the summaries can answer, in table order."""
     masked = {
@@ -167,8 +173,7 @@ def check_targets(summaries: list[Summary]) -> list[Check]:
         for s in summaries
         if s.method == "dcp" and _args(s, "dcp").get("mode") == "mask"
     }
-    # Static rows with explicit widths: controls of the DCP runs whose final widths they copy.
-    controls = [s for s in summaries if s.method == "static" and _args(s, "static").get("widths")]
+    controls = width_controls(summaries)
     out: list[Check] = []
     for s in summaries:
         if s.method == "learndrop" and s.suite in LD_SUITES:
