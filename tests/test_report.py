@@ -288,7 +288,7 @@ def test_story_states_each_verdict_and_the_numbers_that_explain_it() -> None:
     assert "0.80× dense training time (paper: ≤ 0.5×; **missed**)" in ld
     assert "top-1 -1.00 points vs dense (paper: within 3.2; met)" in ld
     # one removal per run at step 12 of 20; the trace's last epoch ends at step 20
-    assert "It removed 1 block per run, the first at 60% and the last at 60% of training" in ld
+    assert "It removed 1 block per run, at 60% of training" in ld
     assert "Training FLOPs fell 20% and time 20%: 1.00× the FLOPs saving" in ld
     assert "halving the time needs a ≥ 50% cut in training FLOPs" in ld
     assert "50.0% fewer FLOPs (authors: 50.2%; not judged yet: one seed)" not in dcp
@@ -354,6 +354,50 @@ def test_story_says_how_close_a_threshold_rule_that_never_fired_came(tmp_path) -
            "(layer3.4, at 80%)" not in line  # 80% is past the stop
     assert "was S = 0.55 (layer3.4, at 50%)" in line
     assert "changed at 0.55× the rate of the block that changed most" in line
+
+
+def test_story_says_why_a_threshold_rule_stopped_after_one_drop_and_that_time_rose(
+        tmp_path) -> None:
+    import json
+
+    from leantrain.harness.bench import _trace
+    from leantrain.harness.story import story
+
+    units = lambda **scores: {name.replace("_", "."): {"S": v, "C": -0.1}
+                              for name, v in scores.items()}
+    events = [{"kind": "ld_checkpoint", "step": 4, "epoch": 2, "units": units(layer1_0=0.8,
+                                                                              layer3_4=0.6)},
+              {"kind": "ld_checkpoint", "step": 10, "epoch": 5, "units": units(layer1_0=0.7,
+                                                                               layer3_4=0.45)},
+              {"kind": "drop", "step": 10, "unit": "layer3.4"},
+              {"kind": "ld_checkpoint", "step": 12, "epoch": 6, "units": units(layer1_0=0.62)},
+              {"kind": "ld_checkpoint", "step": 14, "epoch": 7, "units": units(layer1_0=0.58)},
+              {"kind": "ld_checkpoint", "step": 18, "epoch": 9, "units": units(layer1_0=0.3)}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": i, "step": 2 * i}) + "\n" for i in range(1, 11)))
+    rows = [r for r in _paper_rows() if r["method"] == "none"]
+    ld = _paper_rows()[2]
+    ld["config"]["method_args"] = {"learndrop": {"tau": 0.5, "warmup": 0.1, "stop": 0.75}}
+    ld["trace"] = _trace(tmp_path)
+    ld["train_s"] = 10.2  # dense took 10 s: slower, though it cut FLOPs
+    for r in [*rows, ld]:
+        r["_file"] = "paper-cpu2.jsonl"
+    line = story(summarize([*rows, ld]))[-1]
+    assert "It removed 1 block per run, at 50% of training" in line
+    # after the drop at 50% and before the stop at 75%: 0.62 at 60%, 0.58 at 70% (0.3 is at 90%)
+    assert ("After that no other block met the drop rule: the lowest score until drops stopped "
+            "(75% of training) was S = 0.58 (layer1.0, at 70%).") in line
+    assert "1.02× dense training time" in line
+    assert "Training FLOPs fell 20% and time rose 2%" in line
+    assert "reached the clock" not in line
+    # budget mode removes by rank, not by the rule: no such sentence
+    ld["config"]["method_args"]["learndrop"]["mode"] = "budget"
+    assert "After that" not in story(summarize([*rows, ld]))[-1]
+    # a score under τ that was kept (still picking up, or a limit): said so, not hidden
+    ld["config"]["method_args"]["learndrop"].update(mode="threshold", tau=0.6)
+    assert "was S = 0.58 (layer1.0, at 70%), under τ but kept by the rule's other conditions" \
+        in story(summarize([*rows, ld]))[-1]
 
 
 def test_readme_leads_with_the_paper_suite_and_keeps_the_quick_reproducer(tmp_path) -> None:

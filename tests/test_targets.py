@@ -42,6 +42,23 @@ def test_learndrop_targets_judge_time_accuracy_and_time_per_flops() -> None:
     assert c[(vgg, "Time saving / train-FLOPs saving")] == ("10% / 50% = 0.20×", False)
 
 
+def test_time_share_of_a_flops_cut_within_the_timing_noise_is_not_judged() -> None:
+    rows = [
+        _with(_row("dense", "none", 0, 0.90, 10.0, model="resnet32"), "paper"),
+        # 3% fewer training FLOPs, 1% more time: the share's sign is noise
+        _with(_row("learndrop", "learndrop", 0, 0.90, 10.1, model="resnet32", train=291.0),
+              "paper", learndrop={"tau": 0.5}),
+        # 11%: judged
+        _with(_row("learndrop-b", "learndrop", 0, 0.90, 9.5, model="resnet32", train=267.0),
+              "paper", learndrop={"mode": "budget"}),
+    ]
+    c = _checks(rows)
+    assert c[("paper: cifar10 / resnet32 / learndrop", "Time saving / train-FLOPs saving")] \
+        == ("-1% / 3% = -0.33×", None)
+    assert c[("paper: cifar10 / resnet32 / learndrop-b", "Time saving / train-FLOPs saving")] \
+        == ("5% / 11% = 0.45×", False)
+
+
 def test_dcp_targets_compare_with_the_authors_and_the_masked_twin() -> None:
     def dcp(label, seed, acc, t, mode="slice", p=0.5):
         return _with(_row(label, "dcp", seed, acc, t, model="resnet32", macs=24), "dcp",

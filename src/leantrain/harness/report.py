@@ -28,7 +28,7 @@ from ..machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE,
 from .bench import read_results
 from .plots import plot_flops_curves, plot_pareto, slug
 from .story import story
-from .targets import check_targets, targets_tables
+from .targets import MIN_JUDGED_FLOPS_SAVING, check_targets, targets_tables
 
 __all__ = [
     "Summary",
@@ -532,7 +532,9 @@ def write_report(
                 "The papers' claims and our acceptance bars, checked against the rows below at "
                 "this machine's scale (`leantrain.harness.targets` cites where each target comes "
                 "from). ✓ met, **✗** missed, no mark: not judged (a time target only the paper's "
-                "ResNets carry, or one seed where noise must be estimated). The DCP table's "
+                "ResNets carry, one seed where noise must be estimated, or a time share of a "
+                f"training-FLOPs cut under {100 * MIN_JUDGED_FLOPS_SAVING:.0f}%, within the "
+                "timing noise). The DCP table's "
                 "*Control* and *Bound* columns are context, never judged: `static` rows trained "
                 "densely from the first step at a DCP run's final widths (the same architecture "
                 "from scratch: its accuracy drop) and at those widths rounded up to DCP's "

@@ -21,6 +21,7 @@ from .targets import (
     DCP_MAX_TIME_RATIO,
     LD_MAX_DROP,
     LD_MAX_TIME_RATIO,
+    MIN_JUDGED_FLOPS_SAVING,
     Check,
     _args,
     _controls_of,
@@ -72,11 +73,13 @@ def _removal_timing(s: Summary) -> tuple[float, float, float] | None:
     return statistics.fmean(counts), min(firsts, default=0.0), max(lasts, default=0.0)
 
 
-def _lowest_score(s: Summary) -> tuple[float, str, float] | None:
+def _lowest_score(s: Summary, after: float = 0.0) -> tuple[float, str, float] | None:
     """(S, unit, fraction of training) of the lowest score any block reached at a Learn&Drop
-    checkpoint while drops were allowed (between the warm-up and the stop), over all seeds."""
+    checkpoint while drops were allowed (between the warm-up and the stop) and later than
+    `after` (a fraction of training), over all seeds."""
     args = _args(s, "learndrop")
-    warmup, stop = float(args.get("warmup", 0.0)), float(args.get("stop", 1.0))
+    warmup = max(float(args.get("warmup", 0.0)), after)
+    stop = float(args.get("stop", 1.0))
     best: tuple[float, str, float] | None = None
     for row in s.rows:
         trace = row.get("trace") or {}
@@ -85,7 +88,7 @@ def _lowest_score(s: Summary) -> tuple[float, str, float] | None:
             if e.get("kind") != "ld_checkpoint" or "lowest_S" not in e or not total:
                 continue
             at = e.get("step", 0) / total
-            if warmup <= at < stop and (best is None or e["lowest_S"] < best[0]):
+            if warmup <= at < stop and at > after and (best is None or e["lowest_S"] < best[0]):
                 best = (e["lowest_S"], e.get("lowest_unit", "?"), at)
     return best
 
@@ -108,6 +111,22 @@ def _no_drop_reason(s: Summary) -> str:
     return text + "."
 
 
+def _no_more_drops(s: Summary, last: float) -> str:
+    """Why the threshold rule removed no more: the lowest score after its last removal."""
+    lowest = _lowest_score(s, after=last)
+    if lowest is None:
+        return ""
+    score, unit, at = lowest
+    args = _args(s, "learndrop")
+    stop = float(args.get("stop", 1.0))
+    text = (f"After that no other block met the drop rule: the lowest score until drops stopped "
+            f"({_pct(stop)} of training) was S = {score:.2f} ({unit}, at {_pct(at)})")
+    if "tau" in args and score < float(args["tau"]):  # the score alone does not drop a block
+        text += (", under τ but kept by the rule's other conditions (C ≤ 0, the per-stage "
+                 "minimum, the cap)")
+    return text + "."
+
+
 def _seeds(s: Summary) -> str:
     return "1 seed" if s.n == 1 else f"{s.n} seeds"
 
@@ -117,8 +136,10 @@ def _time_and_flops(s: Summary, why_flops: str = "") -> str:
     ratio, r_train = s.time_ratio, s.mean("r_train")
     if ratio is None or r_train is None:
         return ""
+    if ratio >= 1:  # a cut too small to outweigh the method's own work (and the noise)
+        return f"training FLOPs fell {_pct(r_train)}{why_flops} and time rose {_pct(ratio - 1)}"
     text = f"training FLOPs fell {_pct(r_train)}{why_flops} and time {_pct(1 - ratio)}"
-    if r_train > 0.01:
+    if r_train >= MIN_JUDGED_FLOPS_SAVING:  # below it the share is timing noise
         text += f": {(1 - ratio) / r_train:.2f}× the FLOPs saving reached the clock"
     return text
 
@@ -150,9 +171,12 @@ def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
     if timing and timing[0] > 0:
         n, first, last = timing
         blocks = "block" if n == 1 else "blocks"
-        parts.append(f"It removed {n:g} {blocks} per run, the first at {_pct(first)} and the "
-                     f"last at {_pct(last)} of training; the final network computes "
-                     f"{_pct(s.mean('r_final') or 0.0)} fewer forward FLOPs than dense.")
+        when = (f"at {_pct(first)}" if _pct(first) == _pct(last)
+                else f"the first at {_pct(first)} and the last at {_pct(last)}")
+        parts.append(f"It removed {n:g} {blocks} per run, {when} of training; the final network "
+                     f"computes {_pct(s.mean('r_final') or 0.0)} fewer forward FLOPs than dense.")
+        if _args(s, "learndrop").get("mode", "threshold") == "threshold":
+            parts.append(_no_more_drops(s, last))
     elif timing:
         parts.append(_no_drop_reason(s))
     why = _time_and_flops(s)
@@ -163,7 +187,7 @@ def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
             why += (f"; halving the time needs a ≥ {_pct(1 - LD_MAX_TIME_RATIO)} cut in training "
                     "FLOPs over the whole run, so the removals came too late or were too few")
         parts.append(why[0].upper() + why[1:] + ".")
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)
 
 
 def _control_sentence(s: Summary, control: Summary) -> str:
