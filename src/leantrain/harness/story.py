@@ -78,8 +78,7 @@ def _lowest_score(s: Summary, after: float = 0.0) -> tuple[float, str, float] | 
     checkpoint while drops were allowed (between the warm-up and the stop) and later than
     `after` (a fraction of training), over all seeds."""
     args = _args(s, "learndrop")
-    warmup = max(float(args.get("warmup", 0.0)), after)
-    stop = float(args.get("stop", 1.0))
+    warmup, stop = float(args.get("warmup", 0.0)), float(args.get("stop", 1.0))
     best: tuple[float, str, float] | None = None
     for row in s.rows:
         trace = row.get("trace") or {}
