@@ -414,3 +414,34 @@ def test_readme_leads_with_the_paper_suite_and_keeps_the_quick_reproducer(tmp_pa
     assert text.count("What these rows say") == 1  # the quick suite's table stands alone
     with pytest.raises(ValueError, match="no results of suite 'nope'"):
         write_report([paper], tmp_path / "out", readme=readme, readme_suites=["nope"])
+
+
+def test_headline_says_what_halved_the_time_the_fastest_and_what_held_accuracy(tmp_path) -> None:
+    from leantrain.harness.story import headline
+
+    rows = _paper_rows()
+    for r in rows:
+        r["_file"] = "paper-cpu2.jsonl"
+    [line] = headline(summarize(rows))
+    assert line.startswith("- **cifar10 / resnet32** (3 epochs, 1–2 seeds per row; dense 91.50%):")
+    assert ("halved the training time: `static-p0.5` (a static network trained from the first "
+            "step, a control) at 0.50× dense time, -2.50 points.") in line
+    assert "Within 1 point of dense accuracy: `learndrop` at 0.80× dense time, -1.00 points." in line
+    [line] = headline(summarize(rows[:-1]))  # without the control nothing halved
+    assert ("no method halved the training time; the fastest was `dcp-p0.5` at 0.70× dense "
+            "time, -1.50 points.") in line
+    slow = [dict(r, test_acc=0.5) if r["method"] != "none" else r for r in rows]
+    assert "None stayed within 1 point of dense accuracy." in headline(summarize(slow))[0]
+    # a contended dense baseline gives no ratio, so no headline
+    shared = [dict(r, machine={"cpu_share": 0.2, "quiet": False}) if r["method"] == "none" else r for r in rows]
+    assert headline(summarize(shared)) == []
+
+
+def test_readme_puts_the_headline_above_the_paper_table(tmp_path) -> None:
+    paper = _write(tmp_path / "paper-cpu2-torch2.13.0.jsonl", _paper_rows())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{START}\nold\n{END}\n")
+    write_report([paper], tmp_path / "out", readme=readme)
+    text = readme.read_text()
+    assert (text.index("Suite `paper`") < text.index("In short")
+            < text.index("| Data set |") < text.index("What these rows say"))

@@ -27,7 +27,7 @@ from ..config import toml_repr
 from ..machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE, is_quiet
 from .bench import read_results
 from .plots import plot_flops_curves, plot_pareto, slug
-from .story import story
+from .story import headline, story
 from .targets import MIN_JUDGED_FLOPS_SAVING, check_targets, targets_tables
 
 __all__ = [
@@ -457,9 +457,10 @@ def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[
             f"{title}Suite `{name}` on {hw} ({env.get('cores')} cores), torch {env.get('torch')}, "
             f"seeds {', '.join(map(str, seeds))}." + (f" {TIME_NOTE}" if i == 0 else ""),
             "",
-            markdown_table(mine, headline=True),
-            "",
         ]
+        if i == 0 and name in STORY_SUITES and (short := headline(mine)):
+            parts += ["In short (generated from the rows below):", "", *short, ""]
+        parts += [markdown_table(mine, headline=True), ""]
         if i == 0 and name in STORY_SUITES:
             parts += ["What these rows say (sentences generated from the same rows):", "",
                       *story(mine), ""]

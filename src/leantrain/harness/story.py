@@ -21,25 +21,29 @@ from .targets import (
     DCP_MAX_TIME_RATIO,
     LD_MAX_DROP,
     LD_MAX_TIME_RATIO,
-    MIN_JUDGED_FLOPS_SAVING,
     Check,
     _args,
     _controls_of,
     _drop,
     _where,
     check_targets,
+    time_share,
     width_controls,
 )
 
 if TYPE_CHECKING:
     from .report import Summary
 
-__all__ = ["story", "RECIPE_BARS"]
+__all__ = ["story", "headline", "RECIPE_BARS", "HELD_POINTS"]
 
 # The recipe bars a dense baseline must reach before a method's accuracy drop means anything at
 # this scale: (suite, data set, model) → top-1 %. The `paper` suite's: ≥ 90% for CIFAR ResNet-32
 # in ≤ 30 epochs (the scale at which the DCP paper reports ResNet-32; its dense ≈ 92-93%).
 RECIPE_BARS = {("paper", "cifar10", "resnet32"): 90.0}
+
+# "Held its accuracy", in the headline: within a point of dense top-1, the stricter of the two
+# papers' accuracy claims (DCP: ResNet-32 at ~no loss; Learn&Drop: within 3.2 points on ResNets).
+HELD_POINTS = 1.0
 
 _VERDICT = {True: "met", False: "**missed**", None: "not judged"}
 
@@ -138,8 +142,8 @@ def _time_and_flops(s: Summary, why_flops: str = "") -> str:
     if ratio >= 1:  # a cut too small to outweigh the method's own work (and the noise)
         return f"training FLOPs fell {_pct(r_train)}{why_flops} and time rose {_pct(ratio - 1)}"
     text = f"training FLOPs fell {_pct(r_train)}{why_flops} and time {_pct(1 - ratio)}"
-    if r_train >= MIN_JUDGED_FLOPS_SAVING:  # below it the share is timing noise
-        text += f": {(1 - ratio) / r_train:.2f}× the FLOPs saving reached the clock"
+    if (share := time_share(s)) is not None:  # None under a cut whose share is timing noise
+        text += f": {share:.2f}× the FLOPs saving reached the clock"
     return text
 
 
@@ -303,4 +307,49 @@ def story(summaries: list[Summary]) -> list[str]:
         else:
             text = _other_sentence(s)
         lines.append(f"- {text}")
+    return lines
+
+
+def _brief(s: Summary) -> str:
+    """`label` (time ratio, accuracy change): the two numbers a reader weighs first."""
+    control = " (a static network trained from the first step, a control)" \
+        if s.method == "static" else ""
+    return (f"`{s.label}`{control} at {s.time_ratio:.2f}× dense time, "
+            f"{-(_drop(s) or 0.0):+.2f} points")
+
+
+def headline(summaries: list[Summary]) -> list[str]:
+    """The story in one bullet per (data set, model) of one suite: which methods halved the
+    training time (the Learn&Drop paper's claim), the fastest one and its accuracy, and which
+    stayed within `HELD_POINTS` of dense; times from quiet runs only."""
+    groups: dict[tuple[str, str], list[Summary]] = {}
+    for s in summaries:
+        if s.method != "none" and s.dense is not None:
+            groups.setdefault((s.dataset, s.model), []).append(s)
+    lines = []
+    for (dataset, model), runs in groups.items():
+        timed = sorted((s for s in runs if s.time_ratio is not None and _drop(s) is not None),
+                       key=lambda s: s.time_ratio)
+        if not timed:
+            continue
+        dense = timed[0].dense
+        epochs = dense.rows[0].get("config", {}).get("train", {}).get("epochs")
+        counts = sorted({s.n for s in runs} | {dense.n})
+        seeds = (f"{counts[0]} seed{'s' if counts[0] > 1 else ''} per row" if len(counts) == 1
+                 else f"{counts[0]}–{counts[-1]} seeds per row")
+        parts = [f"**{dataset} / {model}** ({epochs} epochs, {seeds}; dense "
+                 f"{dense.mean('acc'):.2f}%):"]
+        halved = [s for s in timed if s.time_ratio <= LD_MAX_TIME_RATIO]
+        if halved:
+            parts.append("halved the training time: " + "; ".join(map(_brief, halved)) + ".")
+        else:
+            parts.append(f"no method halved the training time; the fastest was "
+                         f"{_brief(timed[0])}.")
+        held = [s for s in timed if (_drop(s) or 0.0) <= HELD_POINTS]
+        if held:
+            parts.append(f"Within {HELD_POINTS:g} point of dense accuracy: "
+                         + "; ".join(map(_brief, held)) + ".")
+        else:
+            parts.append(f"None stayed within {HELD_POINTS:g} point of dense accuracy.")
+        lines.append("- " + " ".join(parts))
     return lines

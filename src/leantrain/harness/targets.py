@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .report import Summary
 
-__all__ = ["Check", "check_targets", "targets_tables", "width_controls", "COLUMNS"]
+__all__ = ["Check", "check_targets", "targets_tables", "time_share", "width_controls", "COLUMNS"]
 
 # Learn&Drop paper: the largest accuracy drops it reports, per family (points of top-1).
 LD_MAX_DROP = {"vgg": 2.38, "resnet": 3.2}
@@ -83,6 +83,16 @@ def _drop(s: Summary) -> float | None:
     return None if dense is None or acc is None else dense - acc
 
 
+def time_share(s: Summary) -> float | None:
+    """The share of the training-FLOPs saving that reached the clock, (1 − time ratio) / FLOPs
+    cut; None without a quiet time ratio, or when the cut is under `MIN_JUDGED_FLOPS_SAVING`
+    (timing noise)."""
+    ratio, r_train = s.time_ratio, s.mean("r_train")
+    if ratio is None or r_train is None or r_train < MIN_JUDGED_FLOPS_SAVING:
+        return None
+    return (1 - ratio) / r_train
+
+
 def _learndrop(s: Summary) -> list[Check]:
     cols, where, out = COLUMNS["Learn&Drop"], _where(s), []
     family = "resnet" if s.model.startswith("resnet") else "vgg"
@@ -95,11 +105,12 @@ def _learndrop(s: Summary) -> list[Check]:
                          drop <= LD_MAX_DROP[family], s.n))
     r_train = s.mean("r_train")
     if ratio is not None and r_train is not None and r_train > 0.01:
+        # A cut under MIN_JUDGED_FLOPS_SAVING is shown but not judged (time_share is None).
         share = (1 - ratio) / r_train
+        judged = time_share(s)
         out.append(Check("Learn&Drop", cols[2], where,
                          f"{100 * (1 - ratio):.0f}% / {100 * r_train:.0f}% = {share:.2f}×",
-                         share >= MIN_TIME_PER_FLOPS_SAVING
-                         if r_train >= MIN_JUDGED_FLOPS_SAVING else None, s.n))
+                         None if judged is None else judged >= MIN_TIME_PER_FLOPS_SAVING, s.n))
     return out
 
 
