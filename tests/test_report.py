@@ -423,17 +423,20 @@ def test_headline_says_what_halved_the_time_the_fastest_and_what_held_accuracy(t
     for r in rows:
         r["_file"] = "paper-cpu2.jsonl"
     [line] = headline(summarize(rows))
-    assert line.startswith("- **cifar10 / resnet32** (3 epochs, 1–2 seeds per row; dense 91.50%):")
+    assert line.startswith(
+        "- **cifar10 / resnet32** (3 epochs, 1–2 seeds per row; dense 91.50%):")
     assert ("halved the training time: `static-p0.5` (a static network trained from the first "
             "step, a control) at 0.50× dense time, -2.50 points.") in line
-    assert "Within 1 point of dense accuracy: `learndrop` at 0.80× dense time, -1.00 points." in line
+    assert ("Within 1 point of dense accuracy: `learndrop` at 0.80× dense time, -1.00 points."
+            in line)
     [line] = headline(summarize(rows[:-1]))  # without the control nothing halved
     assert ("no method halved the training time; the fastest was `dcp-p0.5` at 0.70× dense "
             "time, -1.50 points.") in line
     slow = [dict(r, test_acc=0.5) if r["method"] != "none" else r for r in rows]
     assert "None stayed within 1 point of dense accuracy." in headline(summarize(slow))[0]
     # a contended dense baseline gives no ratio, so no headline
-    shared = [dict(r, machine={"cpu_share": 0.2, "quiet": False}) if r["method"] == "none" else r for r in rows]
+    shared = [dict(r, machine={"cpu_share": 0.2, "quiet": False}) if r["method"] == "none"
+              else r for r in rows]
     assert headline(summarize(shared)) == []
 
 
