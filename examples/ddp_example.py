@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
               f"DDP built {net.rebuilds} times")
         if args.out:
             leantrain.save_model(model, args.out)
+    # Tear down together: a process that destroys its gloo group while process 0 is still
+    # evaluating can abort in gloo's shutdown ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
