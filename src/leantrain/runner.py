@@ -209,7 +209,12 @@ def run(
     ours = distributed.world_size() == 1  # a group set up by the caller stays the caller's
     device, rank, world = distributed.init_from_env(resolve_device(cfg.train.device))
     try:
-        return _run(cfg, device, rank, world, show_progress and rank == 0, resume, resume_from)
+        result = _run(cfg, device, rank, world, show_progress and rank == 0, resume, resume_from)
+        if world > 1 and ours:
+            # Leave together: a rank that tears its gloo group down while another still writes
+            # or evaluates can abort that one ("terminate called without an active exception").
+            torch.distributed.barrier()
+        return result
     finally:
         if world > 1 and ours:
             torch.distributed.destroy_process_group()
