@@ -27,6 +27,7 @@ from .targets import (
     _drop,
     _where,
     check_targets,
+    ld_family,
     time_share,
     width_controls,
 )
@@ -319,8 +320,9 @@ def _brief(s: Summary) -> str:
 
 def headline(summaries: list[Summary]) -> list[str]:
     """The story in one bullet per (data set, model) of one suite: which methods halved the
-    training time (the Learn&Drop paper's claim), the fastest one and its accuracy, and which
-    stayed within `HELD_POINTS` of dense; times from quiet runs only."""
+    training time (the Learn&Drop paper's claim), the fastest one and its accuracy, the fastest
+    Learn&Drop run within the paper's accuracy range, and which stayed within `HELD_POINTS` of
+    dense; times from quiet runs only."""
     groups: dict[tuple[str, str], list[Summary]] = {}
     for s in summaries:
         if s.method != "none" and s.dense is not None:
@@ -344,6 +346,13 @@ def headline(summaries: list[Summary]) -> list[str]:
         else:
             parts.append(f"no method halved the training time; the fastest was "
                          f"{_brief(timed[0])}.")
+        # The trade the Learn&Drop paper claims: its fastest run inside the paper's accuracy
+        # range, when that is neither the fastest overall nor among those that halved the time.
+        in_range = [s for s in timed
+                    if s.method == "learndrop" and _drop(s) <= LD_MAX_DROP[ld_family(model)]]
+        if in_range and in_range[0] is not timed[0] and in_range[0] not in halved:
+            parts.append(f"Fastest Learn&Drop run within the paper's "
+                         f"{LD_MAX_DROP[ld_family(model)]:g} points: {_brief(in_range[0])}.")
         held = [s for s in timed if _drop(s) <= HELD_POINTS]
         if held:
             parts.append(f"Within {HELD_POINTS:g} point of dense accuracy: "

@@ -93,9 +93,14 @@ def time_share(s: Summary) -> float | None:
     return (1 - ratio) / r_train
 
 
+def ld_family(model: str) -> str:
+    """The Learn&Drop paper's family a model is judged as: ``"resnet"`` or ``"vgg"``."""
+    return "resnet" if model.startswith("resnet") else "vgg"
+
+
 def _learndrop(s: Summary) -> list[Check]:
     cols, where, out = COLUMNS["Learn&Drop"], _where(s), []
-    family = "resnet" if s.model.startswith("resnet") else "vgg"
+    family = ld_family(s.model)
     ratio = s.time_ratio
     if ratio is not None:
         judged = ratio <= LD_MAX_TIME_RATIO if family == "resnet" else None
