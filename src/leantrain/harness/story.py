@@ -162,7 +162,7 @@ def _dense_sentence(s: Summary) -> str:
 def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
     ratio = s.time_ratio
     drop = _drop(s)
-    family = "resnet" if s.model.startswith("resnet") else "vgg"
+    family = ld_family(s.model)
     parts = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
     if ratio is not None:
         target = f"paper: ≤ {LD_MAX_TIME_RATIO:g}×" if family == "resnet" else "no time claim"
@@ -348,11 +348,11 @@ def headline(summaries: list[Summary]) -> list[str]:
                          f"{_brief(timed[0])}.")
         # The trade the Learn&Drop paper claims: its fastest run inside the paper's accuracy
         # range, when that is neither the fastest overall nor among those that halved the time.
-        in_range = [s for s in timed
-                    if s.method == "learndrop" and _drop(s) <= LD_MAX_DROP[ld_family(model)]]
+        ld_range = LD_MAX_DROP[ld_family(model)]
+        in_range = [s for s in timed if s.method == "learndrop" and _drop(s) <= ld_range]
         if in_range and in_range[0] is not timed[0] and in_range[0] not in halved:
-            parts.append(f"Fastest Learn&Drop run within the paper's "
-                         f"{LD_MAX_DROP[ld_family(model)]:g} points: {_brief(in_range[0])}.")
+            parts.append(f"Fastest Learn&Drop run within the paper's {ld_range:g} points: "
+                         f"{_brief(in_range[0])}.")
         held = [s for s in timed if _drop(s) <= HELD_POINTS]
         if held:
             parts.append(f"Within {HELD_POINTS:g} point of dense accuracy: "
