@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from leantrain.harness.bench import load_suite, read_results, run_suite, suite_names
+from leantrain.harness.bench import (
+    load_suite,
+    read_results,
+    results_path,
+    run_suite,
+    suite_names,
+)
 from leantrain.cli import main
 from leantrain.config import ConfigError
 from leantrain.methods.dcp import DCP
@@ -235,6 +241,33 @@ def test_dry_run_and_only_select_runs(tmp_path, capsys) -> None:
         code == 0 and "1 runs selected" in out and "todo  cifar10/test_resnet/dcp-p0.5/seed0" in out
     )
     assert not (tmp_path / "results").exists()
+
+
+def test_method_runs_without_a_dense_run_timed_on_this_machine_are_announced(
+    tmp_path, capsys
+) -> None:
+    from leantrain.env import environment
+
+    suite = load_suite(_suite(tmp_path), seeds=None)
+    dense = next(r for r in suite.runs if r.label == "dense")
+    results = tmp_path / "results"
+    here = environment("cpu")
+
+    def dry_run_output(rows) -> str:
+        path = results_path(suite, results, here)
+        results.mkdir(exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        run_suite(suite, results, only="dcp", dry_run=True)
+        return capsys.readouterr().out
+
+    elsewhere = {"key": dense.key, "config": dense.config.to_dict(), "env": {**here, "cpu": "X"}}
+    out = dry_run_output([elsewhere])  # dense timed, but on another machine (an earlier session)
+    assert "no dense run of cifar10/test_resnet with this recipe has been timed on this" in out
+    assert "1 method run(s)" in out and "--only cifar10/test_resnet/dense" in out
+    assert "has been timed" not in dry_run_output([{**elsewhere, "env": here}])
+    # a dense run selected beside the method runs will time them
+    run_suite(suite, results / "empty", dry_run=True)
+    assert "has been timed" not in capsys.readouterr().out
 
 
 def test_torn_last_line_is_ignored(tmp_path) -> None:

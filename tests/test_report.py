@@ -180,6 +180,40 @@ def test_each_environment_is_reported_apart(tmp_path, results) -> None:
     assert text.count("### Settings") == 2
 
 
+def test_a_suite_spread_over_two_machines_pools_accuracy_and_times_each_machine_apart(
+    tmp_path,
+) -> None:
+    # Seed 0 on a slow machine, seed 1 on one twice as fast (same cores and torch): accuracy is
+    # one population, but a second on one machine is not a second on the other.
+    fast = {**ENV, "cpu": "Fast CPU"}
+    rows = [
+        _row("dense", "none", 0, 0.90, 100.0),
+        _row("ld", "learndrop", 0, 0.88, 50.0),
+        _row("dense", "none", 1, 0.92, 50.0, env=fast),
+        _row("ld", "learndrop", 1, 0.90, 40.0, env=fast),
+        _row("dcp", "dcp", 1, 0.91, 25.0, env=fast),
+        _row("other", "dcp", 0, 0.91, 25.0, env={**ENV, "cpu": "Third CPU"}),  # no dense there
+    ]
+    dense, ld, dcp, other = summarize(load_rows([_write(tmp_path / "r.jsonl", rows)]))
+    assert ld.n == 2 and ld.mean("acc") == pytest.approx(89.0) and ld.std("acc") is not None
+    # 50/100 on the first machine, 40/50 on the second: mean 0.65 (pooled seconds would say
+    # 45 / 75 = 0.6, a number no machine measured).
+    assert ld.time_ratios == pytest.approx([0.5, 0.8])
+    assert ld.time_ratio == pytest.approx(0.65) and ld.speedup == pytest.approx(1 / 0.65)
+    assert dcp.time_ratio == pytest.approx(0.5)
+    assert other.speedup is None  # dense never ran on its machine
+    assert dense.time_ratio == pytest.approx(1.0)
+    table = markdown_table([dense, ld, dcp, other])
+    assert "| 100.0 (A), 50.0 (B) | 1.00× |" in table
+    assert "| 50.0 (A), 40.0 (B) | 1.54× |" in table
+    assert "(A) Test CPU; (B) Fast CPU; (C) Third CPU" in table
+    # One section (same cores and torch), both machines named in its settings.
+    assert main(["report", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert text.count("## Settings") == 1
+    assert "Test CPU (2 runs); Fast CPU (3 runs); Third CPU (1 run)" in text
+
+
 def test_git_commit_and_threads_do_not_split_an_environment(results) -> None:
     rows = load_rows([results])
     rows[0] = {**rows[0], "env": {**ENV, "git_commit": "fffffff"}}

@@ -11,8 +11,13 @@ from typing import Any
 import torch
 
 __all__ = [
-    "environment", "environment_key", "peak_rss_mb", "reset_peak_memory", "memory_summary",
+    "environment", "environment_key", "machine_key", "MACHINE_FIELDS", "peak_rss_mb",
+    "reset_peak_memory", "memory_summary",
 ]
+
+# What makes a second on one machine comparable with a second on another: training times (and
+# their ratios to dense) are compared only between rows that agree on all of these.
+MACHINE_FIELDS = ("device", "cpu", "gpu", "cores", "torch")
 
 
 def _cpu_model() -> str:
@@ -73,6 +78,11 @@ def environment_key(env: dict[str, Any]) -> str:
     hw = env.get("gpu") if env.get("device") == "cuda" else f"cpu{env.get('cores')}"
     label = f"{hw}-torch{str(env.get('torch')).split('+')[0]}"
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in label)
+
+
+def machine_key(env: dict[str, Any]) -> tuple[Any, ...]:
+    """The machine an environment describes (`MACHINE_FIELDS`); threads and commit excluded."""
+    return tuple(env.get(k) for k in MACHINE_FIELDS)
 
 
 def _proc_status_mb(field: str) -> float | None:

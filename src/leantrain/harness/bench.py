@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import subprocess
@@ -29,7 +30,7 @@ from typing import Any
 
 from ..atomic import write_atomic
 from ..config import ConfigError, from_dict
-from ..env import environment, environment_key
+from ..env import environment, environment_key, machine_key
 from .suite import BenchRun, Suite, load_suite, suite_names
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "run_suite",
     "results_path",
     "read_results",
+    "recipe_digest",
 ]
 
 # Event kinds kept in a result row's trace (structural changes, with their FLOPs when known).
@@ -74,6 +76,42 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def recipe_digest(config: dict[str, Any]) -> str:
+    """What makes two runs' times comparable besides the machine: data set (without where it
+    lives), model and training recipe, hashed. The method and seed are left out."""
+    data = {k: v for k, v in config.get("data", {}).items() if k not in ("data_dir", "download")}
+    blob = json.dumps(
+        {"data": data, "model": config.get("model"), "train": config.get("train")}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def _untimed_note(
+    todo: list[BenchRun], rows: list[dict[str, Any]], env: dict[str, Any]
+) -> str | None:
+    """A warning when method runs are about to run where no dense run of their recipe was or will
+    be timed: a suite spread over sessions can land on another machine, and a time is compared
+    only with dense's on the same machine, so those runs would get no speed-up."""
+    here = machine_key(env)
+    timed = {
+        recipe_digest(r.get("config", {})) for r in rows
+        if r.get("config", {}).get("method", "none") in ("none", "")
+        and machine_key(r.get("env", {})) == here
+    }
+    timed |= {recipe_digest(r.config.to_dict()) for r in todo if not r.config.method_names()}
+    untimed = [r for r in todo
+               if r.config.method_names() and recipe_digest(r.config.to_dict()) not in timed]
+    if not untimed:
+        return None
+    models = sorted({f"{r.config.data.dataset}/{r.config.model.name}" for r in untimed})
+    hw = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
+    return (
+        f"note: no dense run of {', '.join(models)} with this recipe has been timed on this "
+        f"machine ({hw}), so {len(untimed)} method run(s) selected will get accuracy and FLOPs "
+        f"but no speed-up; run `--only {models[0]}/dense` here first (any seed) to time them."
+    )
 
 
 def _append_row(path: Path, row: dict[str, Any]) -> None:
@@ -270,6 +308,8 @@ def run_suite(
         f"suite {suite.name}: {selected} runs selected, {selected - len(todo)} already in {path}, "
         f"{len(todo)} to run"
     )
+    if note := _untimed_note(todo, read_results(path), env):
+        print(note)
     if dry_run:
         for r in suite.runs:
             if _matches(r, only):

@@ -37,24 +37,33 @@ def _by_model(summaries: list["Summary"]) -> dict[tuple[str, str, str], list["Su
 
 
 def plot_pareto(summaries: list["Summary"], out_dir: str | Path) -> list[Path]:
-    """Accuracy vs training time and vs training FLOPs, one PNG per (suite, data set, model)."""
+    """Accuracy vs training time and vs training FLOPs, one PNG per (suite, data set, model).
+
+    Time is each method's ratio to dense's on the same machine (`Summary.time_ratio`, quiet rows
+    only), the one time quantity that stays comparable when a suite's runs landed on different
+    machines; a method without one is left off that panel.
+    """
     written = []
     for (suite, dataset, model), group in _by_model(summaries).items():
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-        for s in group:
+        fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True)
+        # tab20: a suite compares up to 20 methods per model; the default cycle repeats after 10
+        colours = plt.get_cmap("tab20").colors
+        for i, s in enumerate(group):
             y, yerr = s.mean("acc"), s.std("acc") or 0.0
             flops = s.mean("train_flops")
             tflops = None if flops is None else flops / 1e12
-            for ax, x in ((axes[0], s.mean("time_s")), (axes[1], tflops)):
+            for ax, x in ((axes[0], s.time_ratio), (axes[1], tflops)):
                 if x is None or y is None:
                     continue
                 marker = "s" if s.method == "none" else "o"
-                ax.errorbar([x], [y], yerr=[yerr], fmt=marker, capsize=3, label=s.label)
+                ax.errorbar([x], [y], yerr=[yerr], fmt=marker, capsize=3, label=s.label,
+                            color=colours[i % len(colours)])
                 ax.annotate(s.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        axes[0].set(xlabel="training time (s, train + surgery)", ylabel="test top-1 (%)")
+        axes[0].set(xlabel="training time ÷ dense's on the same machine (train + surgery)",
+                    ylabel="test top-1 (%)")
         axes[1].set(xlabel="training TFLOPs (forward + backward, integrated)")
         fig.suptitle(f"{suite}: {model} on {dataset} (mean ± std over seeds)")
-        axes[1].legend(fontsize=7, loc="lower right")
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # off the points
         fig.tight_layout()
         path = Path(out_dir) / f"{slug(suite, dataset, model)}-pareto.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,17 +3,21 @@
 Rows (one per run, written by `leantrain.harness.bench`) are grouped by (suite, data set, model,
 recipe, method label). Each group reports accuracy mean ± std over seeds, training time (train + surgery
 laps; evaluation excluded), the speed-up against the dense rows of the *same* results file, data
-set, model and recipe, cumulative forward and training FLOPs reductions, the final architecture's
-MACs reduction, parameters and peak memory. Results from different environments (device, CPU/GPU
-model, cores, torch) are refused, never mixed. Every number in the Markdown it writes, including
-``BENCHMARKS.md`` and the README's results block, comes from the rows: nothing is typed by hand.
+set, model, recipe and machine, cumulative forward and training FLOPs reductions, the final
+architecture's MACs reduction, parameters and peak memory.
+
+Environments: rows with the same device kind, core count and torch version form one section;
+accuracy and FLOPs pool over its seeds whatever CPU or GPU model ran them (they do not depend on
+it). Times never cross machines: a suite spread over sessions may land on different machines,
+so each run's time is divided by the mean dense time *on its own machine* (CPU/GPU model,
+cores, torch) and a method's ratio is the mean of those ratios. Every number in the Markdown it
+writes, including ``BENCHMARKS.md`` and the README's results block, comes from the rows: nothing
+is typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import os
 import statistics
@@ -25,7 +29,8 @@ from typing import Any
 from ..atomic import write_atomic
 from ..config import toml_repr
 from ..machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE, is_quiet
-from .bench import read_results
+from ..env import MACHINE_FIELDS, machine_key
+from .bench import read_results, recipe_digest
 from .plots import plot_flops_curves, plot_pareto, slug
 from .story import headline, story
 from .targets import MIN_JUDGED_FLOPS_SAVING, check_targets, targets_tables
@@ -41,7 +46,11 @@ __all__ = [
 ]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-_ENV_FIELDS = ("device", "cpu", "gpu", "cores", "torch")
+_ENV_FIELDS = MACHINE_FIELDS
+# A report section: accuracy and FLOPs pool over its machines (a seed's accuracy does not depend
+# on the CPU model); device kind and torch version stay apart, as the issue of record asks CPU and
+# GPU results to be reported separately.
+_SECTION_FIELDS = ("device", "cores", "torch")
 TIME_NOTE = (
     "Train time = the `train` + `surgery` laps of `fit()` (forward, backward, optimizer "
     "step, the method's hooks and every cut, device-synchronised); evaluation, data "
@@ -91,27 +100,38 @@ class Summary:
         """Rows whose run shared the machine with other work (`leantrain.machine_share`)."""
         return sum(is_quiet(r.get("machine")) is False for r in self.rows)
 
-    def quiet_time(self) -> float | None:
-        """Mean training time over the rows that did not share the machine (rows from before
-        the record existed count as quiet: nothing says otherwise)."""
-        values = [v for r in self.rows
-                  if is_quiet(r.get("machine")) is not False and (v := _value(r, "time_s")) is not None]
-        return statistics.fmean(values) if values else None
+    def quiet_times(self) -> dict[tuple[Any, ...], list[float]]:
+        """Training times of the rows that did not share the machine, by machine (rows from
+        before the record existed count as quiet: nothing says otherwise)."""
+        out: dict[tuple[Any, ...], list[float]] = {}
+        for r in self.rows:
+            if is_quiet(r.get("machine")) is not False and (v := _value(r, "time_s")) is not None:
+                out.setdefault(machine_key(r.get("env", {})), []).append(v)
+        return out
 
     @property
-    def speedup(self) -> float | None:
-        """Mean dense training time / mean training time of this row (same file and recipe),
-        from quiet rows only: a time taken while other work shared the cores is no result."""
+    def time_ratios(self) -> list[float]:
+        """Each quiet row's training time / the mean quiet dense time on the same machine (same
+        file, data set, model and recipe): a time taken while other work shared the cores, or
+        on a machine dense never ran on, gives no ratio."""
         if self.dense is None:
-            return None
-        mine, dense = self.quiet_time(), self.dense.quiet_time()
-        return dense / mine if mine and dense else None
+            return []
+        dense = {m: statistics.fmean(v) for m, v in self.dense.quiet_times().items()}
+        return [t / dense[m] for m, times in self.quiet_times().items() if m in dense
+                for t in times if dense[m] > 0]
 
     @property
     def time_ratio(self) -> float | None:
-        """Training time as a multiple of dense's (1 / `speedup`), from quiet rows only."""
-        speedup = self.speedup
-        return 1 / speedup if speedup else None
+        """Training time as a multiple of dense's: the mean of `time_ratios` (on one machine,
+        this row's mean quiet time / dense's)."""
+        ratios = self.time_ratios
+        return statistics.fmean(ratios) if ratios else None
+
+    @property
+    def speedup(self) -> float | None:
+        """Dense time / this method's time (1 / `time_ratio`), from quiet rows only."""
+        ratio = self.time_ratio
+        return 1 / ratio if ratio else None
 
 
 def _value(row: dict[str, Any], key: str) -> float | None:
@@ -218,20 +238,25 @@ def check_environment(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for env, group in groups
         ]
         raise ValueError(
-            "these results come from different environments, and speed-ups are only comparable "
-            "within one; report each environment separately:\n" + "\n".join(lines)
+            "these results come from different environments (device kind, cores or torch), "
+            "which are reported in separate sections:\n" + "\n".join(lines)
         )
     return rows[0].get("env", {})
 
 
 def by_environment(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Rows grouped by environment (hardware and torch), in order of first appearance: speed-ups
-    are computed within a group only."""
+    """Rows grouped into report sections (device kind, cores, torch), in order of first
+    appearance; within a section, times are still compared per machine (`Summary.time_ratios`)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         env = r.get("env", {})
-        groups.setdefault(tuple(env.get(k) for k in _ENV_FIELDS), []).append(r)
+        groups.setdefault(tuple(env.get(k) for k in _SECTION_FIELDS), []).append(r)
     return [(group[0].get("env", {}), group) for group in groups.values()]
+
+
+def hardware_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The machines (CPU or GPU model) that `rows` ran on, in order of first appearance."""
+    return list(dict.fromkeys(str(_hardware(r.get("env", {}))) for r in rows))
 
 
 def _hardware(env: dict[str, Any]) -> str | None:
@@ -240,12 +265,7 @@ def _hardware(env: dict[str, Any]) -> str | None:
 
 
 def _recipe(row: dict[str, Any]) -> str:
-    c = row.get("config", {})
-    data = {k: v for k, v in c.get("data", {}).items() if k not in ("data_dir", "download")}
-    blob = json.dumps(
-        {"data": data, "model": c.get("model"), "train": c.get("train")}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+    return recipe_digest(row.get("config", {}))
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[Summary]:
@@ -327,6 +347,10 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
         "| " + " | ".join(cols) + " |",
         "|" + "|".join(["---"] * 3 + ["---:"] * (len(cols) - 3)) + "|",
     ]
+    # Seconds on different machines are different units: when the table spans several, each
+    # cell gives the mean time per machine, lettered, and a legend follows the table.
+    hardware = hardware_names([r for s in summaries for r in s.rows])
+    letters = {hw: chr(ord("A") + i) for i, hw in enumerate(hardware)} if len(hardware) > 1 else {}
     for s in summaries:
         speed = s.speedup
         cells = [
@@ -334,7 +358,7 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
             s.model,
             s.label,
             _acc(s),
-            _fmt(s.mean("time_s"), ".1f") + (f" ({s.contended} shared)" if s.contended else ""),
+            _time_cell(s, letters) + (f" ({s.contended} shared)" if s.contended else ""),
             ("1.00×" if s.method == "none" and s.n > s.contended
              else _fmt(speed, ".2f", "×") if speed is not None or not s.contended
              else "– (shared machine)"),
@@ -354,14 +378,36 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
             if cuda:
                 cells.append(_fmt(s.mean("cuda_max_allocated_mb"), ",.0f"))
         lines.append("| " + " | ".join(cells) + " |")
+    if letters:
+        lines += ["", "Train time per machine: " + "; ".join(
+            f"({letter}) {hw}" for hw, letter in letters.items()
+        ) + ". Each run's time is divided by dense's on its own machine; the speed-up is the "
+            "inverse of the mean of those ratios."]
     return "\n".join(lines)
+
+
+def _time_cell(s: Summary, letters: dict[str, str]) -> str:
+    """Mean training time; per machine (lettered) when the table spans several."""
+    if not letters:
+        return _fmt(s.mean("time_s"), ".1f")
+    times: dict[str, list[float]] = {}
+    for r in s.rows:
+        if (v := _value(r, "time_s")) is not None:
+            times.setdefault(str(_hardware(r.get("env", {}))), []).append(v)
+    cells = [f"{statistics.fmean(v):.1f} ({letters[hw]})" for hw, v in times.items()]
+    return ", ".join(cells) or "–"
 
 
 # ------------------------------------------------------------------------ documents
 
 
 def _settings(rows: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
-    hw = _hardware(env)
+    hardware = hardware_names(rows)
+    if len(hardware) > 1:  # a suite spread over sessions that landed on different machines
+        counts = {hw: sum(str(_hardware(r.get("env", {}))) == hw for r in rows) for hw in hardware}
+        hw = "; ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in counts.items())
+    else:
+        hw = hardware[0]
     commits = sorted({str(r.get("env", {}).get("git_commit")) for r in rows} - {"None"})
     out = [
         f"- **Hardware:** {hw} ({env.get('device')}, {env.get('cores')} cores, "
@@ -371,7 +417,10 @@ def _settings(rows: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
         + f", Python {env.get('python')}"
         + (f"; leantrain commit {', '.join(commits)}" if commits else ""),
         f"- **Time:** {TIME_NOTE} Speed-up = dense time / method time, against the dense rows "
-        "of the same suite, environment, data set, model and recipe.",
+        "of the same suite, machine, data set, model and recipe; where a method's runs ran on "
+        "several machines (a suite spread over sessions), each run's time is divided by dense's "
+        "on its own machine and the speed-up is the inverse of the mean ratio. Accuracy and "
+        "FLOPs pool over machines.",
         "- **FLOPs:** measured with `torch.utils.flop_counter` (2 FLOPs per MAC) and integrated "
         "over the live network; *cut* = 1 − method / dense (R_cum: forward FLOPs over training; "
         "train: forward + backward; final MACs: the architecture handed back).",
@@ -449,13 +498,21 @@ def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[
     for i, name in enumerate(names):
         mine = [s for s in summaries if s.suite == name]
         env = mine[0].rows[0].get("env", {})
-        hw = _hardware(env)
+        section = tuple(env.get(k) for k in _SECTION_FIELDS)  # CPU and GPU rows stay apart
+        mine = [s for s in mine
+                if tuple(s.rows[0].get("env", {}).get(k) for k in _SECTION_FIELDS) == section]
+        hardware = hardware_names([r for s in mine for r in s.rows])
+        several = len(hardware) > 1
         seeds = sorted({r.get("seed", 0) for s in mine for r in s.rows})
         files += sorted({Path(r["_file"]).as_posix() for s in mine for r in s.rows})
         title = "**Quick reproducer.** " if i > 0 and name == "quick" else ""
         parts += [
-            f"{title}Suite `{name}` on {hw} ({env.get('cores')} cores), torch {env.get('torch')}, "
-            f"seeds {', '.join(map(str, seeds))}." + (f" {TIME_NOTE}" if i == 0 else ""),
+            f"{title}Suite `{name}` on {' and '.join(hardware)} ({env.get('cores')} cores"
+            f"{' each' if several else ''}), torch {env.get('torch')}, "
+            f"seeds {', '.join(map(str, seeds))}."
+            + (" Times are compared only within one machine: each run's against dense's on the "
+               "same machine." if several else "")
+            + (f" {TIME_NOTE}" if i == 0 else ""),
             "",
         ]
         if i == 0 and name in STORY_SUITES and (short := headline(mine)):
@@ -574,12 +631,12 @@ def write_report(
             env, env_rows, summaries, images, checks = sections[0]
             return "\n".join(parts + section_parts(base, env, env_rows, summaries, images, checks, "##"))
         parts += [
-            "These results come from several machines; each has its own section, and no time is "
-            "compared across them.",
+            "These results come from several environments (device kind, cores, torch version); "
+            "each has its own section, and no time is compared across machines.",
             "",
         ]
         for env, env_rows, summaries, images, checks in sections:
-            hw = _hardware(env)
+            hw = " and ".join(hardware_names(env_rows))
             names = ", ".join(f"`{n}`" for n in dict.fromkeys(s.suite for s in summaries))
             parts += [f"## On {hw}, torch {env.get('torch')}: {names}", ""]
             parts += section_parts(base, env, env_rows, summaries, images, checks, "###")
