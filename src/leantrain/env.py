@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "environment", "environment_key", "machine_key", "MACHINE_FIELDS", "peak_rss_mb",
-    "reset_peak_memory", "memory_summary",
+    "environment", "environment_key", "machine_key", "hardware_name", "MACHINE_FIELDS",
+    "peak_rss_mb", "reset_peak_memory", "memory_summary",
 ]
 
 # What makes a second on one machine comparable with a second on another: training times (and
@@ -83,6 +83,11 @@ def environment_key(env: dict[str, Any]) -> str:
 def machine_key(env: dict[str, Any]) -> tuple[Any, ...]:
     """The machine an environment describes (`MACHINE_FIELDS`); threads and commit excluded."""
     return tuple(env.get(k) for k in MACHINE_FIELDS)
+
+
+def hardware_name(env: dict[str, Any]) -> str | None:
+    """What the times ran on, in words: the GPU's name for CUDA rows, else the CPU's."""
+    return env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
 
 
 def _proc_status_mb(field: str) -> float | None:

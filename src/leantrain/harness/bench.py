@@ -30,7 +30,7 @@ from typing import Any
 
 from ..atomic import write_atomic
 from ..config import ConfigError, from_dict
-from ..env import environment, environment_key, machine_key
+from ..env import environment, environment_key, hardware_name, machine_key
 from .suite import BenchRun, Suite, load_suite, suite_names
 
 __all__ = [
@@ -106,11 +106,10 @@ def _untimed_note(
     if not untimed:
         return None
     models = sorted({f"{r.config.data.dataset}/{r.config.model.name}" for r in untimed})
-    hw = env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
     return (
         f"note: no dense run of {', '.join(models)} with this recipe has been timed on this "
-        f"machine ({hw}), so {len(untimed)} method run(s) selected will get accuracy and FLOPs "
-        f"but no speed-up; run `--only {models[0]}/dense` here first (any seed) to time them."
+        f"machine ({hardware_name(env)}), so {len(untimed)} method run(s) selected will get "
+        f"accuracy and FLOPs but no speed-up; run `--only {models[0]}/dense` here first (any seed) to time them."
     )
 
 
@@ -301,14 +300,15 @@ def run_suite(
     if not dry_run and (moved := _set_aside_stale(path, {r.key for r in suite.runs})):
         print(f"{moved} rows of runs no longer in suite {suite.name} (changed settings) moved to "
               f"{path.name}.stale")
-    done = {row.get("key") for row in read_results(path)}
+    rows = read_results(path)
+    done = {row.get("key") for row in rows}
     todo = [r for r in suite.runs if _matches(r, only) and r.key not in done]
     selected = sum(_matches(r, only) for r in suite.runs)
     print(
         f"suite {suite.name}: {selected} runs selected, {selected - len(todo)} already in {path}, "
         f"{len(todo)} to run"
     )
-    if note := _untimed_note(todo, read_results(path), env):
+    if note := _untimed_note(todo, rows, env):
         print(note)
     if dry_run:
         for r in suite.runs:

@@ -21,6 +21,7 @@ import argparse
 import math
 import os
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 from ..atomic import write_atomic
 from ..config import toml_repr
 from ..machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE, is_quiet
-from ..env import MACHINE_FIELDS, machine_key
+from ..env import hardware_name, machine_key
 from .bench import read_results, recipe_digest
 from .plots import plot_flops_curves, plot_pareto, slug
 from .story import headline, story
@@ -46,7 +47,6 @@ __all__ = [
 ]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-_ENV_FIELDS = MACHINE_FIELDS
 # A report section: accuracy and FLOPs pool over its machines (a seed's accuracy does not depend
 # on the CPU model); device kind and torch version stay apart, as the issue of record asks CPU and
 # GPU results to be reported separately.
@@ -233,7 +233,7 @@ def check_environment(rows: list[dict[str, Any]]) -> dict[str, Any]:
     groups = by_environment(rows)
     if len(groups) > 1:
         lines = [
-            f"  {dict((k, env.get(k)) for k in _ENV_FIELDS)}: "
+            f"  {dict((k, env.get(k)) for k in _SECTION_FIELDS)}: "
             + ", ".join(sorted({Path(r["_file"]).name for r in group}))
             for env, group in groups
         ]
@@ -250,18 +250,24 @@ def by_environment(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], lis
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         env = r.get("env", {})
-        groups.setdefault(tuple(env.get(k) for k in _SECTION_FIELDS), []).append(r)
+        groups.setdefault(_section_key(r), []).append(r)
     return [(group[0].get("env", {}), group) for group in groups.values()]
+
+
+def _section_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The report section a row belongs to (`_SECTION_FIELDS` of its environment)."""
+    env = row.get("env", {})
+    return tuple(env.get(k) for k in _SECTION_FIELDS)
 
 
 def hardware_names(rows: list[dict[str, Any]]) -> list[str]:
     """The machines (CPU or GPU model) that `rows` ran on, in order of first appearance."""
-    return list(dict.fromkeys(str(_hardware(r.get("env", {}))) for r in rows))
+    return list(_run_counts(rows))
 
 
-def _hardware(env: dict[str, Any]) -> str | None:
-    """What the times ran on: the GPU's name for CUDA rows, else the CPU's."""
-    return env.get("gpu") if env.get("device") == "cuda" else env.get("cpu")
+def _run_counts(rows: list[dict[str, Any]]) -> Counter[str]:
+    """Rows per machine (CPU or GPU model), in order of first appearance."""
+    return Counter(str(hardware_name(r.get("env", {}))) for r in rows)
 
 
 def _recipe(row: dict[str, Any]) -> str:
@@ -393,7 +399,7 @@ def _time_cell(s: Summary, letters: dict[str, str]) -> str:
     times: dict[str, list[float]] = {}
     for r in s.rows:
         if (v := _value(r, "time_s")) is not None:
-            times.setdefault(str(_hardware(r.get("env", {}))), []).append(v)
+            times.setdefault(str(hardware_name(r.get("env", {}))), []).append(v)
     cells = [f"{statistics.fmean(v):.1f} ({letters[hw]})" for hw, v in times.items()]
     return ", ".join(cells) or "–"
 
@@ -402,12 +408,11 @@ def _time_cell(s: Summary, letters: dict[str, str]) -> str:
 
 
 def _settings(rows: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
-    hardware = hardware_names(rows)
-    if len(hardware) > 1:  # a suite spread over sessions that landed on different machines
-        counts = {hw: sum(str(_hardware(r.get("env", {}))) == hw for r in rows) for hw in hardware}
+    counts = _run_counts(rows)
+    if len(counts) > 1:  # a suite spread over sessions that landed on different machines
         hw = "; ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in counts.items())
     else:
-        hw = hardware[0]
+        hw = next(iter(counts))
     commits = sorted({str(r.get("env", {}).get("git_commit")) for r in rows} - {"None"})
     out = [
         f"- **Hardware:** {hw} ({env.get('device')}, {env.get('cores')} cores, "
@@ -498,9 +503,8 @@ def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[
     for i, name in enumerate(names):
         mine = [s for s in summaries if s.suite == name]
         env = mine[0].rows[0].get("env", {})
-        section = tuple(env.get(k) for k in _SECTION_FIELDS)  # CPU and GPU rows stay apart
-        mine = [s for s in mine
-                if tuple(s.rows[0].get("env", {}).get(k) for k in _SECTION_FIELDS) == section]
+        section = _section_key(mine[0].rows[0])  # CPU and GPU rows stay apart
+        mine = [s for s in mine if _section_key(s.rows[0]) == section]
         hardware = hardware_names([r for s in mine for r in s.rows])
         several = len(hardware) > 1
         seeds = sorted({r.get("seed", 0) for s in mine for r in s.rows})
