@@ -25,7 +25,9 @@ def _example():
 
 @pytest.mark.parametrize("method, args", [
     ("dcp", {"dcp": {"p": 0.5, "warmup": 0.1}}),
-    ("learndrop", {"learndrop": {"tau": 1.0, "warmup": 0.0, "stop": 1.0, "every_steps": 2}}),
+    # the example's own settings, normalize = "self" included (the default is "peers")
+    ("learndrop", {"learndrop": {"tau": 1.0, "warmup": 0.0, "stop": 1.0, "every_steps": 2,
+                                 "normalize": "self"}}),
 ])
 def test_own_loop_equals_fit(method, args, tmp_path) -> None:
     own = _example().main(["--method", method, "--model", "test_resnet", "--train-subset", "1024", "--epochs", "3",
