@@ -348,9 +348,8 @@ def test_a_trained_run_keeps_its_row_and_files_whatever_happens(tmp_path, cifar_
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == files  # nothing overwritten
 
 
-def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path, cifar_root, monkeypatch) -> None:
-    """A long suite spans sessions: the run killed mid-way continues at its last checkpoint, and
-    its row's training time includes the first segment's (carried by the checkpoint)."""
+def _interrupted_after_one_epoch(tmp_path, cifar_root, monkeypatch):
+    """A 2-epoch dense suite whose run was killed after its first epoch's checkpoint."""
     from leantrain.checkpoint import Checkpointer
     from leantrain.runner import run
 
@@ -371,12 +370,46 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path, cifar_root, 
     with pytest.raises(KeyboardInterrupt):
         run(cfg, show_progress=False)
     monkeypatch.setattr(Checkpointer, "save", real)
-    first = json.loads((cfg.run_dir() / "checkpoint.json").read_text())
     assert only.config.run_dir() == cfg.run_dir()  # the data folder is not part of the identity
+    return suite, cfg
 
+
+def _resume_steps(cfg) -> list[int]:
+    events = [json.loads(line) for line in (cfg.run_dir() / "events.jsonl").read_text().splitlines()]
+    return [e["step"] for e in events if e["kind"] == "resume"]
+
+
+def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path, cifar_root, monkeypatch) -> None:
+    """A long suite spans sessions: the run killed mid-way continues at its last checkpoint, and
+    its row's training time includes the first segment's (carried by the checkpoint)."""
+    suite, cfg = _interrupted_after_one_epoch(tmp_path, cifar_root, monkeypatch)
+    first = json.loads((cfg.run_dir() / "checkpoint.json").read_text())
     path, failures = run_suite(suite, tmp_path / "results", data_dir=str(cifar_root),
                                show_progress=False)
     (row,) = read_results(path)
     assert failures == 0 and [e["epoch"] for e in row["trace"]["epochs"]] == [1, 2]
-    events = [json.loads(line) for line in (cfg.run_dir() / "events.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in events if e["kind"] == "resume"] == [first["step"]]
+    assert _resume_steps(cfg) == [first["step"]]
+
+
+def test_a_run_checkpointed_on_another_machine_starts_over(tmp_path, cifar_root, monkeypatch,
+                                                           capsys) -> None:
+    """Two machines' seconds in one training time would make its ratio to dense meaningless."""
+    import leantrain.harness.bench as bench
+
+    suite, cfg = _interrupted_after_one_epoch(tmp_path, cifar_root, monkeypatch)
+    record = cfg.run_dir() / "checkpoint.json"
+    meta = json.loads(record.read_text())
+    here = meta["extra"]["machine"]
+    assert here[0] == "cpu" and here[3] > 0  # device, cpu, gpu, cores, torch
+    assert bench._resume_mode(cfg) == "auto"  # same machine: continue
+    meta["extra"]["machine"] = ["cpu", "Another CPU", None, here[3], here[4]]
+    record.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert bench._resume_mode(cfg) == "restart"
+    assert ("its checkpoint was written on another machine (['cpu', 'Another CPU'"
+            in capsys.readouterr().err)
+    path, failures = run_suite(suite, tmp_path / "results", data_dir=str(cifar_root),
+                               show_progress=False)
+    (row,) = read_results(path)
+    assert failures == 0 and [e["epoch"] for e in row["trace"]["epochs"]] == [1, 2]
+    assert _resume_steps(cfg) == []  # trained from the first step

@@ -32,7 +32,7 @@ from . import distributed
 from .config import RunConfig
 from .cost import count_macs, count_params
 from .data import TensorLoader, load_dataset
-from .env import environment, memory_summary, reset_peak_memory
+from .env import environment, machine_key, memory_summary, reset_peak_memory
 from .machine_share import MachineShare, whole_run
 from .io import save_model, save_weights
 from .methods import build_methods
@@ -262,7 +262,10 @@ def _run(
     metrics, events = folder / "metrics.jsonl", folder / "events.jsonl"
     checkpointer = Checkpointer(
         folder, cfg.checkpoint_every, cfg.checkpoint_minutes,
-        extra={"config": cfg.to_dict(), "digest": cfg.digest(), "world_size": world},
+        # The machine goes with the checkpoint: a benchmark resumed elsewhere would mix two
+        # machines' seconds in one training time, so `leantrain bench` starts such a run over.
+        extra={"config": cfg.to_dict(), "digest": cfg.digest(), "world_size": world,
+               "machine": list(machine_key(env))},
     ) if rank == 0 else None  # process 0 alone writes the run folder
 
     def start(state: TrainState) -> None:

@@ -6,7 +6,8 @@ before the method runs it is compared with). Every run executes in a fresh subpr
 figure. Rows go to ``<results-dir>/<suite>-<environment key>.jsonl`` (whole lines, flushed and
 fsynced); a run whose key (suite, label, data set, model, seed, config digest) is already there
 is skipped, so an interrupted suite resumes where it stopped, and an interrupted run continues
-from its last checkpoint (lap times and machine-share records carry over).
+from its last checkpoint (lap times and machine-share records carry over) if it is resumed on
+the machine that wrote the checkpoint; elsewhere it starts over, so its time is one machine's.
 
 Nothing a run produced is lost: each row is first kept in its run folder (``bench-row.json``),
 then appended to the results file; a run folder that already holds a finished run is never
@@ -413,6 +414,30 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_mode(cfg: Any) -> str:
+    """``"auto"`` (continue a checkpoint if there is one), or ``"restart"`` when the run's
+    checkpoint was written on another machine: its training time would add two machines'
+    seconds, which no time ratio can be computed from (`leantrain.env.machine_key`)."""
+    from ..checkpoint import CheckpointError, has_checkpoint, load_checkpoint
+    from ..train import resolve_device
+
+    folder = cfg.run_dir()
+    if not has_checkpoint(folder):
+        return "auto"
+    try:
+        saved = load_checkpoint(folder).extra.get("machine")
+    except CheckpointError:
+        return "auto"  # `run` says what is wrong with it and the run starts over
+    here = list(machine_key(environment(resolve_device(cfg.train.device))))
+    if saved is None or saved == here:  # None: written before checkpoints named their machine
+        return "auto"
+    print(
+        f"leantrain: {folder}: its checkpoint was written on another machine ({saved}, this is "
+        f"{here}); starting the run over so its time comes from one machine.", file=sys.stderr,
+    )
+    return "restart"
+
+
 def _child(config_json: str) -> int:
     """Body of the per-run subprocess: rebuild the config and run it quietly.
 
@@ -430,9 +455,9 @@ def _child(config_json: str) -> int:
         # sessions: the checkpoint carries the lap times (the redone partial epoch is not
         # counted twice) and every segment's machine-share record (the run is quiet only if each
         # segment was). The row's peak memory is its last segment's. A checkpoint that cannot be
-        # used is no reason to fail the run: it starts over.
+        # used, or one written on another machine, is no reason to fail the run: it starts over.
         try:
-            run(cfg, show_progress=False, resume="auto")
+            run(cfg, show_progress=False, resume=_resume_mode(cfg))
         except CheckpointError as e:
             print(f"leantrain: {cfg.run_dir()}: {e}; starting the run over.", file=sys.stderr)
             run(cfg, show_progress=False, resume="restart")
