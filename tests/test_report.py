@@ -486,3 +486,56 @@ def test_readme_puts_the_headline_above_the_paper_table(tmp_path) -> None:
     text = readme.read_text()
     assert (text.index("Suite `paper`") < text.index("In short")
             < text.index("| Data set |") < text.index("What these rows say"))
+
+
+def _epoch_trace(seconds, flops):
+    """A trace of whole epochs: each epoch's training seconds and training FLOPs, cumulated."""
+    epochs, t, f = [], 0.0, 0.0
+    for i, (s, x) in enumerate(zip(seconds, flops), start=1):
+        t, f = t + s, f + x
+        epochs.append({"epoch": i, "step": 10 * i, "train_s": t, "surgery_s": 0.0,
+                       "train_flops": f})
+    return {"epochs": epochs, "events": []}
+
+
+def test_pace_check_measures_drift_where_a_run_did_dense_work(tmp_path) -> None:
+    """Learn&Drop's epochs before its first removal compute what dense computes: their time
+    against dense's same epochs on the same machine says how far the machine itself moved."""
+    from leantrain.harness.pace import drift_sentence, pace_checks, pace_table
+
+    other = {**ENV, "cpu": "Other CPU"}
+    rows = [
+        _row("dense", "none", 0, 0.90, 40.0),
+        _row("ld", "learndrop", 0, 0.90, 32.0),  # 3 epochs of dense work at 0.9×, then a drop
+        _row("ld", "learndrop", 1, 0.90, 35.3),  # the same at 1.01×
+        _row("ld", "learndrop", 2, 0.90, 30.0, env=other),  # no dense on its machine
+        _row("dcp", "dcp", 0, 0.90, 30.0),  # sliced from the first step: never dense's work
+        _row("late", "learndrop", 0, 0.90, 30.0),  # only 2 epochs of dense's work: too few
+    ]
+    rows[0]["trace"] = _epoch_trace([10, 10, 10, 10], [100] * 4)
+    rows[1]["trace"] = _epoch_trace([9, 9, 9, 5], [100, 100, 100, 50])
+    rows[2]["trace"] = _epoch_trace([10.1, 10.1, 10.1, 5], [100, 100, 100, 50])
+    rows[3]["trace"] = _epoch_trace([8, 8, 8, 6], [100, 100, 100, 50])
+    rows[4]["trace"] = _epoch_trace([7.5] * 4, [60] * 4)
+    rows[5]["trace"] = _epoch_trace([9, 9, 6, 6], [100, 100, 50, 50])
+    for r in rows:
+        r["_file"] = "r.jsonl"
+    dense, ld, dcp, late = summarize(rows)
+    checks = pace_checks(ld)
+    assert [(p.seed, p.epochs) for p in checks] == [(0, (1, 2, 3)), (1, (1, 2, 3))]
+    assert [p.ratio for p in checks] == pytest.approx([0.9, 1.01])
+    assert pace_checks(dcp) == [] and pace_checks(late) == [] and pace_checks(dense) == []
+    table = pace_table([dense, ld, dcp, late])
+    # seed 0: 32 s against dense's 40 s = 0.80×, at dense's pace 0.80 / 0.9 = 0.89×
+    assert [p.time_ratio for p in checks] == pytest.approx([0.8, 35.3 / 40])
+    assert "| ld | 0 | Test CPU | 1–3 | 0.900× | 0.80× | 0.89× |" in table
+    assert "| ld | 1 | Test CPU | 1–3 | 1.010× | 0.88× | 0.87× |" in table
+    assert "Other CPU" not in table
+    drift = drift_sentence([dense, ld, dcp, late])
+    assert "in 1 of 2 runs checked they did not (`ld` seed 0 on Test CPU: 3 epochs at 0.90×" in drift
+    assert drift.endswith("the other 1 were within 3% of 1.00.")
+    # In the report, below the suite's table; without traces of seconds there is nothing to say.
+    write_report([_write(tmp_path / "r.jsonl", rows)], tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Pace check (`leantrain.harness.pace`)" in text and table in text
+    assert pace_table(summarize(load_rows([_write(tmp_path / "plain.jsonl", ROWS)]))) is None

@@ -33,6 +33,7 @@ from ..machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE,
 from ..env import hardware_name, machine_key
 from .bench import read_results, recipe_digest
 from .plots import plot_flops_curves, plot_pareto, slug
+from .pace import pace_table
 from .story import headline, story
 from .targets import MIN_JUDGED_FLOPS_SAVING, check_targets, targets_tables
 
@@ -621,6 +622,20 @@ def write_report(
                 markdown_table(mine),
                 "",
             ]
+            if pace := pace_table(mine):
+                parts += [
+                    "Pace check (`leantrain.harness.pace`): a run's epochs that did exactly "
+                    "dense's work (the same training FLOPs, e.g. Learn&Drop before its first "
+                    "removal) against dense's time for the same epochs on the same machine. "
+                    "1.00× is expected; a different pace is the machine's speed moving between "
+                    "the two runs, and the run's time ratio above carries it. *At dense's pace* "
+                    "divides the run's time ratio by its pace: what the ratio would be had the "
+                    "machine kept the speed it had for dense (an estimate: it assumes the pace "
+                    "of the early epochs held for the whole run).",
+                    "",
+                    pace,
+                    "",
+                ]
             parts += [
                 f"![{p.stem}]({_rel(p, base)})"
                 for p in images

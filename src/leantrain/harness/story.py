@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING
 
+from .pace import drift_sentence
 from .targets import (
     COLUMNS,
     DCP_AUTHORS,
@@ -308,6 +309,8 @@ def story(summaries: list[Summary]) -> list[str]:
         else:
             text = _other_sentence(s)
         lines.append(f"- {text}")
+    if drift := drift_sentence(summaries):  # what part of the time ratios is the machine's
+        lines.append(f"- {drift}")
     return lines
 
 

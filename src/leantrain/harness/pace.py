@@ -1,0 +1,132 @@
+"""The machine's own drift between runs, measured where a method did exactly dense's work.
+
+A time ratio compares two runs taken hours apart, and on a cloud host the same work can take a
+different time in each: in the `paper` suite a Learn&Drop run's epochs before its first removal,
+the same FLOPs as dense's, ran 10% faster than the dense run's epochs on the same machine model,
+with both runs recorded as quiet. Every epoch whose training FLOPs equal dense's (Learn&Drop
+before its first removal, any method's dense warm-up) is a free calibration: its time against
+dense's time for the same epochs on the same machine is 1.00 up to the method's bookkeeping;
+whatever else it is, the machine's speed moved, and the run's time ratio carries that drift.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..env import hardware_name, machine_key
+from ..machine_share import is_quiet
+
+if TYPE_CHECKING:
+    from .report import Summary
+
+__all__ = ["Pace", "DRIFT", "pace_checks", "pace_table", "drift_sentence"]
+
+# Epochs count as dense's work when their training FLOPs agree with dense's to 0.1%: the counts
+# are exact (FlopCounterMode over the same batches), so any removal or slicing shows far above it.
+_SAME_WORK = 1e-3
+# Fewer epochs than this say little: one epoch's time varies by ±5% on a quiet 2-core machine.
+MIN_EPOCHS = 3
+# A pace further than this from 1.00 is drift worth a sentence: Learn&Drop's scoring, the only
+# extra work in those epochs, cost < 0.1% (AMD seed-0 runs: 170.9 s against dense's 170.8 s).
+DRIFT = 0.03
+
+
+@dataclass(frozen=True)
+class Pace:
+    """One run's time over its epochs of dense's work / dense's time over the same epochs."""
+
+    label: str
+    seed: int
+    hardware: str
+    epochs: tuple[int, ...]
+    ratio: float
+    time_ratio: float  # the whole run's training time / dense's mean on the same machine
+
+
+def _per_epoch(row: dict[str, Any], *keys: str) -> dict[int, float]:
+    """Each epoch's share of the trace's cumulative `keys` (summed), by epoch number."""
+    out: dict[int, float] = {}
+    previous = 0.0
+    for e in (row.get("trace") or {}).get("epochs") or []:
+        if any(e.get(k) is None for k in keys):
+            return {}
+        total = sum(float(e[k]) for k in keys)
+        out[int(e["epoch"])] = total - previous
+        previous = total
+    return out
+
+
+def _epoch_time(row: dict[str, Any]) -> dict[int, float]:
+    return _per_epoch(row, "train_s", "surgery_s")  # the report's training time, per epoch
+
+
+def pace_checks(s: Summary) -> list[Pace]:
+    """The pace of each quiet run of `s` that did dense's exact work for ≥ `MIN_EPOCHS` epochs,
+    against its dense runs' mean time for the same epochs on the same machine."""
+    if s.dense is None or s.method == "none" or not s.dense.rows:
+        return []
+    dense_flops = _per_epoch(s.dense.rows[0], "train_flops")
+    dense_times: dict[tuple[Any, ...], dict[int, list[float]]] = {}
+    for r in s.dense.rows:
+        if is_quiet(r.get("machine")) is not False:
+            per = dense_times.setdefault(machine_key(r.get("env", {})), {})
+            for epoch, t in _epoch_time(r).items():
+                per.setdefault(epoch, []).append(t)
+    out = []
+    for r in s.rows:
+        dense = dense_times.get(machine_key(r.get("env", {})))
+        if dense is None or is_quiet(r.get("machine")) is False:
+            continue
+        flops, times = _per_epoch(r, "train_flops"), _epoch_time(r)
+        same = tuple(e for e in sorted(times) if e in dense and dense_flops.get(e)
+                     and abs(flops.get(e, 0.0) / dense_flops[e] - 1) <= _SAME_WORK)
+        if len(same) < MIN_EPOCHS:
+            continue
+        ratio = sum(times[e] for e in same) / sum(statistics.fmean(dense[e]) for e in same)
+        dense_total = sum(statistics.fmean(t) for t in dense.values())
+        out.append(Pace(s.label, int(r.get("seed", 0)), str(hardware_name(r.get("env", {}))),
+                        same, ratio, sum(times.values()) / dense_total))
+    return out
+
+
+def _epoch_span(epochs: tuple[int, ...]) -> str:
+    contiguous = epochs == tuple(range(epochs[0], epochs[-1] + 1))
+    return f"{epochs[0]}–{epochs[-1]}" if contiguous else ", ".join(map(str, epochs))
+
+
+def pace_table(summaries: list[Summary]) -> str | None:
+    """Markdown table of every pace check in `summaries` (one suite), or None without any."""
+    checks = [p for s in summaries for p in pace_checks(s)]
+    if not checks:
+        return None
+    lines = [
+        "| Run | Seed | Machine | Epochs of dense's work | Their time / dense's, same epochs "
+        "| Run's time / dense's | The same at dense's pace |",
+        "|---|---:|---|---|---:|---:|---:|",
+    ]
+    for p in checks:
+        lines.append(f"| {p.label} | {p.seed} | {p.hardware} | {_epoch_span(p.epochs)} "
+                     f"| {p.ratio:.3f}× | {p.time_ratio:.2f}× | {p.time_ratio / p.ratio:.2f}× |")
+    return "\n".join(lines)
+
+
+def drift_sentence(summaries: list[Summary]) -> str | None:
+    """One sentence naming the runs whose pace strayed more than `DRIFT` from 1.00, or None."""
+    checks = [p for s in summaries for p in pace_checks(s)]
+    off = [p for p in checks if abs(p.ratio - 1) > DRIFT]
+    if not off:
+        return None
+    runs = "; ".join(
+        f"`{p.label}` seed {p.seed} on {p.hardware}: {len(p.epochs)} epochs at {p.ratio:.2f}× "
+        "dense's time" for p in off
+    )
+    within = len(checks) - len(off)
+    return (
+        f"**Machine drift.** Epochs in which a run did exactly dense's work (the same training "
+        f"FLOPs) should take dense's time on the same machine; in {len(off)} of {len(checks)} "
+        f"runs checked they did not ({runs}), so about that much of those runs' time ratios is "
+        f"the machine's speed moving between runs, not the method"
+        + (f"; the other {within} were within {DRIFT:.0%} of 1.00." if within else ".")
+    )
