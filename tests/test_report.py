@@ -509,14 +509,14 @@ def test_pace_check_measures_drift_where_a_run_did_dense_work(tmp_path) -> None:
         _row("ld", "learndrop", 0, 0.90, 32.0),  # 3 epochs of dense work at 0.9×, then a drop
         _row("ld", "learndrop", 1, 0.90, 35.3),  # the same at 1.01×
         _row("ld", "learndrop", 2, 0.90, 30.0, env=other),  # no dense on its machine
-        _row("dcp", "dcp", 0, 0.90, 30.0),  # sliced from the first step: never dense's work
+        _row("dcp", "dcp", 0, 0.90, 44.0),  # masked: dense's FLOPs, but masking is its own work
         _row("late", "learndrop", 0, 0.90, 30.0),  # only 2 epochs of dense's work: too few
     ]
     rows[0]["trace"] = _epoch_trace([10, 10, 10, 10], [100] * 4)
     rows[1]["trace"] = _epoch_trace([9, 9, 9, 5], [100, 100, 100, 50])
     rows[2]["trace"] = _epoch_trace([10.1, 10.1, 10.1, 5], [100, 100, 100, 50])
     rows[3]["trace"] = _epoch_trace([8, 8, 8, 6], [100, 100, 100, 50])
-    rows[4]["trace"] = _epoch_trace([7.5] * 4, [60] * 4)
+    rows[4]["trace"] = _epoch_trace([11] * 4, [100] * 4)
     rows[5]["trace"] = _epoch_trace([9, 9, 6, 6], [100, 100, 50, 50])
     for r in rows:
         r["_file"] = "r.jsonl"

@@ -65,7 +65,10 @@ def _epoch_time(row: dict[str, Any]) -> dict[int, float]:
 def pace_checks(s: Summary) -> list[Pace]:
     """The pace of each quiet run of `s` that did dense's exact work for ≥ `MIN_EPOCHS` epochs,
     against its dense runs' mean time for the same epochs on the same machine."""
-    if s.dense is None or s.method == "none" or not s.dense.rows:
+    # Learn&Drop alone: before its first removal it computes dense's network plus a score per
+    # checkpoint. DCP in mask mode also counts dense's FLOPs, but its masking is extra work, so
+    # its pace would be its own overhead, not the machine's drift.
+    if s.dense is None or s.method != "learndrop" or not s.dense.rows:
         return []
     dense_flops = _per_epoch(s.dense.rows[0], "train_flops")
     dense_times: dict[tuple[Any, ...], dict[int, list[float]]] = {}
