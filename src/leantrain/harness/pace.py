@@ -42,7 +42,7 @@ class Pace:
     hardware: str
     epochs: tuple[int, ...]
     ratio: float
-    time_ratio: float  # the whole run's training time / dense's mean on the same machine
+    time_ratio: float  # the whole run's training time / dense's (`Summary.time_ratio_of`)
 
 
 def _per_epoch(row: dict[str, Any], *keys: str) -> dict[int, float]:
@@ -80,7 +80,8 @@ def pace_checks(s: Summary) -> list[Pace]:
     out = []
     for r in s.rows:
         dense = dense_times.get(machine_key(r.get("env", {})))
-        if dense is None or is_quiet(r.get("machine")) is False:
+        time_ratio = s.time_ratio_of(r)  # None for a contended run or one without dense beside
+        if dense is None or time_ratio is None:
             continue
         flops, times = _per_epoch(r, "train_flops"), _epoch_time(r)
         same = tuple(e for e in sorted(times) if e in dense and dense_flops.get(e)
@@ -88,9 +89,8 @@ def pace_checks(s: Summary) -> list[Pace]:
         if len(same) < MIN_EPOCHS:
             continue
         ratio = sum(times[e] for e in same) / sum(statistics.fmean(dense[e]) for e in same)
-        dense_total = sum(statistics.fmean(t) for t in dense.values())
         out.append(Pace(s.label, int(r.get("seed", 0)), str(hardware_name(r.get("env", {}))),
-                        same, ratio, sum(times.values()) / dense_total))
+                        same, ratio, time_ratio))
     return out
 
 

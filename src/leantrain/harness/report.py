@@ -110,16 +110,22 @@ class Summary:
                 out.setdefault(machine_key(r.get("env", {})), []).append(v)
         return out
 
+    def time_ratio_of(self, row: dict[str, Any]) -> float | None:
+        """`row`'s training time / the mean quiet dense time on its machine (same file, data
+        set, model and recipe); None for a time taken while other work shared the cores, or on
+        a machine dense never ran on."""
+        if self.dense is None or is_quiet(row.get("machine")) is False:
+            return None
+        dense = self.dense.quiet_times().get(machine_key(row.get("env", {})))
+        time = _value(row, "time_s")
+        if not dense or time is None or (mean := statistics.fmean(dense)) <= 0:
+            return None
+        return time / mean
+
     @property
     def time_ratios(self) -> list[float]:
-        """Each quiet row's training time / the mean quiet dense time on the same machine (same
-        file, data set, model and recipe): a time taken while other work shared the cores, or
-        on a machine dense never ran on, gives no ratio."""
-        if self.dense is None:
-            return []
-        dense = {m: statistics.fmean(v) for m, v in self.dense.quiet_times().items()}
-        return [t / dense[m] for m, times in self.quiet_times().items() if m in dense
-                for t in times if dense[m] > 0]
+        """`time_ratio_of` each row that has one."""
+        return [r for row in self.rows if (r := self.time_ratio_of(row)) is not None]
 
     @property
     def time_ratio(self) -> float | None:
