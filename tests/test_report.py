@@ -470,6 +470,11 @@ def test_headline_says_what_halved_the_time_the_fastest_and_what_held_accuracy(t
     # outside the paper's range a Learn&Drop run is not offered as its trade
     far = [dict(r, test_acc=0.8) if r["method"] == "learndrop" else r for r in rows[:-1]]
     assert "Fastest Learn&Drop run" not in headline(summarize(far))[0]
+    # when every run was slower than dense, none is called "the fastest"
+    slower = [dict(r, train_s=12.0) if r["method"] != "none" else r for r in rows]  # dense: 10 s
+    line = headline(summarize(slower))[0]
+    assert "no method trained faster than dense: `" in line
+    assert "the fastest" not in line and "Fastest" not in line and "Within 1 point" not in line
     slow = [dict(r, test_acc=0.5) if r["method"] != "none" else r for r in rows]
     assert "None stayed within 1 point of dense accuracy." in headline(summarize(slow))[0]
     # a contended dense baseline gives no ratio, so no headline

@@ -110,12 +110,13 @@ def _learndrop(s: Summary) -> list[Check]:
                          drop <= LD_MAX_DROP[family], s.n))
     r_train = s.mean("r_train")
     if ratio is not None and r_train is not None and r_train > 0.01:
-        # A cut under MIN_JUDGED_FLOPS_SAVING is shown but not judged (time_share is None).
-        share = (1 - ratio) / r_train
-        judged = time_share(s)
+        # A cut under MIN_JUDGED_FLOPS_SAVING is shown but not judged (time_share is None), and
+        # without its quotient: dividing timing noise by a few percent gives numbers like -12×.
+        savings = f"{100 * (1 - ratio):.0f}% / {100 * r_train:.0f}%"
+        share = time_share(s)
         out.append(Check("Learn&Drop", cols[2], where,
-                         f"{100 * (1 - ratio):.0f}% / {100 * r_train:.0f}% = {share:.2f}×",
-                         None if judged is None else judged >= MIN_TIME_PER_FLOPS_SAVING, s.n))
+                         savings if share is None else f"{savings} = {share:.2f}×",
+                         None if share is None else share >= MIN_TIME_PER_FLOPS_SAVING, s.n))
     return out
 
 
