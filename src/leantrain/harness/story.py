@@ -343,13 +343,13 @@ def headline(summaries: list[Summary]) -> list[str]:
                  else f"{counts[0]}–{counts[-1]} seeds per row")
         parts = [f"**{dataset} / {model}** ({epochs} epochs, {seeds}; dense "
                  f"{dense.mean('acc'):.2f}%):"]
-        halved = [s for s in timed if s.time_ratio <= LD_MAX_TIME_RATIO]
         if timed[0].time_ratio >= 1:
             # "The fastest" would flatter a run slower than dense; name every run once instead.
             parts.append("no method trained faster than dense: " + "; ".join(map(_brief, timed))
                          + ".")
             lines.append("- " + " ".join(parts))
             continue
+        halved = [s for s in timed if s.time_ratio <= LD_MAX_TIME_RATIO]
         if halved:
             parts.append("halved the training time: " + "; ".join(map(_brief, halved)) + ".")
         else:
