@@ -69,6 +69,23 @@ def test_dense_runs_first_and_methods_follow_back_to_back(tmp_path) -> None:
     assert {r.config.seed for r in seeds.runs} == {1, 2}
 
 
+def test_a_method_row_may_set_its_own_budget_and_schedule(tmp_path) -> None:
+    """The dense frontier's rows: dense at a share of the recipe's epochs, the schedule compressed
+    into them; the row's settings win over the recipe's, and it is another run than dense."""
+    text = TINY.replace(
+        '[[grid]]',
+        '"dense-b0.5" = { method = "none", train = { budget = 0.5, schedule = "linear" } }\n[[grid]]',
+    ).replace('methods = ["dcp-p0.5", "dense"]', 'methods = ["dense", "dense-b0.5"]')
+    text = text.replace("epochs = 1,", "epochs = 4,")
+    dense, half = load_suite(_suite(tmp_path, text)).runs
+    assert (dense.config.train.run_epochs, half.config.train.run_epochs) == (4, 2)
+    assert half.config.train.schedule == "linear" and half.config.train.lr == 0.05
+    assert dense.key != half.key
+    bad = text.replace("train = { budget = 0.5", "train = { budget = 2.0")
+    with pytest.raises(ConfigError, match="budget"):
+        load_suite(_suite(tmp_path, bad))
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

@@ -106,6 +106,15 @@ def test_a_setting_added_later_keeps_the_runs_made_before_at_its_neutral_value()
     assert after.digest() != before.digest()
 
 
+def test_a_full_budget_keeps_the_identity_of_runs_made_before_budget_existed() -> None:
+    """`train.budget` = 1 is what every run did before the setting: left out of the digest, so the
+    paper suite's recorded runs keep their folders and rows; any other budget is another run."""
+    full = from_dict({"method": "none", "train": {"epochs": 30}})
+    assert from_dict({"method": "none", "train": {"epochs": 30, "budget": 1.0}}).digest() == full.digest()
+    assert from_dict({"method": "none", "train": {"epochs": 30, "budget": 0.5}}).digest() != full.digest()
+    assert "budget" in full.to_dict()["train"]  # still recorded in config.json
+
+
 @pytest.mark.parametrize(
     "d, message",
     [

@@ -149,6 +149,31 @@ def test_speedup_only_against_dense_of_the_same_recipe(tmp_path) -> None:
     assert "| – |" in markdown_table([dcp])
 
 
+def _budgeted(row, budget, schedule="cosine"):
+    row["config"]["train"].update(budget=budget, schedule=schedule)
+    return row
+
+
+def test_dense_at_a_budget_is_a_frontier_point_measured_against_full_length_dense(tmp_path) -> None:
+    """A dense row trained for part of the epochs (or with another decaying schedule) shares the
+    recipe's full-length dense baseline, whatever order the rows come in; it is never the
+    baseline itself."""
+    rows = [
+        _budgeted(_row("dense-b0.3", "none", 0, 0.80, 3.0), 0.3),
+        _budgeted(_row("dense-linear-b0.3", "none", 0, 0.81, 3.3), 0.3, "linear"),
+        _row("dense", "none", 0, 0.90, 10.0),
+        _row("dcp", "dcp", 0, 0.85, 6.0),
+    ]
+    summaries = summarize(load_rows([_write(tmp_path / "r.jsonl", rows)]))
+    assert [s.label for s in summaries][0] == "dense"
+    by = {s.label: s for s in summaries}
+    assert all(s.dense is by["dense"] for s in summaries)
+    assert by["dense-b0.3"].budget == 0.3 and by["dense-b0.3"].time_ratio == pytest.approx(0.3)
+    assert by["dense-linear-b0.3"].time_ratio == pytest.approx(0.33)
+    table = markdown_table(summaries)
+    assert [line.split("|")[3].strip() for line in table.splitlines()[2:] if "1.00×" in line] == ["dense"]
+
+
 def test_no_time_ratio_from_a_run_that_shared_the_machine(tmp_path) -> None:
     quiet = {"cpu_share": 0.95, "threads": 2, "load_end": [2.1, 2.0, 2.0]}
     shared = {"cpu_share": 0.55, "threads": 2, "load_end": [3.9, 3.0, 2.0]}

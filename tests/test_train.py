@@ -34,8 +34,36 @@ def test_lr_schedules() -> None:
     assert lr_at(0.3, TrainConfig(lr=0.3, schedule="constant")) == 0.3
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1), dict(schedule="linear"), dict(warmup=1.0),
-                                 dict(momentum=1.0), dict(device="tpu")])
+def test_linear_schedule_decays_to_zero_at_the_budgets_end() -> None:
+    lin = TrainConfig(lr=0.2, schedule="linear", warmup=0.1)
+    assert lr_at(0.05, lin) == pytest.approx(0.1)  # the warm-up is the same as cosine's
+    assert [lr_at(p, lin) for p in (0.1, 0.55, 1.0)] == pytest.approx([0.2, 0.1, 0.0])
+    assert lr_at(0.325, lin) == pytest.approx(0.15)  # straight, not a cosine's curve
+    assert lr_at(0.325, TrainConfig(lr=0.2, schedule="cosine", warmup=0.1)) > 0.15
+
+
+@pytest.mark.parametrize("budget, epochs, run_epochs", [
+    (1.0, 30, 30), (0.3, 30, 9), (0.45, 30, 14), (0.6, 30, 18), (0.75, 30, 23), (0.9, 30, 27),
+    (0.01, 10, 1),  # never zero epochs
+])
+def test_a_budget_trains_its_share_of_the_epochs_rounded_half_up(budget, epochs, run_epochs) -> None:
+    assert TrainConfig(epochs=epochs, budget=budget).run_epochs == run_epochs
+
+
+def test_a_budgeted_run_compresses_the_schedule_into_its_epochs(tiny_cifar) -> None:
+    """budget 0.5 of 4 epochs trains 2 epochs, and the LR reaches 0 at the end of those 2."""
+    train, test = _loaders(tiny_cifar)
+    cfg = TrainConfig(epochs=4, budget=0.5, batch_size=16, lr=0.05, warmup=0.25)
+    model = create_model("test_resnet")
+    result = fit(model, train, test, cfg, show_progress=False)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert result.costs["samples"] == 2 * len(train) * 16
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1), dict(schedule="exp"), dict(warmup=1.0),
+                                 dict(momentum=1.0), dict(device="tpu"), dict(budget=0.0),
+                                 dict(budget=1.5)])
 def test_impossible_recipes_are_rejected(bad) -> None:
     with pytest.raises(ConfigError, match="must|train"):
         TrainConfig(**bad).validate()

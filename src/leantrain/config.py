@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 
+SCHEDULES = ("cosine", "linear", "step", "constant")
+
+
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message says which and how to fix it."""
 
@@ -80,12 +83,17 @@ class TrainConfig:
     """The training recipe. The LR is a pure function of progress (see `leantrain.train.lr_at`)."""
 
     epochs: int = 10
+    # Fraction of `epochs` actually trained (Li et al., "Budgeted Training", arXiv 1905.04753):
+    # the run trains `run_epochs` = round(budget × epochs) epochs and every landmark that is a
+    # fraction of training (warm-up, milestones, the schedule's end, the methods' timings) stays
+    # a fraction of the shortened run. 1 = the full recipe.
+    budget: float = 1.0
     batch_size: int = 128
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: str = "cosine"  # cosine | linear (to 0, Li et al.) | step | constant
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of training
     lr_decay: float = 0.1  # step: factor at each milestone
     warmup: float = 0.0  # fraction of training with a linear LR ramp from 0
@@ -102,12 +110,12 @@ class TrainConfig:
         """Raise `ConfigError` for impossible settings."""
         checks = [
             (self.epochs >= 1, "train.epochs must be ≥ 1"),
+            (0 < self.budget <= 1, "train.budget is the fraction of the epochs trained, in (0, 1]"),
             (self.batch_size >= 1, "train.batch_size must be ≥ 1"),
             (self.lr > 0, "train.lr must be > 0"),
             (0 <= self.momentum < 1, "train.momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "train.weight_decay must be ≥ 0"),
-            (self.schedule in ("cosine", "step", "constant"),
-             "train.schedule must be one of cosine, step, constant"),
+            (self.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.warmup < 1, "train.warmup is a fraction of training in [0, 1)"),
             (all(0 < m < 1 for m in self.milestones), "train.milestones are fractions in (0, 1)"),
             (0 < self.lr_decay <= 1, "train.lr_decay must be in (0, 1]"),
@@ -122,6 +130,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"{message} (check your config or command line).")
+
+    @property
+    def run_epochs(self) -> int:
+        """Epochs this run trains: ``budget × epochs``, rounded half up (0.75 × 30 = 23), ≥ 1."""
+        # Half up rather than Python's round-half-even, so a budget never rounds down to an
+        # even count by accident (0.45 × 30 = 13.5 → 14, 0.75 × 30 = 22.5 → 23).
+        return max(1, math.floor(self.budget * self.epochs + 0.5 + 1e-9))
 
 
 # ------------------------------------------------------------------------------- type checks
@@ -350,6 +365,9 @@ class RunConfig:
             args = d["method_args"].get(method, {})
             if key in args and args[key] == before:
                 args.pop(key)
+        for key, before in TRAIN_DIGEST_NEUTRAL.items():
+            if d["train"].get(key) == before:
+                d["train"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     def run_dir(self) -> Path:
@@ -369,6 +387,8 @@ class RunConfig:
 DIGEST_NEUTRAL: dict[tuple[str, str], Any] = {
     ("learndrop", "peer_reference"): "max",
 }
+# The same for training settings: a full budget is what every run did before `budget` existed.
+TRAIN_DIGEST_NEUTRAL: dict[str, Any] = {"budget": 1.0}
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 _TOP = {f.name: f for f in dataclasses.fields(RunConfig)}

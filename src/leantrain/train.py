@@ -83,12 +83,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 def lr_at(progress: float, cfg: TrainConfig) -> float:
-    """Learning rate at `progress` ∈ [0, 1]: linear warm-up, then cosine, step or constant."""
+    """Learning rate at `progress` ∈ [0, 1] of the (budgeted) run: linear warm-up, then cosine,
+    linear decay to 0, step or constant."""
     if cfg.warmup > 0 and progress < cfg.warmup:
         return cfg.lr * progress / cfg.warmup
+    t = min(1.0, (progress - cfg.warmup) / (1 - cfg.warmup))  # fraction of the decay done
     if cfg.schedule == "cosine":
-        t = (progress - cfg.warmup) / (1 - cfg.warmup)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "linear":  # Li et al. (arXiv 1905.04753): to 0 exactly at the budget's end
+        return cfg.lr * (1 - t)
     if cfg.schedule == "step":
         return cfg.lr * cfg.lr_decay ** sum(progress >= m for m in cfg.milestones)
     return cfg.lr
@@ -132,7 +135,7 @@ def _plan(train_loader: Any, cfg: TrainConfig) -> tuple[int, int]:
             f"the batch size {train_loader.batch_size} is larger than the {train_loader.num_samples} "
             "training images, so an epoch has no step; lower --batch-size or use more data."
         )
-    return steps_per_epoch, steps_per_epoch * cfg.epochs
+    return steps_per_epoch, steps_per_epoch * cfg.run_epochs
 
 
 def _diverged(
@@ -319,7 +322,7 @@ def fit(
     step_costs = {_cost_key(methods, model, state.version): current}
     bar = tqdm(total=total, initial=state.step, disable=not show_progress, unit="step", leave=False)
     unconfirmed = False  # a checkpoint was just written; the next step's loss tests its state
-    for epoch in range(state.epoch, cfg.epochs):
+    for epoch in range(state.epoch, cfg.run_epochs):
         model.train()
         if state.batch == 0 or state.loss_sum is None:
             state.loss_sum = torch.zeros((), device=device)
@@ -360,7 +363,7 @@ def fit(
                     unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state,
                                                    clock, cost, cfg, total, steps_per_epoch)
         train_loss = _check_loss(state, epoch, checkpointer)
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.run_epochs:
             with clock("eval"):
                 test_loss, test_acc = evaluate(model, test_loader)
             row = {
@@ -372,7 +375,7 @@ def fit(
             state.history.append(row)
             log("epoch", row)
             bar.write(
-                f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {train_loss:.4f}  test acc "
+                f"epoch {epoch + 1:3d}/{cfg.run_epochs}  loss {train_loss:.4f}  test acc "
                 f"{100 * test_acc:.2f}%  train {row['train_s']:.1f}s"
             ) if show_progress else None
         state.epoch, state.batch, state.loss_sum = epoch + 1, 0, None
@@ -384,7 +387,7 @@ def fit(
     final = dict(state.history[-1])
     with clock("surgery"):
         changed = bool(handle.finish())
-        _drain_events(methods, state, cfg.epochs, log)
+        _drain_events(methods, state, cfg.run_epochs, log)
     if changed:  # report the accuracy of the model we hand back (e.g. DCP's compact export)
         with clock("eval"):
             final["test_loss"], final["test_acc"] = evaluate(model, test_loader)

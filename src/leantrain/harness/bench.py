@@ -79,12 +79,22 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+# Training settings a suite row may set for itself and still be compared with the recipe's
+# full-length dense run: the budget (the share of the epochs trained) and the LR schedule's shape
+# (neither changes what one step computes; Li et al., arXiv 1905.04753, pair each budget with a
+# schedule that decays to 0 at its end).
+ROW_SETTINGS = ("budget", "schedule")
+
+
 def recipe_digest(config: dict[str, Any]) -> str:
     """What makes two runs' times comparable besides the machine: data set (without where it
-    lives), model and training recipe, hashed. The method and seed are left out."""
+    lives), model and training recipe, hashed. The method and the seed are left out, and so are
+    the settings a row of the dense frontier varies (`ROW_SETTINGS`): dense trained for part
+    of the epochs is measured against full-length dense, as the methods are."""
     data = {k: v for k, v in config.get("data", {}).items() if k not in ("data_dir", "download")}
+    train = {k: v for k, v in (config.get("train") or {}).items() if k not in ROW_SETTINGS}
     blob = json.dumps(
-        {"data": data, "model": config.get("model"), "train": config.get("train")}, sort_keys=True
+        {"data": data, "model": config.get("model"), "train": train}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
@@ -99,9 +109,11 @@ def _untimed_note(
     timed = {
         recipe_digest(r.get("config", {})) for r in rows
         if r.get("config", {}).get("method", "none") in ("none", "")
+        and (r.get("config", {}).get("train") or {}).get("budget", 1.0) == 1.0
         and machine_key(r.get("env", {})) == here
     }
-    timed |= {recipe_digest(r.config.to_dict()) for r in todo if not r.config.method_names()}
+    timed |= {recipe_digest(r.config.to_dict()) for r in todo
+              if not r.config.method_names() and r.config.train.budget == 1.0}
     untimed = [r for r in todo
                if r.config.method_names() and recipe_digest(r.config.to_dict()) not in timed]
     if not untimed:

@@ -88,6 +88,18 @@ class Summary:
     def n(self) -> int:
         return len(self.rows)
 
+    @property
+    def budget(self) -> float:
+        """The fraction of the recipe's epochs these runs trained (`TrainConfig.budget`)."""
+        return float((self.rows[0].get("config", {}).get("train") or {}).get("budget", 1.0)
+                     if self.rows else 1.0)
+
+    @property
+    def is_baseline(self) -> bool:
+        """Dense at the recipe's full length: what every other row's time is divided by. Dense
+        at a reduced budget is a point of the dense frontier, not the baseline."""
+        return self.method == "none" and self.budget == 1.0
+
     def mean(self, key: str) -> float | None:
         values = [v for r in self.rows if (v := _value(r, key)) is not None]
         return statistics.fmean(values) if values else None
@@ -297,7 +309,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[Summary]:
                 key[3],
             )
         groups[key].rows.append(r)
-    dense = {k[:4]: s for k, s in groups.items() if s.method == "none"}
+    dense: dict[tuple[str, ...], Summary] = {}
+    for k, s in groups.items():  # the first full-length dense row (suites put "dense" first)
+        if s.is_baseline:
+            dense.setdefault(k[:4], s)
     for k, s in groups.items():
         s.dense = dense.get(k[:4])
     order = {k: i for i, k in enumerate(groups)}
@@ -306,7 +321,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[Summary]:
         first.setdefault(k[:4], order[k])
     return [
         groups[k]
-        for k in sorted(groups, key=lambda k: (first[k[:4]], groups[k].method != "none", order[k]))
+        for k in sorted(groups, key=lambda k: (first[k[:4]], groups[k] is not dense.get(k[:4]),
+                                               order[k]))
     ]
 
 
@@ -372,7 +388,7 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
             s.label,
             _acc(s),
             _time_cell(s, letters) + (f" ({s.contended} shared)" if s.contended else ""),
-            ("1.00×" if s.method == "none" and s.n > s.contended
+            ("1.00×" if s.dense is s and s.n > s.contended
              else _fmt(speed, ".2f", "×") if speed is not None or not s.contended
              else "– (shared machine)"),
             _pct(s.mean("r_train")),

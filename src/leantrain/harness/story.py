@@ -299,7 +299,7 @@ def story(summaries: list[Summary]) -> list[str]:
     lines = []
     for s in summaries:
         where = _where(s)
-        if s.method == "none":
+        if s.dense is s:
             text = _dense_sentence(s)
         elif s.method == "learndrop":
             text = _learndrop_sentence(s, by_run.get(where, {}))

@@ -7,13 +7,14 @@ A suite is a TOML file (``src/leantrain/harness/suites/<name>.toml``, or any pat
 * ``[recipe.<dataset>]``: the data and training settings of each data set
   (``data = {train_subset = 2000}``, ``train = {epochs = 3, lr = 0.1}``);
 * ``[methods]``: label → ``{method = "dcp", args = {dcp = {p = 0.5}}}`` (``method = "none"`` is
-  the dense baseline; ``"learndrop+dcp"`` composes);
+  the dense baseline; ``"learndrop+dcp"`` composes), with an optional ``train`` table for settings
+  that belong to the row, e.g. ``"dense-b0.5" = {method = "none", train = {budget = 0.5}}``;
 * ``[[grid]]`` entries: ``datasets``, ``models``, ``methods`` (labels from ``[methods]`` or inline
   ``{label, method, args}`` tables), and optional ``seeds``, ``data``, ``train`` and
   ``method_args`` overrides for that entry.
 
 Settings merge in that order (defaults → recipe → grid entry → method). For each (grid entry,
-data set, model, seed) the dense run comes first and the method runs follow back to back, so a
+data set, model, seed) the dense runs come first and the method runs follow back to back, so a
 method and its baseline meet the same machine load. Every run's configuration is validated when
 the suite is loaded, before anything trains.
 """
@@ -141,7 +142,7 @@ def _check_tables(doc: dict[str, Any], where: str) -> None:
 
 def _method_spec(
     entry: Any, library: dict[str, Any], where: str
-) -> tuple[str, str, dict[str, Any]]:
+) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
     if isinstance(entry, str):
         if entry not in library:
             raise ConfigError(
@@ -153,17 +154,19 @@ def _method_spec(
         label, spec = entry["label"], entry
     else:
         raise ConfigError(f"{where}: a method is a label or a {{label, method, args}} table.")
-    unknown = set(spec) - {"label", "method", "args"}
+    unknown = set(spec) - {"label", "method", "args", "train"}
     if unknown or "method" not in spec:
         raise ConfigError(
-            f"{where}: method {label!r} needs `method` (and optional `args`); "
+            f"{where}: method {label!r} needs `method` (and optional `args`, `train`); "
             f"unknown keys {sorted(unknown)}."
         )
     _check(label, str, where, "label", 'label = "dcp-p0.5"')
     _check(spec["method"], str, f"{where}, method {label!r}", "method", 'method = "dcp"')
     args = spec.get("args", {})
     _check(args, dict, f"{where}, method {label!r}", "args", "args = { dcp = { p = 0.5 } }")
-    return label, spec["method"], dict(args)
+    train = spec.get("train", {})
+    _check(train, dict, f"{where}, method {label!r}", "train", "train = { budget = 0.5 }")
+    return label, spec["method"], dict(args), dict(train)
 
 
 def load_suite(
@@ -211,7 +214,7 @@ def load_suite(
                 for seed in (
                     seeds if seeds is not None else entry.get("seeds", doc.get("seeds", [0]))
                 ):
-                    for label, method, args in specs:
+                    for label, method, args, train in specs:
                         names = split_method(method)
                         extra = {
                             k: v for k, v in entry.get("method_args", {}).items() if k in names
@@ -226,6 +229,7 @@ def load_suite(
                                 {
                                     "data": {"dataset": dataset},
                                     "model": {"name": model},
+                                    "train": train,
                                     "method": method,
                                     "method_args": merge(args, extra),
                                     "seed": int(seed),
