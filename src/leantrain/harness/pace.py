@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..env import hardware_name, machine_key
 from ..machine_share import is_quiet
-
-if TYPE_CHECKING:
-    from .report import Summary
+from .summary import Summary
 
 __all__ = ["Pace", "DRIFT", "pace_checks", "pace_table", "drift_sentence"]
 

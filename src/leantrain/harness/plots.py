@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -17,9 +17,7 @@ matplotlib.use("Agg")  # headless, as in leantrain.plots: reports are made on se
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from ..plots import save_figure  # noqa: E402
-
-if TYPE_CHECKING:
-    from .report import Summary
+from .summary import Summary  # noqa: E402
 
 __all__ = ["plot_pareto", "plot_flops_curves", "slug"]
 
@@ -29,14 +27,14 @@ def slug(*parts: str) -> str:
     return "-".join("".join(c if c.isalnum() or c in "._" else "_" for c in p) for p in parts)
 
 
-def _by_model(summaries: list["Summary"]) -> dict[tuple[str, str, str], list["Summary"]]:
-    out: dict[tuple[str, str, str], list["Summary"]] = {}
+def _by_model(summaries: list[Summary]) -> dict[tuple[str, str, str], list[Summary]]:
+    out: dict[tuple[str, str, str], list[Summary]] = {}
     for s in summaries:
         out.setdefault((s.suite, s.dataset, s.model), []).append(s)
     return out
 
 
-def plot_pareto(summaries: list["Summary"], out_dir: str | Path) -> list[Path]:
+def plot_pareto(summaries: list[Summary], out_dir: str | Path) -> list[Path]:
     """Accuracy vs training time and vs training FLOPs, one PNG per (suite, data set, model).
 
     Time is each method's ratio to dense's on the same machine (`Summary.time_ratio`, quiet rows
@@ -86,7 +84,7 @@ def _flops_curve(row: dict[str, Any]) -> tuple[list[int], list[float]]:
     return steps, values
 
 
-def plot_flops_curves(summaries: list["Summary"], out_dir: str | Path) -> list[Path]:
+def plot_flops_curves(summaries: list[Summary], out_dir: str | Path) -> list[Path]:
     """Per (suite, data set, model): each method's FLOPs over training (first seed), with events."""
     written = []
     marks = {"drop": "v", "freeze": "s", "tp_prune": "X", "dcp_export": "*"}

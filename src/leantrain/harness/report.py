@@ -1,10 +1,12 @@
 """`leantrain report RESULTS… --out DIR`: tables and plots generated from benchmark result rows.
 
-Rows (one per run, written by `leantrain.harness.bench`) are grouped by (suite, data set, model,
-recipe, method label). Each group reports accuracy mean ± std over seeds, training time (train + surgery
+Rows (one per run, written by `leantrain.harness.bench`, read by `leantrain.harness.rows`) are
+grouped by (suite, data set, model, recipe, method label) into `leantrain.harness.summary`'s
+summaries. Each group reports accuracy mean ± std over seeds, training time (train + surgery
 laps; evaluation excluded), the speed-up against the dense rows of the *same* results file, data
 set, model, recipe and machine, cumulative forward and training FLOPs reductions, the final
-architecture's MACs reduction, parameters and peak memory.
+architecture's MACs reduction, parameters and peak memory. This module writes them: Markdown
+tables, documents and plots.
 
 Environments: rows with the same device kind, core count and torch version form one section;
 accuracy and FLOPs pool over its seeds whatever CPU or GPU model ran them (they do not depend on
@@ -18,25 +20,31 @@ is typed by hand.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
-from collections import Counter
-from dataclasses import dataclass, field
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_atomic
-from ..config import toml_repr
-from ..machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE, is_quiet
-from ..env import hardware_name, machine_key
-from .bench import read_results, recipe_digest
-from .plots import plot_flops_curves, plot_pareto, slug
+from ..env import hardware_name
+from ..machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE
 from .pace import pace_table
+from .plots import plot_flops_curves, plot_pareto, slug
+from .rows import (
+    by_environment,
+    check_environment,
+    hardware_names,
+    load_rows,
+    run_counts,
+    section_key,
+)
 from .story import headline, story
-from .targets import MIN_JUDGED_FLOPS_SAVING, check_targets, targets_tables
+from .summary import Summary, recipe_key, row_value, summarize
+from .targets import TARGETS, check_targets, targets_tables
 
+# Summary, load_rows, check_environment and summarize live in `summary` and `rows`; they are
+# named here too because `leantrain.harness.report` is where callers have always found them.
 __all__ = [
     "Summary",
     "load_rows",
@@ -48,10 +56,6 @@ __all__ = [
 ]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-# A report section: accuracy and FLOPs pool over its machines (a seed's accuracy does not depend
-# on the CPU model); device kind and torch version stay apart, as the issue of record asks CPU and
-# GPU results to be reported separately.
-_SECTION_FIELDS = ("device", "cores", "torch")
 TIME_NOTE = (
     "Train time = the `train` + `surgery` laps of `fit()` (forward, backward, optimizer "
     "step, the method's hooks and every cut, device-synchronised); evaluation, data "
@@ -69,261 +73,6 @@ DATA_NOTES = {
     "imagenette": "Imagenette is the imagenette2 split re-encoded at 64×64 px JPEG.",
     "mnist": "MNIST is bit-identical to the official files.",
 }
-
-
-@dataclass
-class Summary:
-    """One table row: a method on a (data set, model, recipe), aggregated over seeds."""
-
-    suite: str
-    dataset: str
-    model: str
-    label: str
-    method: str
-    recipe: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    dense: "Summary | None" = None
-
-    @property
-    def n(self) -> int:
-        return len(self.rows)
-
-    @property
-    def budget(self) -> float:
-        """The fraction of the recipe's epochs these runs trained (`TrainConfig.budget`)."""
-        return float((self.rows[0].get("config", {}).get("train") or {}).get("budget", 1.0)
-                     if self.rows else 1.0)
-
-    @property
-    def is_baseline(self) -> bool:
-        """Dense at the recipe's full length: what every other row's time is divided by. Dense
-        at a reduced budget is a point of the dense frontier, not the baseline."""
-        return self.method == "none" and self.budget == 1.0
-
-    def mean(self, key: str) -> float | None:
-        values = [v for r in self.rows if (v := _value(r, key)) is not None]
-        return statistics.fmean(values) if values else None
-
-    def std(self, key: str) -> float | None:
-        values = [v for r in self.rows if (v := _value(r, key)) is not None]
-        return statistics.stdev(values) if len(values) > 1 else None
-
-    @property
-    def contended(self) -> int:
-        """Rows whose run shared the machine with other work (`leantrain.machine_share`)."""
-        return sum(is_quiet(r.get("machine")) is False for r in self.rows)
-
-    def quiet_times(self) -> dict[tuple[Any, ...], list[float]]:
-        """Training times of the rows that did not share the machine, by machine (rows from
-        before the record existed count as quiet: nothing says otherwise)."""
-        out: dict[tuple[Any, ...], list[float]] = {}
-        for r in self.rows:
-            if is_quiet(r.get("machine")) is not False and (v := _value(r, "time_s")) is not None:
-                out.setdefault(machine_key(r.get("env", {})), []).append(v)
-        return out
-
-    def time_ratio_of(self, row: dict[str, Any]) -> float | None:
-        """`row`'s training time / the mean quiet dense time on its machine (same file, data
-        set, model and recipe); None for a time taken while other work shared the cores, or on
-        a machine dense never ran on."""
-        if self.dense is None or is_quiet(row.get("machine")) is False:
-            return None
-        dense = self.dense.quiet_times().get(machine_key(row.get("env", {})))
-        time = _value(row, "time_s")
-        if not dense or time is None or (mean := statistics.fmean(dense)) <= 0:
-            return None
-        return time / mean
-
-    @property
-    def time_ratios(self) -> list[float]:
-        """`time_ratio_of` each row that has one."""
-        return [r for row in self.rows if (r := self.time_ratio_of(row)) is not None]
-
-    @property
-    def time_ratio(self) -> float | None:
-        """Training time as a multiple of dense's: the mean of `time_ratios` (on one machine,
-        this row's mean quiet time / dense's)."""
-        ratios = self.time_ratios
-        return statistics.fmean(ratios) if ratios else None
-
-    @property
-    def speedup(self) -> float | None:
-        """Dense time / this method's time (1 / `time_ratio`), from quiet rows only."""
-        ratio = self.time_ratio
-        return 1 / ratio if ratio else None
-
-
-def _value(row: dict[str, Any], key: str) -> float | None:
-    """A per-run quantity, derived from the row's raw fields."""
-
-    def ratio(a: str, b: str) -> float | None:
-        return 1 - row[a] / row[b] if row.get(a) is not None and row.get(b) else None
-
-    derived = {
-        "time_s": lambda: row.get("train_s", 0.0) + row.get("surgery_s", 0.0),
-        "acc": lambda: 100 * row["test_acc"],
-        # resident memory the training phase added on top of what was resident when it began
-        "rss_growth_mb": lambda: (
-            row["peak_rss_mb"] - row["rss_start_mb"]
-            if row.get("peak_rss_mb") is not None and row.get("rss_start_mb") is not None
-            else None
-        ),
-        "r_cum": lambda: ratio("forward_flops", "dense_forward_flops"),
-        "r_train": lambda: ratio("train_flops", "dense_train_flops"),
-        "r_final": lambda: ratio("final_macs", "dense_macs"),
-    }
-    value = derived[key]() if key in derived else row.get(key)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-# What the report reads from a row: field → (type, required). Rows come from `leantrain bench`;
-# one edited by hand or written by another version must fail with its file and field named,
-# not with a traceback from deep inside the aggregation.
-_NUMBER = (int, float)
-_ROW_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    "label": (str, True),
-    "dataset": (str, True),
-    "model": (str, True),
-    "test_acc": (_NUMBER, True),
-    "suite": (str, False),
-    "seed": (int, False),
-    "config": (dict, False),
-    "env": (dict, False),
-    "trace": (dict, False),
-    **{k: (_NUMBER, False) for k in (
-        "train_s", "surgery_s", "eval_s", "checkpoint_s", "forward_flops", "dense_forward_flops",
-        "train_flops", "dense_train_flops", "final_macs", "dense_macs", "final_params",
-        "peak_rss_mb", "rss_start_mb", "train_images", "test_images",
-    )},
-}
-_CONFIG_TABLES = ("data", "model", "train", "method_args")
-_TYPE_WORDS = {str: "a string", int: "a whole number", dict: "an object", _NUMBER: "a number"}
-
-
-def _check_row(row: Any, file: Path, index: int) -> None:
-    """One sentence naming the file, row and field when a row cannot be reported."""
-    fix = "rerun its suite with `leantrain bench` or delete that row"
-    if not isinstance(row, dict):
-        raise ValueError(f"results file {file}: row {index} is {toml_repr(row)}, not a JSON "
-                         f"object; {fix}.")
-    for key, (tp, required) in _ROW_FIELDS.items():
-        if key not in row:
-            if required:
-                raise ValueError(f"results file {file}: row {index} has no {key!r} field; {fix}.")
-            continue
-        value = row[key]
-        if value is None and tp is _NUMBER and not required:
-            continue  # not measured here (e.g. peak RSS where the platform cannot tell)
-        if not isinstance(value, tp) or isinstance(value, bool):
-            raise ValueError(f"results file {file}: row {index} has {key} = {toml_repr(value)}, "
-                             f"which must be {_TYPE_WORDS[tp]}; {fix}.")
-    for key in _CONFIG_TABLES:
-        value = row.get("config", {}).get(key, {})
-        if not isinstance(value, dict):
-            raise ValueError(f"results file {file}: row {index} has config.{key} = "
-                             f"{toml_repr(value)}, which must be an object; {fix}.")
-
-
-def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Rows of every results file (a folder means its ``*.jsonl``), each tagged with its file.
-
-    Raises:
-        ValueError: a row lacks a field the report needs or has one of the wrong type (the
-            message names the file, the row and the field).
-    """
-    rows: list[dict[str, Any]] = []
-    for path in map(Path, paths):
-        files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-        for f in files:
-            if not f.is_file():
-                raise FileNotFoundError(f"results file {f} does not exist.")
-            for i, r in enumerate(read_results(f), 1):
-                _check_row(r, f, i)
-                rows.append({**r, "_file": str(f)})
-    if not rows:
-        raise ValueError(
-            f"no result rows in {', '.join(map(str, paths))}; run `leantrain bench` first."
-        )
-    return rows
-
-
-def check_environment(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The one environment all rows share; a clear error when they come from several."""
-    groups = by_environment(rows)
-    if len(groups) > 1:
-        lines = [
-            f"  {dict((k, env.get(k)) for k in _SECTION_FIELDS)}: "
-            + ", ".join(sorted({Path(r["_file"]).name for r in group}))
-            for env, group in groups
-        ]
-        raise ValueError(
-            "these results come from different environments (device kind, cores or torch), "
-            "which are reported in separate sections:\n" + "\n".join(lines)
-        )
-    return rows[0].get("env", {})
-
-
-def by_environment(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Rows grouped into report sections (device kind, cores, torch), in order of first
-    appearance; within a section, times are still compared per machine (`Summary.time_ratios`)."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for r in rows:
-        env = r.get("env", {})
-        groups.setdefault(_section_key(r), []).append(r)
-    return [(group[0].get("env", {}), group) for group in groups.values()]
-
-
-def _section_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """The report section a row belongs to (`_SECTION_FIELDS` of its environment)."""
-    env = row.get("env", {})
-    return tuple(env.get(k) for k in _SECTION_FIELDS)
-
-
-def hardware_names(rows: list[dict[str, Any]]) -> list[str]:
-    """The machines (CPU or GPU model) that `rows` ran on, in order of first appearance."""
-    return list(_run_counts(rows))
-
-
-def _run_counts(rows: list[dict[str, Any]]) -> Counter[str]:
-    """Rows per machine (CPU or GPU model), in order of first appearance."""
-    return Counter(str(hardware_name(r.get("env", {}))) for r in rows)
-
-
-def _recipe(row: dict[str, Any]) -> str:
-    return recipe_digest(row.get("config", {}))
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[Summary]:
-    """Group rows into `Summary`s in suite order, dense first, each linked to its dense row."""
-    groups: dict[tuple[str, ...], Summary] = {}
-    for r in rows:
-        method = r.get("config", {}).get("method", r.get("method", "none"))
-        key = (r["_file"], r["dataset"], r["model"], _recipe(r), r["label"])
-        if key not in groups:
-            groups[key] = Summary(
-                r.get("suite", "?"),
-                r["dataset"],
-                r["model"],
-                r["label"],
-                "none" if method in ("none", "dense", "") else method,
-                key[3],
-            )
-        groups[key].rows.append(r)
-    dense: dict[tuple[str, ...], Summary] = {}
-    for k, s in groups.items():  # the first full-length dense row (suites put "dense" first)
-        if s.is_baseline:
-            dense.setdefault(k[:4], s)
-    for k, s in groups.items():
-        s.dense = dense.get(k[:4])
-    order = {k: i for i, k in enumerate(groups)}
-    first = {}
-    for k in groups:
-        first.setdefault(k[:4], order[k])
-    return [
-        groups[k]
-        for k in sorted(groups, key=lambda k: (first[k[:4]], groups[k] is not dense.get(k[:4]),
-                                               order[k]))
-    ]
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -421,7 +170,7 @@ def _time_cell(s: Summary, letters: dict[str, str]) -> str:
         return _fmt(s.mean("time_s"), ".1f")
     times: dict[str, list[float]] = {}
     for r in s.rows:
-        if (v := _value(r, "time_s")) is not None:
+        if (v := row_value(r, "time_s")) is not None:
             times.setdefault(str(hardware_name(r.get("env", {}))), []).append(v)
     cells = [f"{statistics.fmean(v):.1f} ({letters[hw]})" for hw, v in times.items()]
     return ", ".join(cells) or "–"
@@ -431,7 +180,7 @@ def _time_cell(s: Summary, letters: dict[str, str]) -> str:
 
 
 def _settings(rows: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
-    counts = _run_counts(rows)
+    counts = run_counts(rows)
     if len(counts) > 1:  # a suite spread over sessions that landed on different machines
         hw = "; ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in counts.items())
     else:
@@ -489,7 +238,7 @@ def _recipes(rows: list[dict[str, Any]]) -> str:
     seen: dict[tuple[str, str, str], set[int]] = {}
     first: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in rows:
-        key = (r["dataset"], r["model"], _recipe(r))
+        key = (r["dataset"], r["model"], recipe_key(r))
         seen.setdefault(key, set()).add(r.get("seed", 0))
         first.setdefault(key, r)
     for key, r in first.items():
@@ -503,19 +252,12 @@ def _recipes(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# The README's suites when none are named: the full-scale evidence first, then the quick
-# reproducer (a few minutes on a laptop).
-README_SUITES = ("paper", "quick")
-# Suites whose scale the generated sentences are written for: at the quick suite's few hundred
-# steps a verdict on the papers' claims says little, so its table stands alone.
-STORY_SUITES = ("paper",)
-
-
 def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[str] | None,
                   out_dir: Path, readme: Path) -> str:
     """The README's results: the first suite's table and its story in words, then each further
     suite's table, each with its machine and the command that reproduces it."""
-    names = list(chosen) if chosen else [n for n in README_SUITES if n in suites] or suites[:1]
+    default = [n for n in TARGETS.readme_suites if n in suites] or suites[:1]
+    names = list(chosen) if chosen else default
     missing = [n for n in names if n not in suites]
     if missing:
         raise ValueError(
@@ -526,13 +268,14 @@ def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[
     for i, name in enumerate(names):
         mine = [s for s in summaries if s.suite == name]
         env = mine[0].rows[0].get("env", {})
-        section = _section_key(mine[0].rows[0])  # CPU and GPU rows stay apart
-        mine = [s for s in mine if _section_key(s.rows[0]) == section]
+        section = section_key(mine[0].rows[0])  # CPU and GPU rows stay apart
+        mine = [s for s in mine if section_key(s.rows[0]) == section]
         hardware = hardware_names([r for s in mine for r in s.rows])
         several = len(hardware) > 1
         seeds = sorted({r.get("seed", 0) for s in mine for r in s.rows})
         files += sorted({Path(r["_file"]).as_posix() for s in mine for r in s.rows})
-        title = "**Quick reproducer.** " if i > 0 and name == "quick" else ""
+        title = (f"**{TARGETS.suite_titles[name]}.** "
+                 if i > 0 and name in TARGETS.suite_titles else "")
         parts += [
             f"{title}Suite `{name}` on {' and '.join(hardware)} ({env.get('cores')} cores"
             f"{' each' if several else ''}), torch {env.get('torch')}, "
@@ -542,10 +285,10 @@ def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[
             + (f" {TIME_NOTE}" if i == 0 else ""),
             "",
         ]
-        if i == 0 and name in STORY_SUITES and (short := headline(mine)):
+        if i == 0 and name in TARGETS.story_suites and (short := headline(mine)):
             parts += ["In short (generated from the rows below):", "", *short, ""]
         parts += [markdown_table(mine, headline=True), ""]
-        if i == 0 and name in STORY_SUITES:
+        if i == 0 and name in TARGETS.story_suites:
             parts += ["What these rows say (sentences generated from the same rows):", "",
                       *story(mine), ""]
     benches = " && ".join(f"leantrain bench {n}" for n in names)
@@ -618,8 +361,8 @@ def write_report(
                 "this machine's scale (`leantrain.harness.targets` cites where each target comes "
                 "from). ✓ met, **✗** missed, no mark: not judged (a time target only the paper's "
                 "ResNets carry, one seed where noise must be estimated, or a time share of a "
-                f"training-FLOPs cut under {100 * MIN_JUDGED_FLOPS_SAVING:.0f}%, within the "
-                "timing noise). The DCP table's "
+                f"training-FLOPs cut under {100 * TARGETS.min_judged_flops_saving:.0f}%, "
+                "within the timing noise). The DCP table's "
                 "*Control* and *Bound* columns are context, never judged: `static` rows trained "
                 "densely from the first step at a DCP run's final widths (the same architecture "
                 "from scratch: its accuracy drop) and at those widths rounded up to DCP's "
@@ -717,7 +460,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--readme-suite",
         action="append",
         help="suite shown in the README, repeatable: the first gets the headline and its story "
-        "(default: paper, then quick, where they have results; else the first suite)",
+        f"(default: {', then '.join(TARGETS.readme_suites)}, where they have results; else the "
+        "first suite)",
     )
 
 

@@ -12,40 +12,25 @@ from the FLOP counters, the time ratios from quiet runs only.
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING
 
 from .pace import drift_sentence
+from .summary import Summary
 from .targets import (
     COLUMNS,
-    DCP_AUTHORS,
-    DCP_MAX_DROP,
-    DCP_MAX_TIME_RATIO,
-    LD_MAX_DROP,
-    LD_MAX_TIME_RATIO,
+    TARGETS,
     Check,
-    _args,
-    _controls_of,
-    _drop,
-    _where,
     check_targets,
+    controls_of,
     ld_family,
     time_share,
     width_controls,
 )
 
-if TYPE_CHECKING:
-    from .report import Summary
-
-__all__ = ["story", "headline", "RECIPE_BARS", "HELD_POINTS"]
-
-# The recipe bars a dense baseline must reach before a method's accuracy drop means anything at
-# this scale: (suite, data set, model) → top-1 %. The `paper` suite's: ≥ 90% for CIFAR ResNet-32
-# in ≤ 30 epochs (the scale at which the DCP paper reports ResNet-32; its dense ≈ 92-93%).
-RECIPE_BARS = {("paper", "cifar10", "resnet32"): 90.0}
+__all__ = ["story", "headline", "HELD_POINTS"]
 
 # "Held its accuracy", in the headline: DCP's bar (within a point of dense top-1), the stricter of
 # the two papers' accuracy claims (DCP: ResNet-32 at ~no loss; Learn&Drop: within 3.2 points).
-HELD_POINTS = DCP_MAX_DROP
+HELD_POINTS = TARGETS.dcp_max_drop
 
 _VERDICT = {True: "met", False: "**missed**", None: "not judged"}
 
@@ -83,7 +68,7 @@ def _lowest_score(s: Summary, after: float = 0.0) -> tuple[float, str, float] | 
     """(S, unit, fraction of training) of the lowest score any block reached at a Learn&Drop
     checkpoint while drops were allowed (between the warm-up and the stop) and later than
     `after` (a fraction of training), over all seeds."""
-    args = _args(s, "learndrop")
+    args = s.args("learndrop")
     warmup, stop = float(args.get("warmup", 0.0)), float(args.get("stop", 1.0))
     best: tuple[float, str, float] | None = None
     for row in s.rows:
@@ -100,7 +85,7 @@ def _lowest_score(s: Summary, after: float = 0.0) -> tuple[float, str, float] | 
 
 def _no_drop_reason(s: Summary) -> str:
     """Why the threshold rule removed nothing: how close the lowest score came to τ."""
-    args = _args(s, "learndrop")
+    args = s.args("learndrop")
     tau = f" (τ = {args['tau']:g})" if "tau" in args else ""
     text = f"It removed no block: no block met the drop rule{tau}"
     lowest = _lowest_score(s)
@@ -122,7 +107,7 @@ def _no_more_drops(s: Summary, last: float) -> str:
     if lowest is None:
         return ""
     score, unit, at = lowest
-    args = _args(s, "learndrop")
+    args = s.args("learndrop")
     stop = float(args.get("stop", 1.0))
     text = (f"After that no other block met the drop rule: the lowest score until drops stopped "
             f"({_pct(stop)} of training) was S = {score:.2f} ({unit}, at {_pct(at)})")
@@ -154,7 +139,7 @@ def _dense_sentence(s: Summary) -> str:
     epochs = s.rows[0].get("config", {}).get("train", {}).get("epochs")
     text = f"**Dense {s.model}** ({_seeds(s)}): {acc:.2f}%" + (f" ± {std:.2f}" if std else "")
     text += f" top-1 after {epochs} epochs (the last epoch's model, never the best epoch's)"
-    bar = RECIPE_BARS.get((s.suite, s.dataset, s.model))
+    bar = TARGETS.recipe_bars.get((s.suite, s.dataset, s.model))
     if bar is not None and acc is not None:
         text += f"; the recipe's bar of {bar:g}% is {'met' if acc >= bar else '**missed**'}"
     return text + "."
@@ -162,16 +147,17 @@ def _dense_sentence(s: Summary) -> str:
 
 def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
     ratio = s.time_ratio
-    drop = _drop(s)
+    drop = s.accuracy_drop
     family = ld_family(s.model)
     parts = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
     if ratio is not None:
-        target = f"paper: ≤ {LD_MAX_TIME_RATIO:g}×" if family == "resnet" else "no time claim"
+        target = (f"paper: ≤ {TARGETS.ld_max_time_ratio:g}×" if family == "resnet"
+                  else "no time claim")
         parts.append(f"{ratio:.2f}× dense training time ({target}; "
                      f"{_verdict(checks.get('time'))}),")
     if drop is not None:
         parts.append(f"top-1 {-drop:+.2f} points vs dense (paper: within "
-                     f"{LD_MAX_DROP[family]}; {_verdict(checks.get('acc'))}).")
+                     f"{TARGETS.ld_max_drop[family]}; {_verdict(checks.get('acc'))}).")
     timing = _removal_timing(s)
     if timing and timing[0] > 0:
         n, first, last = timing
@@ -180,16 +166,17 @@ def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
                 else f"the first at {_pct(first)} and the last at {_pct(last)}")
         parts.append(f"It removed {n:g} {blocks} per run, {when} of training; the final network "
                      f"computes {_pct(s.mean('r_final') or 0.0)} fewer forward FLOPs than dense.")
-        if _args(s, "learndrop").get("mode", "threshold") == "threshold":
+        if s.args("learndrop").get("mode", "threshold") == "threshold":
             parts.append(_no_more_drops(s, last))
     elif timing:
         parts.append(_no_drop_reason(s))
     why = _time_and_flops(s)
     if why:
         r_train = s.mean("r_train") or 0.0
-        halved = ratio is not None and ratio <= LD_MAX_TIME_RATIO
-        if not halved and r_train < 1 - LD_MAX_TIME_RATIO:
-            why += (f"; halving the time needs a ≥ {_pct(1 - LD_MAX_TIME_RATIO)} cut in training "
+        most = TARGETS.ld_max_time_ratio
+        halved = ratio is not None and ratio <= most
+        if not halved and r_train < 1 - most:
+            why += (f"; halving the time needs a ≥ {_pct(1 - most)} cut in training "
                     "FLOPs over the whole run, so the removals came too late or were too few")
         parts.append(why[0].upper() + why[1:] + ".")
     return " ".join(p for p in parts if p)
@@ -209,24 +196,24 @@ def _control_sentence(s: Summary, control: Summary) -> str:
 
 def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None,
                   control: Summary | None = None) -> str:
-    args = _args(s, "dcp")
+    args = s.args("dcp")
     p = float(args.get("p", 0.3))
     ratio = s.time_ratio
-    drop = _drop(s)
+    drop = s.accuracy_drop
     parts = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
     r_final = s.mean("r_final")
-    authors = DCP_AUTHORS.get(s.model)
+    authors = TARGETS.dcp_authors.get(s.model)
     if r_final is not None:
         claim = (f"authors: {authors[1]}%; {_verdict(checks.get('flops'))}"
                  if authors and abs(p - authors[0]) < 1e-9 else "no published figure at this p")
         parts.append(f"the compact model has {100 * r_final:.1f}% fewer FLOPs ({claim}),")
     mode = args.get("mode", "slice")
     if drop is not None:
-        judged = (f" (≤ {DCP_MAX_DROP:g} point; {_verdict(checks['acc'])})"
+        judged = (f" (≤ {TARGETS.dcp_max_drop:g} point; {_verdict(checks['acc'])})"
                   if "acc" in checks else "")
         parts.append(f"top-1 {-drop:+.2f} points vs dense{judged},")
     if ratio is not None:
-        target = (f"≤ {DCP_MAX_TIME_RATIO}×; {_verdict(checks.get('time'))}"
+        target = (f"≤ {TARGETS.dcp_max_time_ratio}×; {_verdict(checks.get('time'))}"
                   if mode == "slice" and abs(p - 0.5) < 1e-9 else "no time target")
         done = "sliced" if mode == "slice" else "masked"
         parts.append(f"{done} training at {ratio:.2f}× dense time ({target}).")
@@ -239,7 +226,7 @@ def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None,
     if control is not None:
         parts.append(_control_sentence(s, control))
     if bound is not None and bound.time_ratio is not None:
-        b_drop = _drop(bound)
+        b_drop = bound.accuracy_drop
         parts.append(f"The static network `{bound.label}` (every prunable width cut by p = {p:g} "
                      "before the first step, trained densely) runs at "
                      f"{bound.time_ratio:.2f}× dense time"
@@ -250,7 +237,7 @@ def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None,
 
 def _other_sentence(s: Summary) -> str:
     ratio = s.time_ratio
-    drop = _drop(s)
+    drop = s.accuracy_drop
     bits = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
     if ratio is not None:
         bits.append(f"{ratio:.2f}× dense time,")
@@ -264,9 +251,9 @@ def _other_sentence(s: Summary) -> str:
 
 def _static_bound(s: Summary, summaries: list[Summary]) -> Summary | None:
     """The uniform static row at DCP's p in the same suite and model: the speed bound for p."""
-    p = float(_args(s, "dcp").get("p", 0.3))
+    p = float(s.args("dcp").get("p", 0.3))
     for c in summaries:
-        a = _args(c, "static")
+        a = c.args("static")
         if (c.method == "static" and (c.suite, c.dataset, c.model) == (s.suite, s.dataset, s.model)
                 and not a.get("widths") and abs(float(a.get("p", 0.5)) - p) < 1e-9):
             return c
@@ -298,13 +285,13 @@ def story(summaries: list[Summary]) -> list[str]:
     controls = width_controls(summaries)
     lines = []
     for s in summaries:
-        where = _where(s)
+        where = s.where
         if s.dense is s:
             text = _dense_sentence(s)
         elif s.method == "learndrop":
             text = _learndrop_sentence(s, by_run.get(where, {}))
         elif s.method == "dcp":
-            control, _ = _controls_of(s, controls)
+            control, _ = controls_of(s, controls)
             text = _dcp_sentence(s, by_run.get(where, {}), _static_bound(s, summaries), control)
         else:
             text = _other_sentence(s)
@@ -318,7 +305,8 @@ def _brief(s: Summary) -> str:
     """`label` (time ratio, accuracy change): the two numbers a reader weighs first."""
     control = " (a static network trained from the first step, a control)" \
         if s.method == "static" else ""
-    return f"`{s.label}`{control} at {s.time_ratio:.2f}× dense time, {-_drop(s):+.2f} points"
+    return (f"`{s.label}`{control} at {s.time_ratio:.2f}× dense time, "
+            f"{-s.accuracy_drop:+.2f} points")
 
 
 def headline(summaries: list[Summary]) -> list[str]:
@@ -332,7 +320,8 @@ def headline(summaries: list[Summary]) -> list[str]:
             groups.setdefault((s.dataset, s.model), []).append(s)
     lines = []
     for (dataset, model), runs in groups.items():
-        timed = sorted((s for s in runs if s.time_ratio is not None and _drop(s) is not None),
+        timed = sorted((s for s in runs
+                        if s.time_ratio is not None and s.accuracy_drop is not None),
                        key=lambda s: s.time_ratio)
         if not timed:
             continue
@@ -349,7 +338,7 @@ def headline(summaries: list[Summary]) -> list[str]:
                          + ".")
             lines.append("- " + " ".join(parts))
             continue
-        halved = [s for s in timed if s.time_ratio <= LD_MAX_TIME_RATIO]
+        halved = [s for s in timed if s.time_ratio <= TARGETS.ld_max_time_ratio]
         if halved:
             parts.append("halved the training time: " + "; ".join(map(_brief, halved)) + ".")
         else:
@@ -357,12 +346,12 @@ def headline(summaries: list[Summary]) -> list[str]:
                          f"{_brief(timed[0])}.")
         # The trade the Learn&Drop paper claims: its fastest run inside the paper's accuracy
         # range, when that is neither the fastest overall nor among those that halved the time.
-        ld_range = LD_MAX_DROP[ld_family(model)]
-        in_range = [s for s in timed if s.method == "learndrop" and _drop(s) <= ld_range]
+        ld_range = TARGETS.ld_max_drop[ld_family(model)]
+        in_range = [s for s in timed if s.method == "learndrop" and s.accuracy_drop <= ld_range]
         if in_range and in_range[0] is not timed[0] and in_range[0] not in halved:
             parts.append(f"Fastest Learn&Drop run within the paper's {ld_range:g} points: "
                          f"{_brief(in_range[0])}.")
-        held = [s for s in timed if _drop(s) <= HELD_POINTS]
+        held = [s for s in timed if s.accuracy_drop <= HELD_POINTS]
         if held:
             parts.append(f"Within {HELD_POINTS:g} point of dense accuracy: "
                          + "; ".join(map(_brief, held)) + ".")

@@ -1,54 +1,101 @@
 """The papers' headline claims as checks against benchmark summaries: met, missed, by how much.
 
-Each check reads the aggregated rows of `leantrain.harness.report` and says whether a target holds
-at this machine's scale. The targets (numbers cited below) are the Learn&Drop paper's (arXiv
-2604.23403: "training time more than halved", accuracy within 2.38 points for VGG and 3.2 for
-ResNets) and the DCP paper's (arXiv 2007.01486, CIFAR-10 table: VGG-16 73.3% and ResNet-32 50.2%
-fewer FLOPs at its default p), plus our own acceptance bars (sliced DCP ≤ 0.75× dense time at
-p = 0.5, the authors' masked computation ≥ 1.0×; wall-clock saving ≥ 0.8× the training-FLOPs
-saving).
+Each check reads the aggregated rows of `leantrain.harness.summary` and says whether a target
+holds at this machine's scale. The targets are data, not code: ``targets.toml`` beside this
+module holds the Learn&Drop paper's (arXiv 2604.23403: "training time more than halved",
+accuracy within 2.38 points for VGG and 3.2 for ResNets) and the DCP paper's (arXiv 2007.01486,
+CIFAR-10 table: VGG-16 73.3% and ResNet-32 50.2% fewer FLOPs at its default p), our own
+acceptance bars (sliced DCP ≤ 0.75× dense time at p = 0.5, the authors' masked computation
+≥ 1.0×; wall-clock saving ≥ 0.8× the training-FLOPs saving) and which suites each applies to,
+each with the comment that says where it comes from. `TARGETS` is that file, read once.
 """
 
 from __future__ import annotations
 
 import json
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from importlib import resources
+from types import MappingProxyType
 
-if TYPE_CHECKING:
-    from .report import Summary
+from .summary import Summary
 
-__all__ = ["Check", "check_targets", "targets_tables", "time_share", "width_controls", "COLUMNS"]
+__all__ = [
+    "COLUMNS",
+    "TARGETS",
+    "Check",
+    "Targets",
+    "check_targets",
+    "controls_of",
+    "ld_family",
+    "load_targets",
+    "targets_tables",
+    "time_share",
+    "width_controls",
+]
 
-# Learn&Drop paper: the largest accuracy drops it reports, per family (points of top-1).
-LD_MAX_DROP = {"vgg": 2.38, "resnet": 3.2}
-# Learn&Drop paper: training time "more than halved" on the ResNets.
-LD_MAX_TIME_RATIO = 0.5
-# Our bar: scoring and surgery overheads small, so time falls with the FLOPs.
-MIN_TIME_PER_FLOPS_SAVING = 0.8
-# Below this training-FLOPs cut that share is not judged: the whole-run times of nearly identical
-# work differ by a few percent on a shared 2-core VM (`paper` suite, seed 0: Learn&Drop computed
-# 2.5% fewer FLOPs than dense and took 0.8% longer; single epochs of the same work took 150-218 s),
-# so a share computed from a cut of a few percent is noise, whatever its sign.
-MIN_JUDGED_FLOPS_SAVING = 0.10
-# DCP paper, CIFAR-10 from scratch: compact-model FLOPs reduction at the authors' default p.
-DCP_AUTHORS = {"vgg16": (0.42, 73.3), "resnet32": (0.5, 50.2)}
-DCP_MAX_DROP = 1.0  # accuracy points vs our dense baseline on the same recipe
-DCP_MAX_TIME_RATIO = 0.75  # sliced DCP at p = 0.5
-# Suites whose Learn&Drop rows are judged (the sweep's rows are calibration, not results).
-LD_SUITES = ("learndrop", "long", "quick", "peers", "paper")
+
+@dataclass(frozen=True)
+class Targets:
+    """The numbers and suite names of ``targets.toml`` (its comments cite each source)."""
+
+    ld_max_drop: Mapping[str, float]  # Learn&Drop family ("vgg", "resnet") → top-1 points
+    ld_max_time_ratio: float  # Learn&Drop on ResNets: time / dense time
+    dcp_authors: Mapping[str, tuple[float, float]]  # model → (the authors' p, FLOPs cut in %)
+    dcp_max_drop: float  # top-1 points vs our dense baseline
+    dcp_max_time_ratio: float  # sliced DCP at p = 0.5: time / dense time
+    min_time_per_flops_saving: float  # time saving / training-FLOPs saving
+    min_judged_flops_saving: float  # smaller training-FLOPs cuts: their time share is not judged
+    recipe_bars: Mapping[tuple[str, str, str], float]  # (suite, data set, model) → dense top-1 %
+    ld_suites: tuple[str, ...]  # suites whose Learn&Drop rows are judged
+    readme_suites: tuple[str, ...]  # the README's suites when none are named
+    story_suites: tuple[str, ...]  # suites the generated sentences are written for
+    suite_titles: Mapping[str, str]  # suite → its bold title in the README, after the first
+
+
+def load_targets(text: str | None = None) -> Targets:
+    """`Targets` from TOML `text`; by default the shipped ``targets.toml``."""
+    if text is None:
+        text = resources.files("leantrain.harness").joinpath("targets.toml").read_text("utf-8")
+    data = tomllib.loads(text)
+    ld, dcp, share, suites = data["learndrop"], data["dcp"], data["time_share"], data["suites"]
+    # float(): a bar written as `1` in TOML is an int, and the tables print these with {:g}/{}.
+    return Targets(
+        ld_max_drop=MappingProxyType({k: float(v) for k, v in ld["max_drop"].items()}),
+        ld_max_time_ratio=float(ld["max_time_ratio"]),
+        dcp_authors=MappingProxyType({
+            model: (float(a["p"]), float(a["flops_cut"])) for model, a in dcp["authors"].items()
+        }),
+        dcp_max_drop=float(dcp["max_drop"]),
+        dcp_max_time_ratio=float(dcp["max_time_ratio"]),
+        min_time_per_flops_saving=float(share["min_per_flops_saving"]),
+        min_judged_flops_saving=float(share["min_judged_flops_saving"]),
+        recipe_bars=MappingProxyType({
+            (b["suite"], b["dataset"], b["model"]): float(b["min_acc"])
+            for b in data.get("recipe_bars", [])
+        }),
+        ld_suites=tuple(suites["learndrop_judged"]),
+        readme_suites=tuple(suites["readme"]),
+        story_suites=tuple(suites["story"]),
+        suite_titles=MappingProxyType(dict(suites.get("titles", {}))),
+    )
+
+
+TARGETS = load_targets()
 
 # Column headers of each method's table, in order.
 COLUMNS = {
     "Learn&Drop": [
-        f"Time vs dense (≤ {LD_MAX_TIME_RATIO:.2f}× on ResNets)",
-        f"Accuracy drop (≤ {LD_MAX_DROP['vgg']} VGG, ≤ {LD_MAX_DROP['resnet']} ResNet)",
-        f"Time saving / train-FLOPs saving (≥ {MIN_TIME_PER_FLOPS_SAVING}×)",
+        f"Time vs dense (≤ {TARGETS.ld_max_time_ratio:.2f}× on ResNets)",
+        (f"Accuracy drop (≤ {TARGETS.ld_max_drop['vgg']} VGG, "
+         f"≤ {TARGETS.ld_max_drop['resnet']} ResNet)"),
+        f"Time saving / train-FLOPs saving (≥ {TARGETS.min_time_per_flops_saving}×)",
     ],
     "DCP": [
         "Compact FLOPs cut (≥ authors' at their p)",
-        f"Accuracy drop at authors' p (≤ {DCP_MAX_DROP:g})",
-        f"Sliced time at p = 0.5 (≤ {DCP_MAX_TIME_RATIO}×)",
+        f"Accuracy drop at authors' p (≤ {TARGETS.dcp_max_drop:g})",
+        f"Sliced time at p = 0.5 (≤ {TARGETS.dcp_max_time_ratio}×)",
         "Masked time (≥ 1.0×)",
         "Sliced − masked accuracy (within 2σ)",
         "Control: its widths from scratch, drop",
@@ -69,26 +116,12 @@ class Check:
     seeds: int
 
 
-def _args(s: Summary, method: str) -> dict[str, Any]:
-    return s.rows[0].get("config", {}).get("method_args", {}).get(method, {})
-
-
-def _where(s: Summary) -> str:
-    return f"{s.suite}: {s.dataset} / {s.model} / {s.label}"
-
-
-def _drop(s: Summary) -> float | None:
-    dense = s.dense.mean("acc") if s.dense else None
-    acc = s.mean("acc")
-    return None if dense is None or acc is None else dense - acc
-
-
 def time_share(s: Summary) -> float | None:
     """The share of the training-FLOPs saving that reached the clock, (1 − time ratio) / FLOPs
-    cut; None without a quiet time ratio, or when the cut is under `MIN_JUDGED_FLOPS_SAVING`
-    (timing noise)."""
+    cut; None without a quiet time ratio, or when the cut is under
+    `Targets.min_judged_flops_saving` (timing noise)."""
     ratio, r_train = s.time_ratio, s.mean("r_train")
-    if ratio is None or r_train is None or r_train < MIN_JUDGED_FLOPS_SAVING:
+    if ratio is None or r_train is None or r_train < TARGETS.min_judged_flops_saving:
         return None
     return (1 - ratio) / r_train
 
@@ -99,24 +132,24 @@ def ld_family(model: str) -> str:
 
 
 def _learndrop(s: Summary) -> list[Check]:
-    cols, where, out = COLUMNS["Learn&Drop"], _where(s), []
+    cols, where, out = COLUMNS["Learn&Drop"], s.where, []
     family = ld_family(s.model)
     ratio = s.time_ratio
     if ratio is not None:
-        judged = ratio <= LD_MAX_TIME_RATIO if family == "resnet" else None
+        judged = ratio <= TARGETS.ld_max_time_ratio if family == "resnet" else None
         out.append(Check("Learn&Drop", cols[0], where, f"{ratio:.2f}×", judged, s.n))
-    if (drop := _drop(s)) is not None:
+    if (drop := s.accuracy_drop) is not None:
         out.append(Check("Learn&Drop", cols[1], where, f"{drop:+.2f}",
-                         drop <= LD_MAX_DROP[family], s.n))
+                         drop <= TARGETS.ld_max_drop[family], s.n))
     r_train = s.mean("r_train")
     if ratio is not None and r_train is not None and r_train > 0.01:
-        # A cut under MIN_JUDGED_FLOPS_SAVING is shown but not judged (time_share is None), and
-        # without its quotient: dividing timing noise by a few percent gives numbers like -12×.
+        # A cut under `min_judged_flops_saving` is shown but not judged (time_share is None),
+        # and without its quotient: dividing timing noise by a few percent gives numbers like -12×.
         savings = f"{100 * (1 - ratio):.0f}% / {100 * r_train:.0f}%"
         share = time_share(s)
+        met = None if share is None else share >= TARGETS.min_time_per_flops_saving
         out.append(Check("Learn&Drop", cols[2], where,
-                         savings if share is None else f"{savings} = {share:.2f}×",
-                         None if share is None else share >= MIN_TIME_PER_FLOPS_SAVING, s.n))
+                         savings if share is None else f"{savings} = {share:.2f}×", met, s.n))
     return out
 
 
@@ -125,23 +158,25 @@ def _dcp(
     masked: dict[tuple[str, str, str, str], Summary],
     controls: list[Summary],
 ) -> list[Check]:
-    cols, where, out = COLUMNS["DCP"], _where(s), []
-    args = _args(s, "dcp")
+    cols, where, out = COLUMNS["DCP"], s.where, []
+    args = s.args("dcp")
     p, mode = float(args.get("p", 0.3)), args.get("mode", "slice")
     ratio = s.time_ratio
     if mode == "mask":
         if ratio is not None:
             out.append(Check("DCP", cols[3], where, f"{ratio:.2f}×", ratio >= 1.0, s.n))
         return out
-    authors = DCP_AUTHORS.get(s.model)
+    authors = TARGETS.dcp_authors.get(s.model)
     r_final = s.mean("r_final")
     if authors and abs(p - authors[0]) < 1e-9 and r_final is not None:
         out.append(Check("DCP", cols[0], where, f"{100 * r_final:.1f}% (authors {authors[1]}%)",
                          100 * r_final >= authors[1], s.n))
-        if (drop := _drop(s)) is not None:
-            out.append(Check("DCP", cols[1], where, f"{drop:+.2f}", drop <= DCP_MAX_DROP, s.n))
+        if (drop := s.accuracy_drop) is not None:
+            out.append(Check("DCP", cols[1], where, f"{drop:+.2f}",
+                             drop <= TARGETS.dcp_max_drop, s.n))
     if abs(p - 0.5) < 1e-9 and ratio is not None:
-        out.append(Check("DCP", cols[2], where, f"{ratio:.2f}×", ratio <= DCP_MAX_TIME_RATIO, s.n))
+        out.append(Check("DCP", cols[2], where, f"{ratio:.2f}×",
+                         ratio <= TARGETS.dcp_max_time_ratio, s.n))
     twin = masked.get(_twin_key(s))
     acc, twin_acc = s.mean("acc"), twin.mean("acc") if twin else None
     if twin is not None and acc is not None and twin_acc is not None:
@@ -152,9 +187,9 @@ def _dcp(
         met = abs(diff) <= 2 * max(stds) if stds and n >= 2 else None
         noise = f" (2σ = {2 * max(stds):.2f})" if stds and n >= 2 else ""
         out.append(Check("DCP", cols[4], where, f"{diff:+.2f}{noise}", met, n))
-    # Context, not targets: static networks at this run's final widths (see `_controls_of`).
-    scratch, bound = _controls_of(s, controls)
-    if scratch is not None and (drop := _drop(scratch)) is not None:
+    # Context, not targets: static networks at this run's final widths (see `controls_of`).
+    scratch, bound = controls_of(s, controls)
+    if scratch is not None and (drop := scratch.accuracy_drop) is not None:
         out.append(Check("DCP", cols[5], where, f"{drop:+.2f}", None, scratch.n))
     if bound is not None and bound.time_ratio is not None:
         out.append(Check("DCP", cols[6], where, f"{bound.time_ratio:.2f}×", None, bound.n))
@@ -163,30 +198,30 @@ def _dcp(
 
 def _twin_key(s: Summary) -> tuple[str, str, str, str]:
     """Sliced and masked twins share every DCP setting but the mode (p, γ, warm-up, ...)."""
-    args = {k: v for k, v in _args(s, "dcp").items() if k != "mode"}
+    args = {k: v for k, v in s.args("dcp").items() if k != "mode"}
     return (s.suite, s.dataset, s.model, json.dumps(args, sort_keys=True))
 
 
-def _controls_of(s: Summary, statics: list[Summary]) -> tuple[Summary | None, Summary | None]:
+def controls_of(s: Summary, statics: list[Summary]) -> tuple[Summary | None, Summary | None]:
     """The `static` rows that control DCP run `s`: trained at the exact final widths of one of
     its seeds (found by equal final MACs: the same architecture), and at those widths rounded
     up to a multiple (the widths DCP's slice mode computed: the speed bound)."""
     macs = {r.get("final_macs") for r in s.rows}
     same = [c for c in statics if (c.suite, c.dataset, c.model) == (s.suite, s.dataset, s.model)]
-    scratch = next((c for c in same if int(_args(c, "static").get("multiple", 1)) == 1
+    scratch = next((c for c in same if int(c.args("static").get("multiple", 1)) == 1
                     and c.rows[0].get("final_macs") in macs), None)
     if scratch is None:
         return None, None
-    widths = _args(scratch, "static")["widths"]
-    bound = next((c for c in same if int(_args(c, "static").get("multiple", 1)) > 1
-                  and _args(c, "static")["widths"] == widths), None)
+    widths = scratch.args("static")["widths"]
+    bound = next((c for c in same if int(c.args("static").get("multiple", 1)) > 1
+                  and c.args("static")["widths"] == widths), None)
     return scratch, bound
 
 
 def width_controls(summaries: list[Summary]) -> list[Summary]:
     """Static rows with explicit widths: controls of the DCP runs whose final widths they copy
-    (which run's: `_controls_of`)."""
-    return [s for s in summaries if s.method == "static" and _args(s, "static").get("widths")]
+    (which run's: `controls_of`)."""
+    return [s for s in summaries if s.method == "static" and s.args("static").get("widths")]
 
 
 def check_targets(summaries: list[Summary]) -> list[Check]:
@@ -194,12 +229,12 @@ def check_targets(summaries: list[Summary]) -> list[Check]:
     masked = {
         _twin_key(s): s
         for s in summaries
-        if s.method == "dcp" and _args(s, "dcp").get("mode") == "mask"
+        if s.method == "dcp" and s.args("dcp").get("mode") == "mask"
     }
     controls = width_controls(summaries)
     out: list[Check] = []
     for s in summaries:
-        if s.method == "learndrop" and s.suite in LD_SUITES:
+        if s.method == "learndrop" and s.suite in TARGETS.ld_suites:
             out += _learndrop(s)
         elif s.method == "dcp":
             out += _dcp(s, masked, controls)
