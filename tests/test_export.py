@@ -101,7 +101,7 @@ def test_identical_models_give_byte_identical_files(tmp_path) -> None:
     first = paths[0].read_bytes()
     assert all(p.read_bytes() == first for p in paths[1:])
     header = json.loads(first[8 : 8 + int.from_bytes(first[:8], "little")])
-    assert list(header["__metadata__"]) == ["leantrain_arch", "leantrain_meta"]
+    assert list(header["__metadata__"]) == ["leantrain_arch", "leantrain_meta", "leantrain_sha256"]
     assert not list(tmp_path.glob(".*.tmp"))
     loaded = load_model(paths[-1])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),

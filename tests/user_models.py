@@ -157,3 +157,50 @@ def concat_net(num_classes: int = 10) -> ConcatNet:
 
 def grouped_net(num_classes: int = 10) -> GroupedNet:
     return GroupedNet(num_classes)
+
+
+# Misuse (tests/test_misuse_cli.py): factories that ignore what leantrain asks of them.
+
+
+def ignores_num_classes(num_classes: int = 10) -> PlainCNN:
+    """Always 100 outputs, whatever `num_classes` asks for."""
+    return PlainCNN(100, width=8)
+
+
+def five_classes() -> PlainCNN:
+    """5 outputs, and no `num_classes` argument at all."""
+    return PlainCNN(5, width=8)
+
+
+class _WithFeatures(PlainCNN):
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return super().forward(x), x
+
+
+def returns_tuple(num_classes: int = 10) -> PlainCNN:
+    """Returns ``(logits, input)``, not the logits."""
+    return _WithFeatures(num_classes, width=8)
+
+
+def all_frozen(num_classes: int = 10) -> PlainCNN:
+    """Every parameter frozen: nothing to train."""
+    model = PlainCNN(num_classes, width=8)
+    model.requires_grad_(False)
+    return model
+
+
+class _Fixed32(nn.Module):
+    """Written for 32 px inputs: its classifier takes a hard-coded 8 × 16 × 16 features."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 16 * 16, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(F.max_pool2d(self.conv(x), 2).flatten(1))
+
+
+def fixed_32px(num_classes: int = 10) -> _Fixed32:
+    """Runs on 32 px RGB images only."""
+    return _Fixed32(num_classes)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .atomic import write_atomic
 from .cost import CostMeter
-from .io import ModelFileError, apply_architecture, architecture
+from .io import ModelFileError, apply_architecture, architecture, load_state
 from .methods.base import Method
 from .timing import Stopwatch
 from .trainstate import TrainState
@@ -308,7 +308,7 @@ class Checkpoint:
         prefix = "model/"
         state = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
         try:
-            model.load_state_dict(state, strict=True)
+            load_state(model, state)  # with the modules' versions, which safetensors drops
         except RuntimeError as e:
             raise CheckpointError(
                 f"the weights in checkpoint {self.path} do not match its architecture "

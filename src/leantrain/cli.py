@@ -8,6 +8,7 @@ with status 2, never a traceback; ``LEANTRAIN_DEBUG=1`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -49,12 +50,19 @@ def _train(args: argparse.Namespace) -> int:
     from .config_flags import config_from_args
     from .runner import finished_summary, run
 
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except UnicodeDecodeError:  # tomllib reads text: a binary or non-UTF-8 file fails to decode
+        raise ValueError(
+            f"config file {args.config} is not UTF-8 text, so it cannot be TOML; save it as UTF-8."
+        ) from None
     if args.resume and args.resume_from:
         raise ValueError(
             "--resume continues this run's own checkpoint and --resume-from another's; give one."
         )
     if args.resume and (summary := finished_summary(cfg.run_dir())) is not None:
+        _check_finite(float(summary.get("test_loss", 0)), float(summary.get("test_acc", 0)),
+                      cfg.run_dir(), cfg.train.lr)
         print(f"the run in {cfg.run_dir()} has already finished (test accuracy "
               f"{100 * float(summary.get('test_acc', 0)):.2f}%); nothing to resume.")
         return 0
@@ -77,9 +85,27 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # process 0 reports for the job
+    _check_finite(result.test_loss, result.test_acc, folder, cfg.train.lr)
     print(f"final test accuracy {100 * result.test_acc:.2f}%  train {result.times.get('train_s', 0):.1f}s"
           f"  → {folder}")
     return 0
+
+
+def _check_finite(test_loss: float, test_acc: float, folder: Any, lr: float) -> None:
+    """A run that ends with a NaN/inf test loss finished, but its model is useless: exit 2.
+
+    `fit`'s divergence guard watches the training loss; a run can still end with finite
+    training losses and weights but eval-mode outputs that overflow (BN running statistics
+    blown up by a huge step), which only the final test loss shows.
+    """
+    if math.isfinite(test_loss):
+        return
+    raise ValueError(
+        f"training diverged: the final test loss is {test_loss} (test accuracy "
+        f"{100 * test_acc:.2f}%), so the saved model is useless; its run folder {folder} keeps "
+        f"the model, metrics and summary to inspect; train again with a lower --lr than {lr:g} "
+        "or with a warm-up (e.g. --warmup 0.05)."
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -140,6 +166,25 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
     return c, h, w
 
 
+def _check_input(model: Any, shape: tuple[int, int, int]) -> None:
+    """One sentence, not a torch traceback, when the model cannot take an ``--input`` of `shape`."""
+    from .runner import ProbeError, probe_model
+
+    try:
+        probe_model(model, shape)
+    except ProbeError as e:
+        c, h, w = shape
+        if e.expected_channels is not None:
+            raise ValueError(
+                f"the model's first layer expects {e.expected_channels} input channels but "
+                f"--input gives {c}; pass --input {e.expected_channels}x{h}x{w}."
+            ) from e
+        raise ValueError(
+            f"the model fails on --input {c}x{h}x{w} ({e.reason}); pass the input size it was "
+            "written for."
+        ) from e
+
+
 @_command("cost")
 def _cost(args: argparse.Namespace) -> int:
     from .cost import count_macs, count_params, layer_costs, measure_step_flops
@@ -151,6 +196,7 @@ def _cost(args: argparse.Namespace) -> int:
     c, h, _ = _parse_shape(args.input)
     model = create_model(args.model, num_classes=args.num_classes, in_channels=c, input_size=h)
     shape = (c, h, h)
+    _check_input(model, shape)
     step = measure_step_flops(model, shape)
     if args.verbose:
         print(f"{'layer':<32} {'type':<14} {'params':>12} {'MACs':>15}  output")
@@ -180,6 +226,11 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--widths", action="store_true",
                    help="print only the channel sets' widths as a `static.widths` TOML line (a "
                    "DCP run's final widths, for the static control trained at them)")
+    # A model file may name a package.module:factory; opening it runs that code only when the
+    # user names the same factory (a file must not choose code to run).
+    p.add_argument("--model", dest="factory", metavar="PKG.MOD:FACTORY", default=None,
+                   help="a model file built by your own factory: that factory, which you trust "
+                   "to run (a file naming another is refused)")
 
 
 @_command("inspect")
@@ -191,7 +242,13 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.model.endswith(".safetensors"):
         from .io import load_model
 
-        model = load_model(args.model)
+        model = load_model(args.model, factory=args.factory)
+    elif args.factory is not None:
+        raise ValueError(
+            f"--model names the factory a model file was built by, but {args.model} is not a "
+            ".safetensors file; name your factory as the model instead: leantrain inspect "
+            f"{args.factory}."
+        )
     else:
         model = create_model(args.model, num_classes=args.num_classes, in_channels=c, input_size=h)
     structure = prepare(model, (c, h, h))
@@ -245,13 +302,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="safetensors",
                    help="safetensors, pt2 (torch.export) or onnx (default: safetensors)")
     p.add_argument("--out", metavar="PATH", help="output file (default: next to the model file)")
+    # A model file may name a package.module:factory; opening it runs that code only when the
+    # user names the same factory (a file must not choose code to run).
+    p.add_argument("--model", dest="factory", metavar="PKG.MOD:FACTORY", default=None,
+                   help="a model file built by your own factory: that factory, which you trust "
+                   "to run (a file naming another is refused)")
 
 
 @_command("export")
 def _export(args: argparse.Namespace) -> int:
     from .export import export_model
 
-    report = export_model(args.source, args.format, args.out)
+    report = export_model(args.source, args.format, args.out, factory=args.factory)
     check = ("outputs not compared" if report.max_abs_diff is None
              else f"max abs difference vs. the in-memory model {report.max_abs_diff:.2g}")
     note = f"; {report.note}" if report.note else ""
@@ -273,6 +335,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-subset", type=int, default=None, metavar="N",
                    help="N test images, class-balanced and seeded")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    # A model file may name a package.module:factory; opening it runs that code only when the
+    # user names the same factory (a file must not choose code to run).
+    p.add_argument("--model", dest="factory", metavar="PKG.MOD:FACTORY", default=None,
+                   help="a model file built by your own factory: that factory, which you trust "
+                   "to run (a file naming another is refused)")
 
 
 @_command("eval")
@@ -280,7 +347,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .export import evaluate_model_file
 
     acc, loss, n = evaluate_model_file(args.model_file, args.dataset, args.data_dir,
-                                       test_subset=args.test_subset, device=args.device)
+                                       test_subset=args.test_subset, device=args.device,
+                                       factory=args.factory)
     print(f"test accuracy {100 * acc:.2f}%  test loss {loss:.4f}  ({n} images of {args.dataset})")
     return 0
 

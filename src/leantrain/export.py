@@ -6,8 +6,10 @@ writing, the file is read back and its outputs are compared with the in-memory m
 random batch; a mismatch is an error and the bad file is removed.
 
 `evaluate_model_file` reads leantrain ``.safetensors`` model files only: they are rebuilt from
-their architecture JSON and never unpickled. ``.pt2`` files are loaded by unpickling
-(``torch.export.load``), so they are only read back right after this module wrote them.
+their architecture JSON and never unpickled, and a file that names a ``package.module:factory``
+is built only when the caller names that factory (``factory=``, the CLI's ``--model``). ``.pt2``
+files are loaded by unpickling (``torch.export.load``), so they are only read back right after
+this module wrote them.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ def export_model(
     *,
     batch_size: int = 4,
     seed: int = 0,
+    factory: str | None = None,
 ) -> ExportReport:
     """Write the compact final model of a run folder or model file in `fmt` and verify it.
 
@@ -156,6 +159,8 @@ def export_model(
             ``model-export.safetensors``).
         batch_size: images in the random check batch.
         seed: seeds the check batch.
+        factory: the ``package.module:factory`` the model was built by, when you trust it
+            (see `leantrain.io.load_model`).
 
     Raises:
         ExportError: unknown format, missing ONNX packages, or outputs that do not match.
@@ -164,7 +169,7 @@ def export_model(
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
     model_file = resolve_model_file(source)
-    model = load_model(model_file).eval()
+    model = load_model(model_file, factory=factory).eval()
     stem = model_file.name.removesuffix(".safetensors")
     out = Path(out) if out is not None else model_file.with_name(stem + _SUFFIX[fmt])
     if out.resolve() == model_file.resolve():
@@ -178,7 +183,8 @@ def export_model(
         if fmt == "safetensors":
             save_model(model, out, metadata={"exported_from": str(model_file)})
             with torch.no_grad():
-                diff: float | None = float((load_model(out).eval()(example) - want).abs().max())
+                reread = load_model(out, factory=factory).eval()
+                diff: float | None = float((reread(example) - want).abs().max())
         elif fmt == "pt2":
             program, note = _export_program(model, example)
             torch.export.save(program, str(out))
@@ -212,8 +218,12 @@ def evaluate_model_file(
     test_subset: int | None = None,
     device: str = "cpu",
     batch_size: int = 500,
+    factory: str | None = None,
 ) -> tuple[float, float, int]:
     """Test accuracy and loss of a saved model on a data set's test split.
+
+    ``factory``: the ``package.module:factory`` the model was built by, when you trust it (see
+    `leantrain.io.load_model`).
 
     Returns:
         ``(accuracy, mean cross-entropy, number of test images)``.
@@ -233,7 +243,7 @@ def evaluate_model_file(
         )
     model_file = resolve_model_file(path)
     torch_device = resolve_device(device)
-    model = load_model(model_file, torch_device)
+    model = load_model(model_file, torch_device, factory=factory)
     arch = model.arch
     spec = get_spec(dataset)
     if spec.in_channels != arch["in_channels"] or spec.num_classes != arch["num_classes"]:

@@ -3,22 +3,30 @@
 The architecture is the registry name and constructor arguments, the units Learn&Drop dropped (in
 order) and the live width of every prunable channel set. Loading rebuilds that architecture from
 the registry and loads the weights, so no code is ever unpickled from a file.
+
+Opening a file runs no code of the file's choosing: the name it stores may be a leantrain model or
+a zoo model (``torchvision:NAME``, arguments checked); a ``package.module:factory`` is imported
+and called only when the user names that same factory (``load_model(path, factory=...)``,
+``--model`` on the command line). The header carries a sha256 of every byte of the file but its
+own digits (`CHECKSUM`), which loading verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from .atomic import write_atomic
-from .registry import create_model
+from .registry import check_file_reference, create_model, reference_kind
 from .structure import channel_sets_of, example_shape, set_example_input
 from .surgery import drop_units, prune_channels
 
@@ -30,10 +38,13 @@ __all__ = [
     "save_weights",
     "load_model",
     "read_model_metadata",
+    "load_state",
     "ModelFileError",
 ]
 
 FORMAT = "leantrain-model/1"
+CHECKSUM = "leantrain_sha256"  # metadata key of the file's sha256 (see `_canonical`)
+_BLANK = "0" * 64  # the checksum's place while the checksum is computed
 
 
 class ModelFileError(ValueError):
@@ -78,9 +89,8 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
         ModelFileError: the description is not a leantrain architecture, was written for another
             model, or cannot be replayed on this one.
     """
-    if not isinstance(desc, dict) or desc.get("format") != FORMAT:
-        got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
-        raise ModelFileError(f"not a leantrain architecture (format {got!r}, expected {FORMAT!r}).")
+    _check_format(desc)
+    _check_cuts(desc)
     saved = desc.get("arch") if isinstance(desc.get("arch"), dict) else {}
     if saved.get("name") is None and not hasattr(model, "arch"):  # a fresh instance of a user's class
         if saved.get("class") != type(model).__qualname__:
@@ -89,6 +99,14 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
                 f"{type(model).__qualname__}; pass a fresh instance of the saved class."
             )
         if example_shape(model) is None and saved.get("input_shape"):
+            shape = saved["input_shape"]
+            if not isinstance(shape, list) or not shape or not all(
+                type(d) is int and d >= 1 for d in shape
+            ):
+                raise ModelFileError(
+                    f"the saved input shape {saved['input_shape']!r} is not a list of positive "
+                    "sizes; the file is corrupt."
+                )
             set_example_input(model, saved["input_shape"])
         arch = saved
     else:
@@ -105,31 +123,12 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
     if current["surgery"] or current["dropped_units"]:
         raise ValueError("apply_architecture() needs a freshly created, uncut model.")
     try:
-        if "surgery" in desc:
-            for entry in desc["surgery"]:
-                if entry["op"] == "drop":
-                    projection = entry.get("kind") == "projection"
-                    drop_units(model, [entry["name"]], include_downsampling=projection)
-                elif entry["op"] == "prune":
-                    keep = {k: torch.tensor(v, dtype=torch.long) for k, v in entry["keep"].items()}
-                    prune_channels(model, keep)
-                else:
-                    raise ValueError(f"unknown surgery op {entry['op']!r}")
-        else:  # files written before the surgery log: all drops, then the final widths
-            for unit in desc["dropped_units"]:
-                projection = unit.get("kind") == "projection"
-                drop_units(model, [unit["name"]], include_downsampling=projection)
-            sets = {s.name: len(s) for s in channel_sets_of(model)}
-            keep = {
-                name: torch.arange(width) for name, width in desc["widths"].items()
-                if name in sets and width < sets[name]
-            }
-            if keep:
-                prune_channels(model, keep)
-    except (KeyError, TypeError, ValueError) as e:
+        _replay(model, desc)
+    # IndexError and RuntimeError too: torch's own errors for cuts `_check_cuts` let through.
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
         raise ModelFileError(
-            f"the saved architecture cannot be rebuilt ({e}); the file is corrupt or from another "
-            "version."
+            f"the saved architecture cannot be rebuilt ({str(e).strip()[:300]}); the file is "
+            "corrupt or from another version."
         ) from e
     if architecture(model)["widths"] != desc["widths"]:
         raise ModelFileError(
@@ -138,11 +137,100 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
         )
 
 
-def build_architecture(desc: dict[str, Any]) -> nn.Module:
-    """A freshly initialised model with the described architecture (drops and widths applied)."""
+def _replay(model: nn.Module, desc: dict[str, Any]) -> None:
+    """Make the cuts `desc` lists (checked by `_check_cuts`) on `model`."""
+    if "surgery" in desc:
+        for entry in desc["surgery"]:
+            if entry["op"] == "drop":
+                projection = entry.get("kind") == "projection"
+                drop_units(model, [entry["name"]], include_downsampling=projection)
+            else:
+                prune_channels(model, {k: torch.tensor(v, dtype=torch.long)
+                                       for k, v in entry["keep"].items()})
+        return
+    # Files written before the surgery log: all drops, then the final widths.
+    for unit in desc["dropped_units"]:
+        projection = unit.get("kind") == "projection"
+        drop_units(model, [unit["name"]], include_downsampling=projection)
+    sets = {s.name: len(s) for s in channel_sets_of(model)}
+    keep = {
+        name: torch.arange(width) for name, width in desc["widths"].items()
+        if name in sets and width < sets[name]
+    }
+    if keep:
+        prune_channels(model, keep)
+
+
+def _check_format(desc: Any) -> None:
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
         raise ModelFileError(f"not a leantrain architecture (format {got!r}, expected {FORMAT!r}).")
+
+
+def _is_index_list(value: Any) -> bool:
+    """A non-empty list of distinct ints (not bools) ≥ 0."""
+    return (isinstance(value, list) and bool(value)
+            and all(type(v) is int and v >= 0 for v in value)
+            and len(set(value)) == len(value))
+
+
+def _check_cuts(desc: dict[str, Any]) -> None:
+    """Raise ModelFileError unless the description's cuts are well-formed.
+
+    Checked before any cut, so an edited or corrupt file gets a sentence naming the bad entry
+    rather than an IndexError from deep in the surgery (a negative index slices from the end).
+    """
+    widths = desc.get("widths")
+    if not isinstance(widths, dict) or not all(
+        isinstance(k, str) and type(v) is int and v >= 1 for k, v in widths.items()
+    ):
+        _bad_cut("widths", f"{widths!r:.100} is not a table of channel-set names and widths ≥ 1")
+    if "surgery" in desc:
+        entries, what = desc["surgery"], "surgery"
+    else:
+        entries, what = desc.get("dropped_units"), "dropped_units"
+    if not isinstance(entries, list):
+        _bad_cut(what, f"{entries!r:.100} is not a list")
+    for i, entry in enumerate(entries):
+        op = entry.get("op", "drop" if what == "dropped_units" else None) if isinstance(
+            entry, dict) else None
+        if op == "drop":
+            if not isinstance(entry.get("name"), str) or not isinstance(entry.get("kind", ""), str):
+                _bad_cut(f"{what}[{i}]", "a drop needs a unit name and kind that are strings")
+        elif op == "prune" and what == "surgery":
+            _check_prune(i, entry.get("keep"))
+        else:
+            _bad_cut(f"{what}[{i}]", f"{entry!r:.100} is not a drop or prune entry")
+
+
+def _check_prune(i: int, keep: Any) -> None:
+    if not isinstance(keep, dict) or not keep:
+        _bad_cut(f"surgery[{i}]", f"keep {keep!r:.100} is not a table of channel sets")
+    for name, index in keep.items():
+        if not _is_index_list(index):
+            _bad_cut(f"surgery[{i}]", f"the channels kept of {name} ({index!r:.100}) are not "
+                     "distinct integer indices ≥ 0")
+
+
+def _bad_cut(where: str, problem: str) -> None:
+    raise ModelFileError(
+        f"the saved architecture's {where} is malformed ({problem}); the file is corrupt or was "
+        "not written by leantrain."
+    )
+
+
+def build_architecture(desc: dict[str, Any], *, factory: str | None = None) -> nn.Module:
+    """A freshly initialised model with the described architecture (drops and widths applied).
+
+    Args:
+        desc: an `architecture` record, e.g. read from a file by `read_model_metadata`.
+        factory: the ``package.module:factory`` the user trusts; a record naming a factory is
+            built only when it names this one (see `check_file_reference`).
+
+    Raises:
+        ModelFileError: a record that is malformed, names code it may not run, or cannot be built.
+    """
+    _check_format(desc)
     if isinstance(desc.get("arch"), dict) and desc["arch"].get("name", "") is None:
         raise ModelFileError(
             f"the file holds a {desc['arch'].get('class')} that was not built by name, so it "
@@ -150,34 +238,109 @@ def build_architecture(desc: dict[str, Any]) -> nn.Module:
         )
     if not isinstance(desc.get("arch"), dict) or not isinstance(desc["arch"].get("name"), str):
         raise ModelFileError(
-            f"the saved architecture {desc.get('arch')!r} is not a table of a model name and its "
-            "arguments; the file is corrupt or was not written by leantrain."
+            f"the saved architecture {desc.get('arch')!r:.200} is not a table of a model name and "
+            "its arguments; the file is corrupt or was not written by leantrain."
         )
+    _check_cuts(desc)  # before building: a malformed file costs no model
+    arch = dict(desc["arch"])
+    _check_reference(arch, factory)
     try:
-        arch = dict(desc["arch"])
         model = create_model(arch.pop("name"), **arch)
     except (KeyError, TypeError) as e:
         raise ModelFileError(
-            f"the saved architecture {desc.get('arch')!r} is incomplete ({e}); the file is corrupt."
+            f"the saved architecture {desc.get('arch')!r:.200} is incomplete ({e}); the file is "
+            "corrupt."
         ) from e
+    except ValueError as e:
+        raise ModelFileError(f"the saved model cannot be built: {e}") from e
     apply_architecture(model, desc)
     return model
 
 
+def _check_reference(arch: dict[str, Any], factory: str | None) -> None:
+    """Raise ModelFileError unless building ``arch`` runs only code the user chose.
+
+    A ``package.module:factory`` stored in a file is an import and a call with the file's
+    arguments (``os:system`` with a command): it is run only when the user named it.
+    """
+    name, kwargs = arch["name"], arch.get("kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ModelFileError(
+            f"the saved model arguments {kwargs!r:.100} are not a table; the file is corrupt."
+        )
+    if reference_kind(name) == "factory":
+        if factory == name:
+            return
+        if factory is None:
+            raise ModelFileError(
+                f"the model file asks to build its model by calling {name}, code that a file may "
+                f"not choose to run; if you trust {name}, allow it with --model {name} (command "
+                f"line) or load_model(path, factory={name!r})."
+            )
+    if factory is not None and factory != name:
+        raise ModelFileError(
+            f"the model file holds {name}, not {factory}; leave out --model (factory=) or name "
+            "the model the file holds."
+        )
+    try:
+        check_file_reference(name, kwargs)
+    except ValueError as e:
+        raise ModelFileError(
+            f"the model file asks for a model it may not ({str(e).rstrip('.')}); the file is "
+            "corrupt or was not written by leantrain."
+        ) from e
+
+
+def _field(digest: str) -> bytes:
+    """The checksum's bytes in the header JSON: ``"leantrain_sha256":"<hex>"``."""
+    return json.dumps({CHECKSUM: digest}, separators=(",", ":"))[1:-1].encode()
+
+
+def _digest(header: bytes, body: memoryview | bytes) -> str:
+    """sha256 of a header (checksum blanked) and the tensor bytes after it."""
+    h = hashlib.sha256(header)
+    h.update(body)
+    return h.hexdigest()
+
+
 def _canonical(data: bytes) -> bytes:
-    """`data` (a safetensors file) with its metadata in sorted key order.
+    """`data` (a safetensors file) with its metadata in sorted key order and its checksum.
 
     safetensors keeps the metadata in a hash map, so the same model saved twice (in two
     processes) gets its header keys in a different order; sorting makes identical models give
-    byte-identical files (and equal checksums).
+    byte-identical files (and equal checksums). The checksum (`CHECKSUM`) covers every byte of
+    the file but its own 64 hex digits: the header, tensor names, shapes and offsets included,
+    so a flipped byte anywhere is caught.
     """
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
-    if "__metadata__" in header:
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    meta = {**header.get("__metadata__", {}), CHECKSUM: _BLANK}
+    header["__metadata__"] = dict(sorted(meta.items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # the format pads the header to a multiple of 8 bytes
-    return len(text).to_bytes(8, "little") + text + data[8 + n :]
+    body = memoryview(data)[8 + n :]
+    text = text.replace(_field(_BLANK), _field(_digest(text, body)))
+    return len(text).to_bytes(8, "little") + text + bytes(body)
+
+
+def _verify(data: bytes, meta: dict[str, str], path: Path) -> None:
+    """Raise ModelFileError unless `data` (the whole file) matches its checksum."""
+    digest = meta.get(CHECKSUM)
+    if digest is None:
+        raise ModelFileError(
+            f"model file {path} has no weights checksum, so it was written by an older leantrain; "
+            "re-save it with this version."
+        )
+    n = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + n]
+    field = _field(str(digest))
+    if header.count(field) != 1 or _digest(
+        header.replace(field, _field(_BLANK)), memoryview(data)[8 + n :]
+    ) != digest:
+        raise ModelFileError(
+            f"model file {path}: the weights do not match their checksum; the file is corrupt, "
+            "re-export it."
+        )
 
 
 def _save_tensors(path: Path, model: nn.Module, meta: dict[str, str]) -> Path:
@@ -202,51 +365,96 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | 
     return _save_tensors(Path(path), model, {"leantrain_meta": json.dumps(metadata or {})})
 
 
-def read_model_metadata(path: str | Path) -> dict[str, Any]:
-    """The architecture JSON stored in a leantrain safetensors file."""
-    path = Path(path)
+def _corrupt(path: Path, e: BaseException) -> ModelFileError:
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return ModelFileError(f"model file {path} is truncated or corrupt ({detail}); re-export it.")
+
+
+def _file_metadata(path: Path) -> dict[str, str]:
+    """The safetensors metadata of the file at `path` (its header alone is read)."""
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist; check the path.")
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ModelFileError(f"model file {path} is truncated or corrupt ({e}); re-export it.") from e
+        raise _corrupt(path, e) from e
+
+
+def _arch_record(meta: dict[str, str], path: Path) -> dict[str, Any]:
     if "leantrain_arch" not in meta:
         raise ModelFileError(f"{path} is a safetensors file without a leantrain architecture; save it with leantrain.save_model().")
     try:
         return json.loads(meta["leantrain_arch"])
-    except json.JSONDecodeError as e:
+    # ValueError: also an integer of more digits than Python converts; RecursionError: nesting.
+    except (ValueError, RecursionError) as e:
         raise ModelFileError(
-            f"model file {path} has a corrupt architecture record ({e}); re-export it."
+            f"model file {path} has a corrupt architecture record ({str(e)[:200]}); re-export it."
         ) from e
 
 
+def read_model_metadata(path: str | Path) -> dict[str, Any]:
+    """The architecture JSON stored in a leantrain safetensors file (only read, never built)."""
+    path = Path(path)
+    return _arch_record(_file_metadata(path), path)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True)`` for a state read from safetensors.
+
+    safetensors keeps no per-module versions (``state_dict()._metadata``); some modules read
+    theirs while loading (torchvision's MNASNet refuses a missing one), so the state gets the
+    model's own: the file was written from modules of this kind.
+    """
+    state = OrderedDict(state)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    model.load_state_dict(state, strict=True)
+
+
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", model: nn.Module | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    model: nn.Module | None = None,
+    *,
+    factory: str | None = None,
 ) -> nn.Module:
-    """Rebuild the saved architecture and load its weights (no unpickling).
+    """Rebuild the saved architecture and load its weights (no unpickling, no code of the
+    file's choosing).
 
     Args:
         path: a file written by `save_model`.
         device: where the weights go.
         model: a fresh instance to cut and fill, for a model that was not built by name (a
             user's own class instance); models built by name are rebuilt without it.
+        factory: the ``package.module:factory`` the file was built by, when you trust it: a file
+            that names a factory is refused unless it is this one.
+
+    Raises:
+        ModelFileError: a missing, corrupt or foreign file, weights that fail their checksum, or
+            a factory not named by `factory`.
     """
     path = Path(path)
-    desc = read_model_metadata(path)
+    if model is not None and factory is not None:
+        raise ValueError("give load_model() either model= or factory=, not both.")
+    meta = _file_metadata(path)
+    desc = _arch_record(meta, path)
     if model is None:
-        model = build_architecture(desc)
+        model = build_architecture(desc, factory=factory)
     else:
         apply_architecture(model, desc)
     try:
-        state = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelFileError(f"model file {path} is truncated or corrupt ({e}); re-export it.") from e
+        data = path.read_bytes()
+    except OSError as e:
+        raise _corrupt(path, e) from e
+    _verify(data, meta, path)
     try:
-        model.load_state_dict(state, strict=True)
+        state = load_safetensors(data)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _corrupt(path, e) from e
+    try:
+        load_state(model, state)
     except RuntimeError as e:
         raise ModelFileError(f"weights in {path} do not match its architecture ({str(e)[:200]}).") from e
     return model.to(device)

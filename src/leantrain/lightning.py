@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 from torch import Tensor, nn
 
-from .attach import Attached, attach, replay
+from .attach import Attached, _method_list, attach, replay
 from .methods.base import Method
 from .structure import prepare
 
@@ -42,7 +42,7 @@ class LeanTrain(pl.Callback):
         module: str | None = None,
         example_input: Tensor | Sequence[int] | None = None,
     ) -> None:
-        self.methods = [methods] if isinstance(methods, Method) else list(methods)
+        self.methods = _method_list(methods, allow_empty=False)  # the errors attach gives
         self.module_name = module
         self.example_input = example_input
         self.handle: Attached | None = None
@@ -97,8 +97,10 @@ class LeanTrain(pl.Callback):
         total = int(trainer.estimated_stepping_batches)
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
         per_epoch = max(1, total // epochs)
+        # The optimizer may also train parameters of the LightningModule outside `module`.
         self.handle = attach(self._target(pl_module), opt, self.methods, total,
-                             steps_per_epoch=per_epoch, start_step=self._resume_step)
+                             steps_per_epoch=per_epoch, start_step=self._resume_step,
+                             optimizer_scope=pl_module)
         if self._resumed:
             for m in self.methods:
                 m.events()  # setup events of a resume repeat the first run's

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from .atomic import remove_stale_temps, write_atomic
 from .checkpoint import (
@@ -31,7 +32,7 @@ from .checkpoint import (
 from . import distributed
 from .config import RunConfig
 from .cost import count_macs, count_params
-from .data import TensorLoader, load_dataset
+from .data import DatasetSpec, TensorLoader, load_dataset
 from .env import environment, machine_key, memory_summary, reset_peak_memory
 from .machine_share import MachineShare, whole_run
 from .io import save_model, save_weights
@@ -43,7 +44,7 @@ from .trainstate import TrainState
 
 __all__ = [
     "run", "seed_everything", "finished_summary", "RunFinishedError", "RunFolderError",
-    "RestartWarning",
+    "RestartWarning", "ModelMismatchError", "ProbeError", "check_model_fits", "probe_model",
 ]
 
 
@@ -57,6 +58,10 @@ class RunFinishedError(ValueError):
 
 class RestartWarning(UserWarning):
     """``resume=True`` found a run stopped before its first checkpoint and starts it over."""
+
+
+class ModelMismatchError(ValueError):
+    """The model cannot take the data's images, or does not give one score per class."""
 
 
 def seed_everything(seed: int) -> None:
@@ -124,6 +129,42 @@ def finished_summary(folder: str | Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else None
 
 
+def _check_resume_source(source: Path) -> None:
+    """Clear errors for a `resume_from` that is neither a run folder nor a checkpoint record.
+
+    Without them a run's other files (its model, its summary) would be read as a corrupt
+    checkpoint, and the advice would be to delete the folder they belong to.
+    """
+    if not source.exists():
+        raise CheckpointError(
+            f"{source} does not exist; --resume-from takes the folder of an unfinished run."
+        )
+    if source.is_dir() and not has_checkpoint(source):
+        # The folder above the seeds (``<dataset>-<model>-<method>-<digest>/``) is a common slip.
+        if seeds := sorted(p for p in source.glob("seed*") if has_checkpoint(p)):
+            raise CheckpointError(
+                f"{source} holds one run folder per seed, not a checkpoint; pass one of them, "
+                f"e.g. --resume-from {seeds[0]}."
+            )
+    if source.is_dir() or (source.name.startswith("checkpoint") and source.suffix == ".json"):
+        return
+    run_folder = source.parent
+    if finished_summary(run_folder) is not None:
+        raise CheckpointError(
+            f"{source} belongs to a finished run, which keeps its model but no checkpoint; "
+            "--resume-from continues an unfinished run's folder."
+        )
+    if has_checkpoint(run_folder):
+        raise CheckpointError(
+            f"--resume-from takes a run folder, not one of its files; pass --resume-from "
+            f"{run_folder} (it continues from that folder's latest good checkpoint)."
+        )
+    raise CheckpointError(
+        f"{source} is not a run folder or its checkpoint.json; --resume-from takes the folder "
+        "of an unfinished run."
+    )
+
+
 def _resume_point(
     folder: Path, resume: bool | str, resume_from: str | Path | None
 ) -> Checkpoint | None:
@@ -141,6 +182,7 @@ def _resume_point(
         )
     if resume_from is not None:
         source = Path(resume_from)
+        _check_resume_source(source)
         if source.resolve() != folder.resolve() and has_checkpoint(folder):
             raise CheckpointError(
                 f"{folder} already holds a checkpoint of its own; continue it with --resume "
@@ -175,6 +217,118 @@ def _resume_point(
     return None
 
 
+# --------------------------------------------------------------------- the model against the data
+
+
+class ProbeError(ModelMismatchError):
+    """The model's forward failed on one image (see `probe_model`).
+
+    Attributes:
+        expected_channels: the input channels of the model's first convolution, when the image
+            it was given has another number of channels (the usual cause), else None.
+        reason: the failure in a few words (the exception's type and first line).
+    """
+
+    def __init__(self, message: str, expected_channels: int | None, reason: str) -> None:
+        super().__init__(message)
+        self.expected_channels, self.reason = expected_channels, reason
+
+
+def _first_line(e: BaseException) -> str:
+    line = (str(e).strip().splitlines() or ["no detail"])[0]
+    return f"{type(e).__name__}: {line[:200]}"
+
+
+def probe_model(model: nn.Module, input_shape: tuple[int, int, int]) -> Any:
+    """The model's output for one all-zero image of `input_shape` ``(C, H, W)``.
+
+    Runs as `leantrain.cost.count_macs` does: eval mode, no gradients, training flags restored
+    (BN statistics are untouched), on the model's device; torch's CPU random state is restored
+    too, so a seeded run trains exactly as it would without the probe.
+
+    Raises:
+        ProbeError: the forward raised; ``expected_channels`` is set when the first convolution
+            was given another number of channels than it takes.
+    """
+    param = next(model.parameters(), None)
+    device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
+    first: list[tuple[int, int]] = []  # (channels the first conv takes, channels it was given)
+
+    def note(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not first and args and isinstance(args[0], Tensor) and args[0].dim() >= 2:
+            first.append((module.in_channels, args[0].shape[1]))
+
+    handles = [m.register_forward_pre_hook(note) for m in model.modules()
+               if isinstance(m, nn.modules.conv._ConvNd)]
+    training = {m: m.training for m in model.modules()}
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.eval()
+            return model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+    except Exception as e:  # noqa: BLE001 - the user's forward: name its failure in one sentence
+        expected = first[0][0] if first and first[0][0] != first[0][1] else None
+        raise ProbeError(
+            f"the model fails on a {'x'.join(map(str, input_shape))} input ({_first_line(e)})",
+            expected, _first_line(e),
+        ) from e  # the user's traceback, for LEANTRAIN_DEBUG=1
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training.items():
+            m.training = flag
+
+
+def check_model_fits(model: nn.Module, spec: DatasetSpec) -> None:
+    """Raise `ModelMismatchError` unless `model` trains on `spec`'s images and classes.
+
+    One forward of one image (`probe_model`) before anything is written: a factory that ignores
+    ``in_channels`` or ``num_classes`` would otherwise fail at the first step with a torch
+    traceback (too few outputs: "Target 5 is out of bounds") or, worse, train and exit 0 with
+    outputs that are not the data set's classes (too many).
+
+    Args:
+        model: the model as the factory built it.
+        spec: the data set's `leantrain.data.DatasetSpec` (at the image size in use).
+    """
+    c, size, k = spec.in_channels, spec.image_size, spec.num_classes
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelMismatchError(
+            "the model has no trainable parameters (none at all, or every one frozen with "
+            "requires_grad=False), so there is nothing to train; check the factory."
+        )
+    try:
+        out = probe_model(model, (c, size, size))
+    except ProbeError as e:
+        if e.expected_channels is not None:
+            raise ModelMismatchError(
+                f"the model's first layer expects {e.expected_channels} input channels but "
+                f"{spec.name} images have {c}; make the factory take in_channels and build its "
+                f"first layer with it, or train on a data set of {e.expected_channels}-channel "
+                "images."
+            ) from e
+        raise ModelMismatchError(
+            f"the model fails on {spec.name}'s {c}x{size}x{size} images ({e.reason}); make the "
+            "factory build its layers for in_channels and input_size, or pass the --image-size "
+            "it was written for."
+        ) from e
+    if not isinstance(out, Tensor):
+        raise ModelMismatchError(
+            f"the model returns a {type(out).__name__}, not a tensor of class scores; make its "
+            "forward return the logits, one row per image and one column per class."
+        )
+    if out.dim() != 2 or out.shape[0] != 1:
+        raise ModelMismatchError(
+            f"the model turns one {c}x{size}x{size} image into an output of shape "
+            f"{tuple(out.shape)}, not 1 x classes; flatten the features per image (e.g. "
+            "torch.flatten(x, 1)) before its classifier."
+        )
+    if out.shape[1] != k:
+        raise ModelMismatchError(
+            f"the model outputs {out.shape[1]} classes but {spec.name} has {k}; make the "
+            "factory take num_classes and build its last layer with it."
+        )
+
+
 def run(
     cfg: RunConfig,
     *,
@@ -202,6 +356,8 @@ def run(
             another run.
         RunFinishedError: the folder holds a finished run (resume is not True).
         RunFolderError: a file of the run folder cannot be written (the message names it).
+        ModelMismatchError: the model cannot take the data set's images or does not output
+            one score per class (checked with one forward before the folder is written).
     """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -225,6 +381,8 @@ def _run(
     resume: bool | str, resume_from: str | Path | None,
 ) -> tuple[Result, Path]:
     """`run` for this process (`rank` of `world`); process 0 alone writes the folder."""
+    if cfg.seed < 0:  # numpy's seeding would refuse it deep inside the data loading
+        raise ValueError(f"seed {cfg.seed} is negative; seeds are whole numbers ≥ 0 (--seed N).")
     methods = build_methods(cfg.method_names(), cfg.method_args)
     train_split, test_split, spec = load_dataset(
         cfg.data.dataset, cfg.data.data_dir, train_subset=cfg.data.train_subset,
@@ -246,6 +404,7 @@ def _run(
         cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
         input_size=spec.image_size, kwargs=cfg.model.kwargs or None,
     )
+    check_model_fits(model, spec)  # before the folder is written: a mismatch leaves nothing
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     dense_params, dense_macs = count_params(model), count_macs(model, input_shape)
     model = model.to(device)

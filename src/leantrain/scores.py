@@ -10,7 +10,8 @@ Scores are registered by name in `UNIT_SCORES`, so a run's config stays plain va
 
 * ``"change"``: the paper's change score, the relative parameter change
   ``D = ‖θ(t) − θ(t−1)‖₂ / (‖θ(t−1)‖₂ + 1e-12)`` of the unit's trainable parameters (conv weights
-  and biases, BN γ and β; not BN running statistics) since the previous checkpoint.
+  and biases, BN γ and β; not BN running statistics) since the previous checkpoint. Frozen
+  parameters (``requires_grad=False``) do not count: a unit is scored on what it can learn.
 * ``"residual_norm"``: how much the unit still changes its input, the mean over the training
   steps since the last checkpoint of ``‖y − x‖ / ‖x‖`` (``x`` the unit's input, ``y`` its
   output). Near 0 the unit is close to the identity that replaces it when dropped.
@@ -66,16 +67,19 @@ def register_score(cls: type[UnitScore]) -> type[UnitScore]:
 # pure functions
 
 
-def flat_params(module: nn.Module) -> Tensor:
+def flat_params(module: nn.Module, trainable_only: bool = False) -> Tensor:
     """All parameters of `module` (not its buffers) as one new flat detached tensor.
 
     Args:
         module: the unit.
+        trainable_only: only the parameters with ``requires_grad`` (a frozen one does not move,
+            so it would only dilute the relative change of a partly frozen unit).
 
     Returns:
         A 1-D copy on the parameters' device (empty when the module has none).
     """
-    params = [p.detach().reshape(-1) for p in module.parameters()]
+    params = [p.detach().reshape(-1) for p in module.parameters()
+              if p.requires_grad or not trainable_only]
     if not params:
         return torch.zeros(0)
     return torch.cat(params)  # cat always allocates, so this is a copy, never a view
@@ -209,7 +213,9 @@ class UnitScore:
 class ChangeScore(UnitScore):
     """The paper's change score: relative parameter change since the previous checkpoint.
 
-    Keeps one flat detached snapshot of each tracked unit's parameters on the model's device.
+    Keeps one flat detached snapshot of each tracked unit's trainable parameters on the model's
+    device. When the trainable set changed since the snapshot (a layer frozen or unfrozen in
+    between) the interval has no score (NaN) and the next one starts afresh.
     """
 
     name: ClassVar[str] = "change"
@@ -220,7 +226,7 @@ class ChangeScore(UnitScore):
     def attach(self, model: nn.Module, units: Sequence[Unit]) -> None:
         for u in units:
             if u.name not in self.snapshots:  # keep snapshots restored by load_state_dict
-                self.snapshots[u.name] = flat_params(u.module)
+                self.snapshots[u.name] = flat_params(u.module, trainable_only=True)
 
     @torch.no_grad()
     def measure(self, units: Sequence[Unit]) -> dict[str, float]:
@@ -228,11 +234,14 @@ class ChangeScore(UnitScore):
             return {}
         changes = []
         for u in units:
-            cur = flat_params(u.module)
+            cur = flat_params(u.module, trainable_only=True)
             prev = self.snapshots[u.name].to(cur.device)
             prev32, cur32 = prev.float(), cur.float()
-            # Same formula as `relative_change`, kept as tensors so there is one device sync.
-            changes.append((cur32 - prev32).norm() / (prev32.norm() + EPS))
+            if prev32.shape != cur32.shape:  # parameters were frozen or unfrozen meanwhile
+                changes.append(torch.full((), math.nan, device=cur.device))
+            else:
+                # Same formula as `relative_change`, kept as tensors so there is one device sync.
+                changes.append((cur32 - prev32).norm() / (prev32.norm() + EPS))
             self.snapshots[u.name] = cur
         return dict(zip([u.name for u in units], torch.stack(changes).tolist()))
 

@@ -309,7 +309,7 @@ def fit(
     # The methods run from the optimizer's step hooks, exactly as in a user's own loop: setup
     # now (a static cut before step one), after_backward and step around every opt.step().
     handle = attach(model, opt, methods, total, steps_per_epoch=steps_per_epoch,
-                    start_step=state.step, on_change=changed, lap=clock)
+                    start_step=state.step, on_change=changed, lap=clock, allow_empty=True)
     world = distributed.world_size()
     # Under torchrun the forward goes through DDP, rebuilt after every cut.
     net = distributed.ShrinkingDDP(model) if world > 1 else model

@@ -14,6 +14,7 @@ Typical use::
 from .augment import crop_at, flip_where, normalize, random_crop, random_flip
 from .datasets import (
     DatasetSpec,
+    SubsetWarning,
     balanced_subset_indices,
     dataset_names,
     get_spec,
@@ -39,6 +40,7 @@ __all__ = [
     "DatasetSpec",
     "DownloadError",
     "Split",
+    "SubsetWarning",
     "TensorLoader",
     "balanced_subset_indices",
     "crop_at",

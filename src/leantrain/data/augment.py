@@ -100,7 +100,10 @@ def flip_where(x: Tensor, mask: Tensor) -> Tensor:
     # Flip only the selected images (about half) instead of flipping all and selecting, and
     # index a 2-D view: torch's 4-D uint8 index_select/index_copy are far slower on CPU.
     flat = x.reshape(n, -1)
-    flipped = flat.index_select(0, idx).view(-1, *x.shape[1:]).flip(3).reshape(idx.numel(), -1)
+    # The row length is given, not -1: a batch where no coin came up (2**-N, e.g. a batch of 5
+    # once in 32) selects 0 rows, and torch cannot infer -1 from 0 elements.
+    flipped = flat.index_select(0, idx).view(-1, *x.shape[1:]).flip(3).reshape(
+        idx.numel(), flat.shape[1])
     return flat.index_copy(0, idx, flipped).view(x.shape)
 
 

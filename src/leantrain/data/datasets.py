@@ -10,6 +10,7 @@ quick-start and the tests work without any download.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -33,12 +34,17 @@ from .formats import (
 __all__ = [
     "DatasetSpec",
     "Split",
+    "SubsetWarning",
     "dataset_names",
     "get_spec",
     "load_dataset",
     "resolve_data_dir",
     "resolve_cache_dir",
 ]
+
+
+class SubsetWarning(UserWarning):
+    """A subset has fewer images than the data set has classes, so some classes are left out."""
 
 
 @dataclass(frozen=True)
@@ -279,14 +285,22 @@ def balanced_subset_indices(labels: np.ndarray, n: int, rng: np.random.Generator
     return np.sort(perm[pick])
 
 
-def _subset(split: Split, n: int | None, rng: np.random.Generator, what: str, name: str) -> Split:
-    total = len(split)
+def _subset(
+    split: Split, n: int | None, rng: np.random.Generator, what: str, spec: DatasetSpec
+) -> Split:
+    total, name, k = len(split), spec.name, spec.num_classes
     if n is None or n == total:
         return split
     if not 0 < n <= total:
         raise ValueError(
             f"{what}={n} is out of range: {name} has {total} images in that split; choose 1 to "
             f"{total}, or leave {what} unset for the whole split."
+        )
+    if n < k:  # one image per class picked: the other classes are simply absent, say so
+        use = "trained on" if what == "train_subset" else "tested"
+        warnings.warn(
+            f"{what}={n} is smaller than {name}'s {k} classes, so {k - n} of them are never "
+            f"{use}; use {what} ≥ {k}.", SubsetWarning, stacklevel=3,
         )
     idx = torch.from_numpy(balanced_subset_indices(split.labels.numpy(), n, rng))
     return Split(split.images[idx].contiguous(), split.labels[idx].contiguous())
@@ -296,13 +310,23 @@ def _resize(split: Split, size: int) -> Split:
     images = split.images
     if images.shape[-1] == size and images.shape[-2] == size:
         return split
-    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
-    # In chunks: the float copy costs 4 bytes a pixel, only for 4096 images at a time.
-    for lo in range(0, images.shape[0], 4096):
-        chunk = images[lo:lo + 4096].to(torch.float32)
-        chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        out[lo:lo + 4096] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    shape = (images.shape[0], images.shape[1], size, size)
+    try:
+        out = torch.empty(shape, dtype=torch.uint8)
+        # In chunks: the float copy costs 4 bytes a pixel, only for 4096 images at a time.
+        for lo in range(0, images.shape[0], 4096):
+            chunk = images[lo:lo + 4096].to(torch.float32)
+            chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
+                                  align_corners=False)
+            out[lo:lo + 4096] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    except RuntimeError as e:  # torch's allocator: "DefaultCPUAllocator: can't allocate memory"
+        if "alloc" not in str(e):
+            raise
+        need = int(np.prod(shape)) / 2**30
+        raise ValueError(
+            f"image_size={size} needs {need:,.1f} GiB for {shape[0]} images (and more while "
+            "resizing), more memory than this machine can give; choose a smaller image size."
+        ) from None
     return Split(out, split.labels)
 
 
@@ -347,6 +371,8 @@ def load_dataset(
     size = spec.image_size if image_size is None else int(image_size)
     if size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
+    if seed < 0:  # numpy's generators refuse it with "expected non-negative integer"
+        raise ValueError(f"seed must be a whole number ≥ 0, got {seed}")
 
     if name == "mnist-sample":
         train, test = _load_mnist_sample()
@@ -382,8 +408,8 @@ def load_dataset(
                     f"({len(classes)} vs {len(val_classes)}); restore the missing ones."
                 )
 
-    train = _subset(train, train_subset, np.random.default_rng([seed, 0]), "train_subset", name)
-    test = _subset(test, test_subset, np.random.default_rng([seed, 1]), "test_subset", name)
+    train = _subset(train, train_subset, np.random.default_rng([seed, 0]), "train_subset", spec)
+    test = _subset(test, test_subset, np.random.default_rng([seed, 1]), "test_subset", spec)
     if size != spec.image_size or train.images.shape[-1] != size:
         train, test = _resize(train, size), _resize(test, size)
         spec = replace(spec, image_size=size)

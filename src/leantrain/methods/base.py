@@ -23,7 +23,12 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from ..surgery import Change
 
-__all__ = ["Method", "Progress"]
+__all__ = ["Method", "MethodWarning", "Progress"]
+
+
+class MethodWarning(UserWarning):
+    """A method can do less than asked on this model: nothing it may cut, or parts it leaves
+    alone (frozen layers); said once, at setup, with the reason."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ and for the benchmark's masked row.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from ..structure import ChannelSet, channel_sets_of
 from ..surgery import Change, prune_channels
 from . import register_method
-from .base import Method, Progress
+from .base import Method, MethodWarning, Progress
 
 __all__ = ["DCP", "computed_width", "select_channels", "select_per_layer"]
 
@@ -138,13 +139,26 @@ class DCP(Method):
         self.kept: dict[str, Tensor | None] = {}
         self._saliency: dict[str, Tensor] = {}
         self._computed_widths: list[int] = []  # per set, padding included (-1: full width)
+        # Channel sets left out because their conv and BN are frozen (see `_frozen_sets`).
+        self.frozen_sets: list[str] = []
+        self._warned_frozen: list[str] | None = None
 
     # ------------------------------------------------------------------ hooks
 
     def setup(self, model: nn.Module, progress: Progress) -> None:
-        sets = channel_sets_of(model)
-        if not sets:
+        every = channel_sets_of(model)
+        if not every:
             raise ValueError("this model has no prunable channels, so DCP cannot prune it; use --method none.")
+        self.frozen_sets = self._frozen_sets(every)
+        sets = self._sets(model)
+        if not sets:
+            raise ValueError(
+                f"every prunable channel set of {type(model).__name__} is frozen (its conv and "
+                f"BN have requires_grad=False: {', '.join(self.frozen_sets[:3])}), so DCP has no "
+                "utility to measure and nothing to prune; unfreeze some layers or train without "
+                "DCP."
+            )
+        self._warn_frozen()
         narrow = min(sets, key=len)
         if self.min_channels > len(narrow):
             raise ValueError(
@@ -158,8 +172,50 @@ class DCP(Method):
                 f"dcp.p = {self.p} would prune {round(total * self.p)} of {total} channels, "
                 f"leaving fewer than min_channels = {self.min_channels} in some layer; lower p."
             )
+        if idle := self._why_idle(sets):
+            warnings.warn(f"DCP will prune nothing: {idle}.", MethodWarning, stacklevel=2)
         self._track(sets)
         self._apply_selection(sets)
+
+    def _frozen_sets(self, sets: list[ChannelSet]) -> list[str]:
+        """Sets DCP leaves alone: those whose conv and BN have no trainable parameter. Their BN
+        output has no gradient when nothing before them trains either, so their utilities would
+        never move from the start and the selection would cut by position, and a frozen layer
+        could not adapt to a cut anyway. On a resume, the sets the first run left out (no
+        utilities saved), whatever `requires_grad` says now (Learn&Drop may have frozen more)."""
+        if self.utilities:
+            return [s.name for s in sets if s.name not in self.utilities]
+        return [s.name for s in sets
+                if not any(p.requires_grad for m in (s.conv, s.bn) for p in m.parameters())]
+
+    def _sets(self, model: nn.Module) -> list[ChannelSet]:
+        """The channel sets DCP selects: every prunable set but the frozen ones."""
+        frozen = set(self.frozen_sets)
+        return [s for s in channel_sets_of(model) if s.name not in frozen]
+
+    def _warn_frozen(self) -> None:
+        if self.frozen_sets and self.frozen_sets != self._warned_frozen:
+            self._warned_frozen = list(self.frozen_sets)
+            names = ", ".join(self.frozen_sets[:5]) + (", …" if len(self.frozen_sets) > 5 else "")
+            warnings.warn(
+                f"DCP leaves {len(self.frozen_sets)} channel set(s) whose conv and BN are frozen "
+                f"(requires_grad=False) at full width, never pruned: {names}.",
+                MethodWarning, stacklevel=3)
+
+    def _why_idle(self, sets: list[ChannelSet]) -> str | None:
+        """Why these settings prune no channel at all, or None."""
+        if self.p == 0:
+            return "dcp.p = 0 switches no channel off; set p > 0 (e.g. 0.5) or train without DCP"
+        total = sum(len(s) for s in sets)
+        if self.selection == "global" and round(total * self.p) == 0:
+            return (f"dcp.p = {self.p} of the {total} prunable channels rounds to 0 channels; "
+                    f"raise p to at least {0.5 / total:.3g}")
+        if self.selection == "layer" and all(
+                max(self.min_channels, len(s) - round(len(s) * self.p)) >= len(s) for s in sets):
+            return (f"with selection = 'layer' every layer keeps all its channels (round(C·p) "
+                    f"is 0 at p = {self.p}, or min_channels = {self.min_channels} keeps them); "
+                    "raise p or lower min_channels")
+        return None
 
     def _track(self, sets: list[ChannelSet]) -> None:
         """Utilities and a saliency observer for every set. Sets can appear mid-training: when
@@ -183,7 +239,7 @@ class DCP(Method):
     @torch.no_grad()
     def after_backward(self, model: nn.Module, progress: Progress) -> None:
         gamma = self.gamma_at(progress.fraction)
-        for s in channel_sets_of(model):
+        for s in self._sets(model):
             saliency = self._saliency.pop(id(s.bn), None)
             if saliency is None:
                 continue
@@ -197,7 +253,7 @@ class DCP(Method):
                 u[kept] = gamma * u[kept] + v[kept]
 
     def step(self, model: nn.Module, progress: Progress) -> Change | None:
-        sets = channel_sets_of(model)
+        sets = self._sets(model)
         self._track(sets)
         if progress.fraction >= self.warmup and self.p > 0:
             utilities = [self.utilities[s.name] for s in sets]
@@ -218,7 +274,7 @@ class DCP(Method):
         return None
 
     def finish(self, model: nn.Module) -> Change | None:
-        sets = channel_sets_of(model)
+        sets = self._sets(model)
         keep = {s.name: k for s in sets if (k := self.kept[s.name]) is not None}
         for s in sets:
             s.bn.observer = None
@@ -269,7 +325,7 @@ class DCP(Method):
     def sync_tensors(self, model: nn.Module) -> list[Tensor]:
         # Saliencies come from this process's activations and gradients; averaged over the
         # processes they are the whole batch's (up to a scale the per-layer max removes).
-        return [s for cs in channel_sets_of(model) if (s := self._saliency.get(id(cs.bn))) is not None]
+        return [s for cs in self._sets(model) if (s := self._saliency.get(id(cs.bn))) is not None]
 
     def cost_key(self, model: nn.Module) -> Any:
         # The computed widths (padding included) set the step's FLOPs.

@@ -25,6 +25,7 @@ Only the paper's abstract is available; the score definitions, rules and default
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -33,10 +34,10 @@ from torch import nn
 
 from ..cost import count_macs
 from ..scores import UNIT_SCORES, UnitScore, continuation, normalize
-from ..structure import Unit, stage_blocks_of, units_of
+from ..structure import Unit, example_shape, stage_blocks_of, units_of
 from ..surgery import Change, drop_units, freeze_units
 from . import register_method
-from .base import Method, Progress
+from .base import Method, MethodWarning, Progress
 
 __all__ = ["LearnDrop", "budget_fraction"]
 
@@ -219,28 +220,44 @@ class LearnDrop(Method):
         self.n_eligible: int | None = None  # eligible units at the start of training
         self._input_shape: tuple[int, int, int] | None = None
         self._flops: int | None = None
+        self._warned_frozen: list[str] | None = None  # the frozen units last warned about
 
     # ------------------------------------------------------------------ hooks
 
     def setup(self, model: nn.Module, progress: Progress) -> None:
         units = units_of(model, self.include_downsampling)
-        if self.n_eligible is None:  # a fresh run (a resumed one has it from load_state_dict)
-            if not units:
-                raise ValueError(
-                    f"this model ({type(model).__name__}) has no droppable unit (no "
-                    "identity-shortcut block, no equal-width stride-1 conv), so Learn&Drop cannot "
-                    "scale it down; use --method none or a model with identity-shortcut blocks / "
-                    "equal-width convs."
-                )
-            self.n_eligible = len(units)
-        elif self.action == "freeze":
+        fresh = self.n_eligible is None  # a resumed run has it from load_state_dict
+        if fresh and not units:
+            raise ValueError(
+                f"this model ({type(model).__name__}) has no droppable unit (no "
+                "identity-shortcut block, no equal-width stride-1 conv), so Learn&Drop cannot "
+                "scale it down; use --method none or a model with identity-shortcut blocks / "
+                "equal-width convs."
+            )
+        if not fresh and self.action == "freeze":
             # Frozen units are still in a resumed model, with requires_grad back on: re-freeze.
             # (Their parameters have no gradient, so the optimizer skips them.)
             for u in units:
                 if u.name in self.dropped:
                     for p in u.module.parameters():
                         p.requires_grad_(False)
+        frozen = [u.name for u in units if u.name not in self.dropped and _all_frozen(u)]
         active = self._active(units)
+        if fresh:
+            if not active:
+                more = ", …" if len(frozen) > 3 else ""
+                raise ValueError(
+                    f"every droppable unit of {type(model).__name__} is frozen "
+                    f"(requires_grad=False: {', '.join(frozen[:3])}{more}), so Learn&Drop has "
+                    "nothing to score or drop; unfreeze some blocks or train without Learn&Drop."
+                )
+            self.n_eligible = len(active)
+        if frozen and frozen != self._warned_frozen:
+            self._warned_frozen = frozen
+            warnings.warn(
+                f"Learn&Drop leaves {len(frozen)} unit(s) whose parameters are all frozen "
+                f"(requires_grad=False) out, never scored nor dropped: {', '.join(frozen[:5])}"
+                f"{', …' if len(frozen) > 5 else ''}.", MethodWarning, stacklevel=2)
         for u in active:
             self.histories.setdefault(u.name, [])
             self.streaks.setdefault(u.name, 0)
@@ -253,10 +270,52 @@ class LearnDrop(Method):
             "units": [u.name for u in active],
             "stages": {u.name: u.stage for u in units},
             "eligible": self.n_eligible,
+            "frozen": frozen,
             "mode": self.mode,
             "tau": self.tau,
             "forward_flops": self._flops,
         })
+        if fresh:
+            idle = self._why_idle(model, active, progress)
+            if idle:
+                warnings.warn(f"Learn&Drop will drop nothing: {idle}.", MethodWarning,
+                              stacklevel=2)
+
+    def _why_idle(self, model: nn.Module, active: list[Unit], progress: Progress) -> str | None:
+        """Why no unit can ever be dropped with these settings on this model, or None."""
+        eligible = self._eligible()
+        live = self._stage_sizes(model)
+        if not any(live[u.stage] > self.min_units_per_stage for u in active):
+            sizes = sorted({live[u.stage] for u in active})
+            return (f"each of its {len(active)} units is in a stage of at most {sizes[-1]} "
+                    f"block(s) and min_units_per_stage = {self.min_units_per_stage} keeps that "
+                    "many, so none can leave (a unit is alone in its stage when the residual is "
+                    "added outside the blocks or the blocks run in a loop); set "
+                    "learndrop.min_units_per_stage lower, e.g. 0")
+        if self.stop <= self.warmup:
+            return (f"learndrop.stop = {self.stop} is not after warmup = {self.warmup} and drops "
+                    "happen only between the two; raise stop or lower warmup")
+        cap = math.floor(self.max_dropped_fraction * eligible + _FLOOR_SLACK)
+        if cap < 1:
+            return (f"learndrop.max_dropped_fraction = {self.max_dropped_fraction} of the "
+                    f"{eligible} eligible units rounds down to 0 units; raise it to at least "
+                    f"{1 / eligible:.3g}")
+        if self.mode == "budget" and math.floor(self.budget_target * eligible + _FLOOR_SLACK) < 1:
+            return (f"learndrop.budget_target = {self.budget_target} of the {eligible} eligible "
+                    f"units rounds down to 0 units; raise it to at least {1 / eligible:.3g}")
+        if not self._checkpoint_in_window(progress):
+            return (f"no checkpoint falls between warmup = {self.warmup} and stop = {self.stop} "
+                    f"of the {progress.total_steps} steps; checkpoint more often (every_steps / "
+                    "every_epochs, or steps_per_epoch in attach) or widen warmup..stop")
+        return None
+
+    def _checkpoint_in_window(self, progress: Progress) -> bool:
+        """Whether some checkpoint step s ≤ total_steps has warmup ≤ s / total_steps < stop."""
+        every = (self.every_steps if self.every_steps > 0
+                 else self.every_epochs * progress.steps_per_epoch)
+        total = progress.total_steps
+        first = max(1, math.ceil(self.warmup * total / every - _FLOOR_SLACK)) * every
+        return first <= total and first / total < self.stop
 
     def after_backward(self, model: nn.Module, progress: Progress) -> None:
         self._scorer.after_backward()
@@ -418,8 +477,10 @@ class LearnDrop(Method):
         return progress.epoch_ended and epoch % self.every_epochs == 0
 
     def _active(self, units: list[Unit]) -> list[Unit]:
+        """Units still in play: not removed, and not frozen by the user (a frozen unit does not
+        move, so its change score would read as settled)."""
         removed = set(self.dropped)
-        return [u for u in units if u.name not in removed]
+        return [u for u in units if u.name not in removed and not _all_frozen(u)]
 
     def _eligible(self) -> int:
         if self.n_eligible is None:
@@ -464,12 +525,18 @@ class LearnDrop(Method):
 
 
 def _input_shape(model: nn.Module) -> tuple[int, int, int] | None:
-    """(C, H, W) of one sample from ``model.arch`` (models from `create_model`), else None."""
-    arch = getattr(model, "arch", None)
-    if not isinstance(arch, dict) or "in_channels" not in arch or "input_size" not in arch:
+    """(C, H, W) of one sample: the example input given to `leantrain.prepare` (a user's model)
+    or ``model.arch`` (models from `create_model`), else None."""
+    shape = example_shape(model)
+    if shape is None or len(shape) != 3:
         return None
-    size = int(arch["input_size"])
-    return (int(arch["in_channels"]), size, size)
+    return (int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+def _all_frozen(unit: Unit) -> bool:
+    """True when the unit has parameters and none of them trains (``requires_grad=False``)."""
+    flags = [p.requires_grad for p in unit.parameters()]
+    return bool(flags) and not any(flags)
 
 
 def _num(x: float) -> float | None:
