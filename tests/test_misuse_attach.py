@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim.optimizer import _global_optimizer_post_hooks
 
 import leantrain
+from test_attach import _Counter  # the step-recording method those tests use
 from leantrain.attach import AttachError, AttachWarning
 from leantrain.methods.base import Method, MethodWarning
 from leantrain.structure import ExampleInputError, StructureError
@@ -56,20 +57,6 @@ def _dropping(**kw) -> leantrain.LearnDrop:
     """Learn&Drop that drops at the first checkpoints it may (tests of what is dropped)."""
     args = dict(tau=1.0, warmup=0.0, stop=1.0, every_steps=2, window=2, min_units_per_stage=0)
     return leantrain.LearnDrop(**{**args, **kw})
-
-
-class _Counter(Method):
-    name = "counter"
-
-    def __init__(self) -> None:
-        self.before: list[int] = []
-        self.after: list[int] = []
-
-    def after_backward(self, model, progress):
-        self.before.append(progress.step)
-
-    def step(self, model, progress):
-        self.after.append(progress.step)
 
 
 # ------------------------------------------------------------------------------ the optimizer
