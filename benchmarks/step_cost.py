@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -95,16 +96,20 @@ def hook_overhead_row(calls: int = 20000, repeats: int = 5) -> dict:
     """Microseconds `attach` adds to one ``optimizer.step()`` (a no-op method, one parameter):
     the hooks' own cost, which the step-time comparison above cannot resolve on a busy machine."""
     def per_call(hooked: bool) -> float:
-        p = torch.nn.Parameter(torch.zeros(1))
-        p.grad = torch.zeros(1)
-        opt = torch.optim.SGD([p], lr=0.0)
         model = torch.nn.Linear(1, 1)
-        if hooked:
-            leantrain.attach(model, opt, leantrain.Method(), calls)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        handle = leantrain.attach(model, opt, leantrain.Method(), calls) if hooked else None
         start = time.perf_counter()
-        for _ in range(calls):
-            opt.step()
-        return (time.perf_counter() - start) / calls
+        with warnings.catch_warnings():  # steps without a backward pass are the point here
+            warnings.simplefilter("ignore")
+            for _ in range(calls):
+                opt.step()
+        elapsed = (time.perf_counter() - start) / calls
+        if handle is not None:
+            handle.detach()
+        return elapsed
 
     plain = min(per_call(False) for _ in range(repeats))
     hooked = min(per_call(True) for _ in range(repeats))

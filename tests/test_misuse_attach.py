@@ -205,6 +205,44 @@ def test_no_method_is_refused_but_fit_still_trains_dense(tiny_cifar) -> None:
     assert result.history[-1]["step"] == 2
 
 
+class _FailingLoader:
+    """A training loader whose second batch raises, as a user's broken data pipeline would."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        for i, batch in enumerate(self.loader.epoch(epoch, start_batch)):
+            if i == 1:
+                raise OSError("disk went away")
+            yield batch
+
+
+def test_a_fit_that_fails_unhooks_the_model_so_fit_can_run_again(tiny_cifar) -> None:
+    from leantrain.config import TrainConfig
+    from leantrain.data.loaders import TensorLoader
+
+    train, test, spec = tiny_cifar
+    train_loader, test_loader = [TensorLoader(s, spec, batch_size=32, train=t, seed=0)
+                                 for s, t in ((train, True), (test, False))]
+    model = leantrain.create_model("test_resnet")
+    opt = _sgd(model.parameters())  # the user's own optimizer, which outlives the failed fit
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    with pytest.raises(OSError, match="disk went away"):
+        leantrain.fit(model, _FailingLoader(train_loader), test_loader, cfg,
+                      [leantrain.LearnDrop()], optimizer=opt, show_progress=False)
+    # without the unhooking, this second attach would be refused as a second owner of the model
+    result = leantrain.fit(model, train_loader, test_loader, cfg, [leantrain.LearnDrop()],
+                           optimizer=opt, show_progress=False)
+    assert result.history[-1]["step"] == 2
+
+
 # ------------------------------------------------------------------------------ example input
 
 

@@ -79,7 +79,7 @@ def captured(monkeypatch) -> list[RunConfig]:
 
     def fake_run(cfg, **kwargs):
         seen.append(cfg)
-        result = SimpleNamespace(test_acc=0.5, times={"train_s": 1.0})
+        result = SimpleNamespace(test_acc=0.5, test_loss=1.0, times={"train_s": 1.0})
         return result, Path("runs/x")
 
     monkeypatch.setattr(leantrain.runner, "run", fake_run)

@@ -5,11 +5,12 @@ parameters have settled, arXiv 2604.23403) and Dynamic Channel Propagation (trai
 highest-utility channels and export a compact model, arXiv 2007.01486).
 """
 
-from .attach import Attached, attach
-from .checkpoint import Checkpointer, load_checkpoint
+from .attach import AttachError, Attached, AttachWarning, attach
+from .checkpoint import CheckpointError, Checkpointer, load_checkpoint
 from .cost import CostMeter, StepCost, count_macs, count_params, measure_step_flops
-from .io import load_model, save_model
+from .io import ModelFileError, load_model, save_model
 from .methods import METHODS, Method, Progress
+from .methods.base import MethodWarning
 from .methods.dcp import DCP
 from .methods.freezeout import FreezeOut
 from .methods.learndrop import LearnDrop
@@ -17,11 +18,11 @@ from .methods.stochastic_depth import StochasticDepth
 from .methods.tp_prune import TPPrune
 from .registry import create_model, list_models
 from .structure import (
-    ChannelSet, Excluded, Structure, StructureError, Unit, channel_sets_of, prepare, structure_of,
-    units_of,
+    ChannelSet, ExampleInputError, Excluded, Structure, StructureError, Unit, channel_sets_of,
+    prepare, structure_of, units_of,
 )
 from .surgery import Change, drop_units, freeze_units, prune_channels, remap_optimizer
-from .train import Result, evaluate, fit, lr_at
+from .train import Result, TrainingDiverged, evaluate, fit, lr_at
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,9 @@ __all__ = [
     "Attached", "attach", "Checkpointer", "DCP", "FreezeOut", "LearnDrop", "StochasticDepth", "TPPrune", "METHODS",
     "Change", "ChannelSet", "CostMeter", "Excluded", "Method", "Progress", "Structure",
     "StructureError", "prepare", "structure_of",
+    # what a caller catches: bad input (errors) and settings that cannot do what they ask (warnings)
+    "AttachError", "AttachWarning", "CheckpointError", "ExampleInputError", "MethodWarning",
+    "ModelFileError", "TrainingDiverged",
     "Result", "StepCost", "Unit", "channel_sets_of", "count_macs", "count_params",
     "create_model", "drop_units", "evaluate", "fit", "freeze_units", "list_models",
     "load_checkpoint", "load_model",

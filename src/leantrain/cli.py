@@ -50,12 +50,7 @@ def _train(args: argparse.Namespace) -> int:
     from .config_flags import config_from_args
     from .runner import finished_summary, run
 
-    try:
-        cfg = config_from_args(args)
-    except UnicodeDecodeError:  # tomllib reads text: a binary or non-UTF-8 file fails to decode
-        raise ValueError(
-            f"config file {args.config} is not UTF-8 text, so it cannot be TOML; save it as UTF-8."
-        ) from None
+    cfg = config_from_args(args)
     if args.resume and args.resume_from:
         raise ValueError(
             "--resume continues this run's own checkpoint and --resume-from another's; give one."
@@ -251,6 +246,7 @@ def _inspect(args: argparse.Namespace) -> int:
         )
     else:
         model = create_model(args.model, num_classes=args.num_classes, in_channels=c, input_size=h)
+    _check_input(model, (c, h, h))  # before tracing, whose shape pass would print torch's traceback
     structure = prepare(model, (c, h, h))
     if args.widths:
         print(f"widths = {[len(s) for s in structure.channel_sets]}")

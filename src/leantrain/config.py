@@ -463,6 +463,8 @@ def from_dict(
             method_args[name] = check_fields(registry[name], args, name, source)
     cfg = RunConfig(**kwargs, method_args=method_args)
     cfg.train.validate()
+    if cfg.seed < 0:  # numpy's seeding would refuse it deep inside the data loading
+        raise ConfigError(f"seed {cfg.seed} is negative; seeds are whole numbers ≥ 0 (--seed N).")
     if cfg.checkpoint_every < 0:
         raise ConfigError(
             "checkpoint_every must be a whole number of steps ≥ 0 (0: epoch ends only)."
@@ -482,3 +484,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML ({e}); fix the syntax.") from e
+    except UnicodeDecodeError:  # tomllib reads text: a binary or non-UTF-8 file fails to decode
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text, so it cannot be TOML; save it as UTF-8."
+        ) from None

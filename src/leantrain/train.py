@@ -310,79 +310,87 @@ def fit(
     # now (a static cut before step one), after_backward and step around every opt.step().
     handle = attach(model, opt, methods, total, steps_per_epoch=steps_per_epoch,
                     start_step=state.step, on_change=changed, lap=clock, allow_empty=True)
-    world = distributed.world_size()
-    # Under torchrun the forward goes through DDP, rebuilt after every cut.
-    net = distributed.ShrinkingDDP(model) if world > 1 else model
-    if ckpt is not None:
-        for m in methods:
-            m.events()  # setup events of a resume repeat those the log already has
-        state.events.append({"kind": "resume", "step": state.step, "epoch": state.epoch})
-        log("event", state.events[-1])
-    current: StepCost = cost.recount(model)
-    step_costs = {_cost_key(methods, model, state.version): current}
-    bar = tqdm(total=total, initial=state.step, disable=not show_progress, unit="step", leave=False)
-    unconfirmed = False  # a checkpoint was just written; the next step's loss tests its state
-    for epoch in range(state.epoch, cfg.run_epochs):
-        model.train()
-        if state.batch == 0 or state.loss_sum is None:
-            state.loss_sum = torch.zeros((), device=device)
-        for x, y in train_loader.epoch(epoch, start_batch=state.batch):
-            progress = Progress(state.step, total, steps_per_epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(progress.fraction, cfg)
-            with clock("train"):
-                with activations.step():
-                    loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()  # the hooks: after_backward and the update ("train"), decisions ("surgery")
-            cost.add(len(x) * world, current)  # the whole job's images (each process has 1/world)
-            state.step = handle.step
-            state.batch += 1
-            key = _cost_key(methods, model, state.version)
-            if key not in step_costs:  # the live network changed: recount (not timed as training)
-                step_costs[key] = cost.recount(model)
-            current = step_costs[key]
-            _drain_events(methods, state, epoch, log)
-            state.loss_sum += loss.detach()
-            if state.first_loss is None:  # the scale of the divergence bound (one sync per run)
-                state.first_loss = loss.item()
-            elif unconfirmed:  # one sync per checkpoint: the loss of the state it saved
-                unconfirmed = False
-                # Non-finite images make any state's loss NaN: that is the data's fault, caught
-                # by the running-loss check, and no reason to withdraw a good checkpoint.
-                if bool(torch.isfinite(x).all()):
-                    _confirm_checkpoint(loss.item(), state, epoch, checkpointer)
-            bar.update(1)
-            if state.step % 20 == 0 or state.step == total:
-                mean = _check_loss(state, epoch, checkpointer)
-                bar.set_postfix(loss=f"{mean:.3f}", epoch=epoch + 1)
-            # Mid-epoch checkpoints only: the epoch's last step is checkpointed after its eval.
-            if checkpointer and state.batch < steps_per_epoch and checkpointer.due(state.step):
+    try:
+        world = distributed.world_size()
+        # Under torchrun the forward goes through DDP, rebuilt after every cut.
+        net = distributed.ShrinkingDDP(model) if world > 1 else model
+        if ckpt is not None:
+            for m in methods:
+                m.events()  # setup events of a resume repeat those the log already has
+            state.events.append({"kind": "resume", "step": state.step, "epoch": state.epoch})
+            log("event", state.events[-1])
+        current: StepCost = cost.recount(model)
+        step_costs = {_cost_key(methods, model, state.version): current}
+        bar = tqdm(total=total, initial=state.step, disable=not show_progress, unit="step",
+                   leave=False)
+        unconfirmed = False  # a checkpoint was just written; the next step's loss tests its state
+        for epoch in range(state.epoch, cfg.run_epochs):
+            model.train()
+            if state.batch == 0 or state.loss_sum is None:
+                state.loss_sum = torch.zeros((), device=device)
+            for x, y in train_loader.epoch(epoch, start_batch=state.batch):
+                progress = Progress(state.step, total, steps_per_epoch)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(progress.fraction, cfg)
+                with clock("train"):
+                    with activations.step():
+                        loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                # The hooks: after_backward and the update ("train"), decisions ("surgery").
+                opt.step()
+                # The whole job's images (each process has 1/world of them).
+                cost.add(len(x) * world, current)
+                state.step = handle.step
+                state.batch += 1
+                key = _cost_key(methods, model, state.version)
+                # The live network changed: recount (not timed as training).
+                if key not in step_costs:
+                    step_costs[key] = cost.recount(model)
+                current = step_costs[key]
+                _drain_events(methods, state, epoch, log)
+                state.loss_sum += loss.detach()
+                if state.first_loss is None:  # the scale of the divergence bound (one sync per run)
+                    state.first_loss = loss.item()
+                elif unconfirmed:  # one sync per checkpoint: the loss of the state it saved
+                    unconfirmed = False
+                    # Non-finite images make any state's loss NaN: that is the data's fault, caught
+                    # by the running-loss check, and no reason to withdraw a good checkpoint.
+                    if bool(torch.isfinite(x).all()):
+                        _confirm_checkpoint(loss.item(), state, epoch, checkpointer)
+                bar.update(1)
+                if state.step % 20 == 0 or state.step == total:
+                    mean = _check_loss(state, epoch, checkpointer)
+                    bar.set_postfix(loss=f"{mean:.3f}", epoch=epoch + 1)
+                # Mid-epoch checkpoints only: the epoch's last step is checkpointed after its eval.
+                if checkpointer and state.batch < steps_per_epoch and checkpointer.due(state.step):
+                    with clock("checkpoint"):
+                        unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state,
+                                                       clock, cost, cfg, total, steps_per_epoch)
+            train_loss = _check_loss(state, epoch, checkpointer)
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.run_epochs:
+                with clock("eval"):
+                    test_loss, test_acc = evaluate(model, test_loader)
+                row = {
+                    "epoch": epoch + 1, "step": state.step, "lr": lr_at(state.step / total, cfg),
+                    "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
+                    **clock.totals(), **cost.totals(), "params": count_params(model),
+                    **(epoch_extra() if epoch_extra is not None else {}),
+                }
+                state.history.append(row)
+                log("epoch", row)
+                bar.write(
+                    f"epoch {epoch + 1:3d}/{cfg.run_epochs}  loss {train_loss:.4f}  test acc "
+                    f"{100 * test_acc:.2f}%  train {row['train_s']:.1f}s"
+                ) if show_progress else None
+            state.epoch, state.batch, state.loss_sum = epoch + 1, 0, None
+            if checkpointer is not None:
                 with clock("checkpoint"):
-                    unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state,
-                                                   clock, cost, cfg, total, steps_per_epoch)
-        train_loss = _check_loss(state, epoch, checkpointer)
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.run_epochs:
-            with clock("eval"):
-                test_loss, test_acc = evaluate(model, test_loader)
-            row = {
-                "epoch": epoch + 1, "step": state.step, "lr": lr_at(state.step / total, cfg),
-                "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
-                **clock.totals(), **cost.totals(), "params": count_params(model),
-                **(epoch_extra() if epoch_extra is not None else {}),
-            }
-            state.history.append(row)
-            log("epoch", row)
-            bar.write(
-                f"epoch {epoch + 1:3d}/{cfg.run_epochs}  loss {train_loss:.4f}  test acc "
-                f"{100 * test_acc:.2f}%  train {row['train_s']:.1f}s"
-            ) if show_progress else None
-        state.epoch, state.batch, state.loss_sum = epoch + 1, 0, None
-        if checkpointer is not None:
-            with clock("checkpoint"):
-                unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state, clock,
-                                               cost, cfg, total, steps_per_epoch)
+                    unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state, clock,
+                                                   cost, cfg, total, steps_per_epoch)
+    except BaseException:  # a failed fit leaves the user's optimizer unhooked, to attach again
+        handle.detach()
+        raise
     bar.close()
     final = dict(state.history[-1])
     with clock("surgery"):
