@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # headless, as in leantrain.plots: reports are made on se
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from ..plots import save_figure  # noqa: E402
+from .frontier import Frontier, build_frontiers  # noqa: E402
 from .summary import Summary  # noqa: E402
 
 __all__ = ["plot_pareto", "plot_flops_curves", "slug"]
@@ -39,9 +40,12 @@ def plot_pareto(summaries: list[Summary], out_dir: str | Path) -> list[Path]:
 
     Time is each method's ratio to dense's on the same machine (`Summary.time_ratio`, quiet rows
     only), the one time quantity that stays comparable when a suite's runs landed on different
-    machines; a method without one is left off that panel.
+    machines; a method without one is left off that panel. Where the suite measured a dense
+    frontier (`leantrain.harness.frontier`), its envelope is the dashed line, and the other
+    networks on it are grey squares.
     """
     written = []
+    frontiers = build_frontiers(summaries)
     for (suite, dataset, model), group in _by_model(summaries).items():
         fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True)
         # tab20: a suite compares up to 20 methods per model; the default cycle repeats after 10
@@ -57,6 +61,10 @@ def plot_pareto(summaries: list[Summary], out_dir: str | Path) -> list[Path]:
                 ax.errorbar([x], [y], yerr=[yerr], fmt=marker, capsize=3, label=s.label,
                             color=colours[i % len(colours)])
                 ax.annotate(s.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for frontier in frontiers.values():
+            if (frontier.reference.suite, frontier.reference.dataset,
+                    frontier.reference.model) == (suite, dataset, model):
+                _draw_frontier(axes, frontier)
         axes[0].set(xlabel="training time ÷ dense's on the same machine (train + surgery)",
                     ylabel="test top-1 (%)")
         axes[1].set(xlabel="training TFLOPs (forward + backward, integrated)")
@@ -69,6 +77,25 @@ def plot_pareto(summaries: list[Summary], out_dir: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _draw_frontier(axes: Any, frontier: Frontier) -> None:
+    """The envelope on both panels (dashed), and the other networks' dense points (grey)."""
+    model = frontier.reference.model
+    for ax, axis in ((axes[0], "time"), (axes[1], "flops")):
+        envelope = frontier.envelope(axis)
+        if len(envelope) > 1:
+            ax.plot([p.x(axis) for p in envelope], [p.acc for p in envelope], "--",
+                    color="0.45", linewidth=1.2, zorder=0,
+                    label="dense frontier" if axis == "flops" else None)
+        for p in frontier.points:
+            x = p.x(axis)
+            if p.summary.model == model or x is None or p.acc is None:
+                continue  # this model's own dense rows are drawn with the methods
+            ax.errorbar([x], [p.acc], yerr=[p.std], fmt="s", capsize=3, color="0.55",
+                        label=p.name(model) if axis == "flops" else None)
+            ax.annotate(p.name(model), (x, p.acc), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color="0.35")
 
 
 def _flops_curve(row: dict[str, Any]) -> tuple[list[int], list[float]]:

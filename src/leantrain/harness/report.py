@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_atomic
+from ..config import TrainConfig
 from ..env import hardware_name
 from ..machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE
+from .frontier import Frontier, build_frontiers, frontier_of
 from .pace import pace_table
 from .plots import plot_flops_curves, plot_pareto, slug
 from .rows import (
@@ -102,8 +104,29 @@ def _pct(value: float | None) -> str:
     return _fmt(None if value is None else 100 * value, ".1f", "%")
 
 
+def _frontier_cell(s: Summary, frontiers: dict[Any, Frontier], both: bool) -> str:
+    """Top-1 points above (+) or below (−) the dense frontier at the row's own time, and with
+    `both` at its own training FLOPs; "·" for the frontier's own dense rows."""
+    frontier = frontier_of(s, frontiers)
+    if frontier is None:
+        return "–"
+    if s.method == "none":
+        return "·"
+    cells = []
+    for axis in ("time", "flops") if both else ("time",):
+        distance = frontier.distance(s, axis)
+        if distance is not None:
+            cells.append(f"{distance:+.2f}")
+        elif (s.time_ratio if axis == "time" else s.mean("train_flops")) is not None:
+            cells.append("faster than all" if axis == "time" else "cheaper than all")
+        else:
+            cells.append("–")
+    return " / ".join(cells)
+
+
 def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
     """A Markdown table of `summaries`; ``headline`` keeps the README's columns only."""
+    frontiers = build_frontiers(summaries)
     cols = [
         "Data set",
         "Model",
@@ -114,6 +137,9 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
         "Train FLOPs cut",
         "Final MACs cut",
     ]
+    if frontiers:  # top-1 vs dense trained for the same time or FLOPs (`harness.frontier`)
+        cols.append("vs dense frontier, same time" if headline
+                    else "vs dense frontier, same time / same FLOPs")
     cuda = not headline and any(s.mean("cuda_max_allocated_mb") is not None for s in summaries)
     if not headline:
         cols.insert(6, "Fwd FLOPs cut (R_cum)")
@@ -143,6 +169,8 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
             _pct(s.mean("r_train")),
             _pct(s.mean("r_final")),
         ]
+        if frontiers:
+            cells.append(_frontier_cell(s, frontiers, both=not headline))
         if not headline:
             cells.insert(6, _pct(s.mean("r_cum")))
             train_flops = s.mean("train_flops")
@@ -161,6 +189,31 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
             f"({letter}) {hw}" for hw, letter in letters.items()
         ) + ". Each run's time is divided by dense's on its own machine; the speed-up is the "
             "inverse of the mean of those ratios."]
+    return "\n".join(lines)
+
+
+def frontier_table(frontier: Frontier) -> str:
+    """The dense points a model's methods are judged against: each network and budget, its
+    accuracy, time and FLOPs, and whether it lies on the envelope (★ time, ◆ FLOPs)."""
+    ref = frontier.reference
+    on_time = {id(p) for p in frontier.envelope("time")}
+    on_flops = {id(p) for p in frontier.envelope("flops")}
+    lines = [
+        "| Dense run | Epochs | Schedule | Top-1 % (mean ± std, n) | Time ÷ "
+        f"{ref.model} dense | Train TFLOPs | On the frontier |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for p in sorted(frontier.points, key=lambda p: (p.time_ratio is None, p.time_ratio or 0.0,
+                                                    p.tflops or 0.0)):
+        train = p.summary.rows[0].get("config", {}).get("train", {})
+        epochs = TrainConfig(epochs=int(train.get("epochs", 1)),
+                             budget=float(train.get("budget", 1.0))).run_epochs
+        marks = ("★" if id(p) in on_time else "") + ("◆" if id(p) in on_flops else "")
+        lines.append(
+            f"| {p.name(ref.model)} | {epochs} | {train.get('schedule', '–')} | "
+            f"{_acc(p.summary)} | {_fmt(p.time_ratio, '.2f', '×')} | "
+            f"{_fmt(p.tflops, '.1f')} | {marks or '–'} |"
+        )
     return "\n".join(lines)
 
 
@@ -387,6 +440,20 @@ def write_report(
                 markdown_table(mine),
                 "",
             ]
+            for frontier in build_frontiers(mine).values():
+                ref = frontier.reference
+                parts += [
+                    f"Dense frontier of {ref.model} on {ref.dataset} "
+                    "(`leantrain.harness.frontier`): every dense run of this suite on the same "
+                    "data and training recipe, shorter (`budget`: fewer epochs, the schedule "
+                    "compressed into them) or another network. A method's *vs dense frontier* "
+                    "is its top-1 minus the frontier's at its own time (or training FLOPs), "
+                    "linear between the envelope's points (★ on time, ◆ on FLOPs); a method "
+                    "faster than every point is not placed.",
+                    "",
+                    frontier_table(frontier),
+                    "",
+                ]
             if pace := pace_table(mine):
                 parts += [
                     "Pace check (`leantrain.harness.pace`): a run's epochs that did exactly "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 
+from .frontier import Frontier, build_frontiers, frontier_of
 from .pace import drift_sentence
 from .summary import Summary
 from .targets import (
@@ -134,6 +135,23 @@ def _time_and_flops(s: Summary, why_flops: str = "") -> str:
     return text
 
 
+def _frontier_clause(s: Summary, frontier: Frontier | None) -> str:
+    """Where `s` lands against dense trained for the same time (`leantrain.harness.frontier`)."""
+    if frontier is None or s.time_ratio is None:
+        return ""
+    distance = frontier.distance(s, "time")
+    if distance is None:
+        span = frontier.span("time")
+        fastest = f" (the fastest ran at {span[0]:.2f}×)" if span else ""
+        return (f"It trained faster than every dense run of the frontier{fastest}, so the "
+                "frontier cannot place it.")
+    at = frontier.accuracy_at("time", s.time_ratio)
+    side = "above" if distance >= 0 else "below"
+    return (f"Dense trained for the same {s.time_ratio:.2f}× of the time (fewer epochs, or a "
+            f"smaller network) reaches {at:.2f}%: this run lies {abs(distance):.2f} points "
+            f"{side} the dense frontier.")
+
+
 def _dense_sentence(s: Summary) -> str:
     acc, std = s.mean("acc"), s.std("acc")
     epochs = s.rows[0].get("config", {}).get("train", {}).get("epochs")
@@ -145,7 +163,8 @@ def _dense_sentence(s: Summary) -> str:
     return text + "."
 
 
-def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
+def _learndrop_sentence(s: Summary, checks: dict[str, Check],
+                        frontier: Frontier | None = None) -> str:
     ratio = s.time_ratio
     drop = s.accuracy_drop
     family = ld_family(s.model)
@@ -179,6 +198,7 @@ def _learndrop_sentence(s: Summary, checks: dict[str, Check]) -> str:
             why += (f"; halving the time needs a ≥ {_pct(1 - most)} cut in training "
                     "FLOPs over the whole run, so the removals came too late or were too few")
         parts.append(why[0].upper() + why[1:] + ".")
+    parts.append(_frontier_clause(s, frontier))
     return " ".join(p for p in parts if p)
 
 
@@ -195,7 +215,7 @@ def _control_sentence(s: Summary, control: Summary) -> str:
 
 
 def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None,
-                  control: Summary | None = None) -> str:
+                  control: Summary | None = None, frontier: Frontier | None = None) -> str:
     args = s.args("dcp")
     p = float(args.get("p", 0.3))
     ratio = s.time_ratio
@@ -232,10 +252,12 @@ def _dcp_sentence(s: Summary, checks: dict[str, Check], bound: Summary | None,
                      f"{bound.time_ratio:.2f}× dense time"
                      + (f" at {-b_drop:+.2f} points" if b_drop is not None else "")
                      + ": about the fastest a selection at this p can train here.")
-    return " ".join(parts)
+    if mode == "slice":
+        parts.append(_frontier_clause(s, frontier))
+    return " ".join(p for p in parts if p)
 
 
-def _other_sentence(s: Summary) -> str:
+def _other_sentence(s: Summary, frontier: Frontier | None = None) -> str:
     ratio = s.time_ratio
     drop = s.accuracy_drop
     bits = [f"**{s.label}** on {s.model} ({_seeds(s)}):"]
@@ -246,7 +268,10 @@ def _other_sentence(s: Summary) -> str:
     r_train, r_final = s.mean("r_train"), s.mean("r_final")
     if r_train is not None and r_final is not None:
         bits.append(f"training FLOPs −{_pct(r_train)}, final network −{_pct(r_final)} FLOPs.")
-    return " ".join(bits).rstrip(",") + ("" if bits[-1].endswith(".") else ".")
+    text = " ".join(bits).rstrip(",") + ("" if bits[-1].endswith(".") else ".")
+    if s.method != "none":  # dense at a budget is a point of the frontier, not judged by it
+        text = " ".join(filter(None, (text, _frontier_clause(s, frontier))))
+    return text
 
 
 def _static_bound(s: Summary, summaries: list[Summary]) -> Summary | None:
@@ -267,6 +292,8 @@ _KEYS = {
     ("DCP", COLUMNS["DCP"][0]): "flops",
     ("DCP", COLUMNS["DCP"][1]): "acc",
     ("DCP", COLUMNS["DCP"][2]): "time",
+    ("Learn&Drop", COLUMNS["Learn&Drop"][3]): "frontier",
+    ("DCP", COLUMNS["DCP"][7]): "frontier",
 }
 
 
@@ -283,18 +310,20 @@ def story(summaries: list[Summary]) -> list[str]:
     then what each method measured, its verdicts and the numbers that explain them."""
     by_run = _checks_by_run(check_targets(summaries))
     controls = width_controls(summaries)
+    frontiers = build_frontiers(summaries)
     lines = []
     for s in summaries:
-        where = s.where
+        where, frontier = s.where, frontier_of(s, frontiers)
         if s.dense is s:
             text = _dense_sentence(s)
         elif s.method == "learndrop":
-            text = _learndrop_sentence(s, by_run.get(where, {}))
+            text = _learndrop_sentence(s, by_run.get(where, {}), frontier)
         elif s.method == "dcp":
             control, _ = controls_of(s, controls)
-            text = _dcp_sentence(s, by_run.get(where, {}), _static_bound(s, summaries), control)
+            text = _dcp_sentence(s, by_run.get(where, {}), _static_bound(s, summaries), control,
+                                 frontier)
         else:
-            text = _other_sentence(s)
+            text = _other_sentence(s, frontier)
         lines.append(f"- {text}")
     if drift := drift_sentence(summaries):  # what part of the time ratios is the machine's
         lines.append(f"- {drift}")
@@ -309,6 +338,27 @@ def _brief(s: Summary) -> str:
             f"{-s.accuracy_drop:+.2f} points")
 
 
+def _frontier_verdicts(timed: list[Summary], frontier: Frontier | None) -> str:
+    """Which of the faster-than-dense runs beat dense trained for the same time."""
+    faster = [s for s in timed if s.time_ratio < 1]
+    if frontier is None:
+        return ("No dense frontier was measured here (dense for fewer epochs, or a smaller "
+                "network), so these times are not judged against simply training dense for "
+                "less time.")
+    placed = [(s, d) for s in faster if (d := frontier.distance(s, "time")) is not None]
+    above = [f"`{s.label}` {d:+.2f}" for s, d in placed if d >= 0]
+    below = [f"`{s.label}` {d:+.2f}" for s, d in placed if d < 0]
+    unplaced = [f"`{s.label}`" for s in faster if all(s is not t for t, _ in placed)]
+    bits = ["Against dense trained for the same time (the dense frontier; points of top-1):"]
+    bits.append(f"above it {', '.join(above)};" if above else "none lies above it;")
+    if below:
+        bits.append(f"below it {', '.join(below)}.")
+    if unplaced:
+        bits.append(f"Faster than every dense run of the frontier, not placed: "
+                    f"{', '.join(unplaced)}.")
+    return " ".join(bits).rstrip(";") + ("" if bits[-1].endswith(".") else ".")
+
+
 def headline(summaries: list[Summary]) -> list[str]:
     """The story in one bullet per (data set, model) of one suite: which methods halved the
     training time (the Learn&Drop paper's claim), the fastest one and its accuracy, the fastest
@@ -318,6 +368,7 @@ def headline(summaries: list[Summary]) -> list[str]:
     for s in summaries:
         if s.method != "none" and s.dense is not None:
             groups.setdefault((s.dataset, s.model), []).append(s)
+    frontiers = build_frontiers(summaries)
     lines = []
     for (dataset, model), runs in groups.items():
         timed = sorted((s for s in runs
@@ -357,5 +408,7 @@ def headline(summaries: list[Summary]) -> list[str]:
                          + "; ".join(map(_brief, held)) + ".")
         else:
             parts.append(f"None stayed within {HELD_POINTS:g} point of dense accuracy.")
+        # No speed-up without the frontier: dense trained for the same time is the bar.
+        parts.append(_frontier_verdicts(timed, frontier_of(timed[0], frontiers)))
         lines.append("- " + " ".join(parts))
     return lines

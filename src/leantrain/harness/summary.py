@@ -90,17 +90,24 @@ class Summary:
                 out.setdefault(machine_key(r.get("env", {})), []).append(v)
         return out
 
-    def time_ratio_of(self, row: Row) -> float | None:
-        """`row`'s training time / the mean quiet dense time on its machine (same file, data
-        set, model and recipe); None for a time taken while other work shared the cores, or on
-        a machine dense never ran on."""
-        if self.dense is None or is_quiet(row.get("machine")) is False:
+    def time_ratio_of(self, row: Row, dense: Summary | None = None) -> float | None:
+        """`row`'s training time / the mean quiet time of `dense` (default: this row's own dense
+        baseline, same file, data set, model and recipe) on its machine; None for a time taken
+        while other work shared the cores, or on a machine dense never ran on."""
+        dense = self.dense if dense is None else dense
+        if dense is None or is_quiet(row.get("machine")) is False:
             return None
-        dense = self.dense.quiet_times().get(machine_key(row.get("env", {})))
+        times = dense.quiet_times().get(machine_key(row.get("env", {})))
         time = row_value(row, "time_s")
-        if not dense or time is None or (mean := statistics.fmean(dense)) <= 0:
+        if not times or time is None or (mean := statistics.fmean(times)) <= 0:
             return None
         return time / mean
+
+    def time_ratio_against(self, dense: Summary | None = None) -> float | None:
+        """The mean of `time_ratio_of` over the rows that have one; against another model's
+        dense (a smaller network on the dense frontier) when `dense` is given."""
+        ratios = [r for row in self.rows if (r := self.time_ratio_of(row, dense)) is not None]
+        return statistics.fmean(ratios) if ratios else None
 
     @property
     def time_ratios(self) -> list[float]:
@@ -111,8 +118,7 @@ class Summary:
     def time_ratio(self) -> float | None:
         """Training time as a multiple of dense's: the mean of `time_ratios` (on one machine,
         this row's mean quiet time / dense's)."""
-        ratios = self.time_ratios
-        return statistics.fmean(ratios) if ratios else None
+        return self.time_ratio_against()
 
     @property
     def speedup(self) -> float | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
 
+from .frontier import Frontier, build_frontiers, frontier_of
 from .summary import Summary
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Targets",
     "check_targets",
     "controls_of",
+    "frontier_check",
     "ld_family",
     "load_targets",
     "targets_tables",
@@ -45,6 +47,8 @@ class Targets:
     dcp_authors: Mapping[str, tuple[float, float]]  # model → (the authors' p, FLOPs cut in %)
     dcp_max_drop: float  # top-1 points vs our dense baseline
     dcp_max_time_ratio: float  # sliced DCP at p = 0.5: time / dense time
+    ld_min_frontier_margin: float  # Learn&Drop: top-1 points above the dense frontier
+    dcp_min_frontier_margin: float  # DCP: top-1 points above the dense frontier
     min_time_per_flops_saving: float  # time saving / training-FLOPs saving
     min_judged_flops_saving: float  # smaller training-FLOPs cuts: their time share is not judged
     recipe_bars: Mapping[tuple[str, str, str], float]  # (suite, data set, model) → dense top-1 %
@@ -69,6 +73,8 @@ def load_targets(text: str | None = None) -> Targets:
         }),
         dcp_max_drop=float(dcp["max_drop"]),
         dcp_max_time_ratio=float(dcp["max_time_ratio"]),
+        ld_min_frontier_margin=float(data["frontier"]["ld_min_margin"]),
+        dcp_min_frontier_margin=float(data["frontier"]["dcp_min_margin"]),
         min_time_per_flops_saving=float(share["min_per_flops_saving"]),
         min_judged_flops_saving=float(share["min_judged_flops_saving"]),
         recipe_bars=MappingProxyType({
@@ -91,6 +97,7 @@ COLUMNS = {
         (f"Accuracy drop (≤ {TARGETS.ld_max_drop['vgg']} VGG, "
          f"≤ {TARGETS.ld_max_drop['resnet']} ResNet)"),
         f"Time saving / train-FLOPs saving (≥ {TARGETS.min_time_per_flops_saving}×)",
+        f"vs dense frontier at its time (≥ {TARGETS.ld_min_frontier_margin:+g} points)",
     ],
     "DCP": [
         "Compact FLOPs cut (≥ authors' at their p)",
@@ -100,6 +107,7 @@ COLUMNS = {
         "Sliced − masked accuracy (within 2σ)",
         "Control: its widths from scratch, drop",
         "Bound: static net at its computed widths, time",
+        f"vs dense frontier at its time (≥ {TARGETS.dcp_min_frontier_margin:+g} points)",
     ],
 }
 
@@ -131,7 +139,22 @@ def ld_family(model: str) -> str:
     return "resnet" if model.startswith("resnet") else "vgg"
 
 
-def _learndrop(s: Summary) -> list[Check]:
+def frontier_check(s: Summary, frontier: Frontier | None, method: str, column: str,
+                   margin: float) -> Check | None:
+    """`s` against the dense frontier at its own time: met when its top-1 is at least `margin`
+    points above; not judged on one seed, nor faster than the frontier's fastest point."""
+    if frontier is None or s.time_ratio is None:
+        return None
+    distance = frontier.distance(s, "time")
+    if distance is None:
+        fastest = frontier.span("time")
+        where = f"faster than its fastest point ({fastest[0]:.2f}×)" if fastest else "no points"
+        return Check(method, column, s.where, f"– at {s.time_ratio:.2f}×: {where}", None, s.n)
+    met = distance >= margin if s.n >= 2 else None
+    return Check(method, column, s.where, f"{distance:+.2f} at {s.time_ratio:.2f}×", met, s.n)
+
+
+def _learndrop(s: Summary, frontier: Frontier | None = None) -> list[Check]:
     cols, where, out = COLUMNS["Learn&Drop"], s.where, []
     family = ld_family(s.model)
     ratio = s.time_ratio
@@ -150,6 +173,9 @@ def _learndrop(s: Summary) -> list[Check]:
         met = None if share is None else share >= TARGETS.min_time_per_flops_saving
         out.append(Check("Learn&Drop", cols[2], where,
                          savings if share is None else f"{savings} = {share:.2f}×", met, s.n))
+    if (check := frontier_check(s, frontier, "Learn&Drop", cols[3],
+                                TARGETS.ld_min_frontier_margin)) is not None:
+        out.append(check)
     return out
 
 
@@ -157,6 +183,7 @@ def _dcp(
     s: Summary,
     masked: dict[tuple[str, str, str, str], Summary],
     controls: list[Summary],
+    frontier: Frontier | None = None,
 ) -> list[Check]:
     cols, where, out = COLUMNS["DCP"], s.where, []
     args = s.args("dcp")
@@ -193,6 +220,9 @@ def _dcp(
         out.append(Check("DCP", cols[5], where, f"{drop:+.2f}", None, scratch.n))
     if bound is not None and bound.time_ratio is not None:
         out.append(Check("DCP", cols[6], where, f"{bound.time_ratio:.2f}×", None, bound.n))
+    if (check := frontier_check(s, frontier, "DCP", cols[7],
+                                TARGETS.dcp_min_frontier_margin)) is not None:
+        out.append(check)
     return out
 
 
@@ -232,12 +262,13 @@ def check_targets(summaries: list[Summary]) -> list[Check]:
         if s.method == "dcp" and s.args("dcp").get("mode") == "mask"
     }
     controls = width_controls(summaries)
+    frontiers = build_frontiers(summaries)
     out: list[Check] = []
     for s in summaries:
         if s.method == "learndrop" and s.suite in TARGETS.ld_suites:
-            out += _learndrop(s)
+            out += _learndrop(s, frontier_of(s, frontiers))
         elif s.method == "dcp":
-            out += _dcp(s, masked, controls)
+            out += _dcp(s, masked, controls, frontier_of(s, frontiers))
     return out
 
 

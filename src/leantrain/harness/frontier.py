@@ -1,0 +1,139 @@
+"""The dense time–accuracy frontier: what a user gets by simply training dense for less.
+
+A user who wants training to take 0.6× as long can train the same network densely for 0.6× of
+the epochs with the learning-rate schedule compressed into them (`TrainConfig.budget`), or train
+a smaller network. Li, Yumer & Ramanan ("Budgeted Training", ICLR 2020, arXiv 1905.04753) and
+Kaddour et al. ("No Train No Gain", NeurIPS 2023, arXiv 2307.06440) found such budgeted dense
+runs to be a baseline that earlier speed-up methods failed to beat; Composer's
+`scale_schedule_ratio` baselines draw the same curve. A speed-up is worth having only where it
+lands above it.
+
+The frontier of a model is drawn from every dense row of its suite on the same data set and
+training recipe: this model at every budget and every other model (a smaller network, or a
+larger one), each row's time divided by this model's full-length dense time on the row's own
+machine (`Summary.time_ratio_against`) and, on a second axis, training FLOPs, which do not
+drift between machines. Its accuracy at a time (or FLOPs) is the upper envelope of those points:
+linear between two envelope points, the best accuracy beyond the slowest (a user can always
+stop), and unknown faster than the fastest point, where a method is not judged.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Literal
+
+from .bench import recipe_digest
+from .summary import Summary
+
+__all__ = ["Axis", "Frontier", "Point", "build_frontiers", "frontier_of"]
+
+Axis = Literal["time", "flops"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One dense row of the frontier: a network at one budget, aggregated over its seeds."""
+
+    summary: Summary
+    time_ratio: float | None  # its time ÷ the frontier's reference dense time, same machine
+    tflops: float | None  # training TFLOPs (forward + backward, integrated)
+
+    @property
+    def acc(self) -> float | None:
+        return self.summary.mean("acc")
+
+    @property
+    def std(self) -> float:
+        return self.summary.std("acc") or 0.0
+
+    def name(self, model: str) -> str:
+        """Its label, with its model when that is not the frontier's own (``resnet20/dense``)."""
+        s = self.summary
+        return s.label if s.model == model else f"{s.model}/{s.label}"
+
+    def x(self, axis: Axis) -> float | None:
+        return self.time_ratio if axis == "time" else self.tflops
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The dense frontier of one (suite, data set, model, recipe): its `reference` is the
+    model's full-length dense row, against whose time every point's is measured."""
+
+    reference: Summary
+    points: tuple[Point, ...]
+
+    def envelope(self, axis: Axis) -> list[Point]:
+        """The points no other point beats: sorted by `axis`, each more accurate than every
+        faster (cheaper) one."""
+        placed = sorted((p for p in self.points if p.x(axis) is not None and p.acc is not None),
+                        key=lambda p: (p.x(axis), -p.acc))
+        out: list[Point] = []
+        for p in placed:
+            if not out or p.acc > out[-1].acc:
+                out.append(p)
+        return out
+
+    def accuracy_at(self, axis: Axis, x: float | None) -> float | None:
+        """Top-1 % the frontier reaches at `x` (a time ratio, or training TFLOPs); None faster
+        than its fastest point or without points."""
+        env = self.envelope(axis)
+        if x is None or not env or x < env[0].x(axis):
+            return None
+        xs = [p.x(axis) for p in env]
+        i = bisect.bisect_right(xs, x) - 1
+        if i == len(env) - 1:
+            return env[-1].acc
+        a, b = env[i], env[i + 1]
+        share = (x - xs[i]) / (xs[i + 1] - xs[i])
+        return a.acc + share * (b.acc - a.acc)
+
+    def distance(self, s: Summary, axis: Axis = "time") -> float | None:
+        """`s`'s mean top-1 minus the frontier's at `s`'s own time (or training FLOPs), in
+        points: positive above the frontier. None where it cannot be placed."""
+        x = s.time_ratio if axis == "time" else _tflops(s)
+        acc, at = s.mean("acc"), self.accuracy_at(axis, x)
+        return None if acc is None or at is None else acc - at
+
+    def span(self, axis: Axis) -> tuple[float, float] | None:
+        """The fastest and slowest point on `axis`."""
+        xs = [x for p in self.points if (x := p.x(axis)) is not None]
+        return (min(xs), max(xs)) if xs else None
+
+
+def _tflops(s: Summary) -> float | None:
+    flops = s.mean("train_flops")
+    return None if flops is None else flops / 1e12
+
+
+def _training_recipe(s: Summary) -> str:
+    """The recipe without the model: a smaller network trained the same way shares it."""
+    config = s.rows[0].get("config", {}) if s.rows else {}
+    return recipe_digest({**config, "model": None})
+
+
+def build_frontiers(summaries: list[Summary]) -> dict[tuple[str, str, str, str], Frontier]:
+    """A `Frontier` per (suite, data set, model, recipe) that has one: its full-length dense
+    row plus at least one other dense row (a reduced budget or another network). Times are
+    compared within the summaries given (one environment section of the report)."""
+    dense_rows = [s for s in summaries if s.method == "none" and s.rows]
+    out: dict[tuple[str, str, str, str], Frontier] = {}
+    for ref in dense_rows:
+        if not ref.is_baseline or ref.dense is not ref:
+            continue
+        recipe = _training_recipe(ref)
+        members = [s for s in dense_rows
+                   if (s.suite, s.dataset) == (ref.suite, ref.dataset)
+                   and _training_recipe(s) == recipe]
+        if len(members) < 2:
+            continue
+        points = tuple(Point(s, s.time_ratio_against(ref), _tflops(s)) for s in members)
+        out[(ref.suite, ref.dataset, ref.model, ref.recipe)] = Frontier(ref, points)
+    return out
+
+
+def frontier_of(s: Summary, frontiers: dict[tuple[str, str, str, str], Frontier]
+                ) -> Frontier | None:
+    """The frontier `s` is judged against: its own model's, on its data set and recipe."""
+    return frontiers.get((s.suite, s.dataset, s.model, s.recipe))

@@ -1,0 +1,160 @@
+"""The dense frontier (`leantrain.harness.frontier`): dense trained for less (fewer epochs, a
+smaller network) as the bar every speed-up is judged against, in the tables, targets, story,
+headline and plots."""
+
+from __future__ import annotations
+
+import pytest
+
+from leantrain.harness.frontier import build_frontiers, frontier_of
+from leantrain.harness.report import load_rows, markdown_table, summarize, write_report
+from leantrain.harness.story import headline, story
+from leantrain.harness.targets import check_targets, targets_tables
+from test_report import ENV, _budgeted, _row, _write  # the report tests' row builders
+
+
+def _paper(label, method, seed, acc, train_s, model="resnet32", budget=None, **kw):
+    r = _row(label, method, seed, acc, train_s, model=model, **kw)
+    r["suite"] = "paper"
+    r["key"] = r["key"].replace("s|", "paper|")
+    return _budgeted(r, budget) if budget is not None else r
+
+
+def _frontier_rows():
+    """ResNet-32 dense 90% in 10 s; at 0.3 of the epochs 80% in 3 s, at 0.45 79% (no better
+    than 0.3: off the envelope), at 0.6 86%; ResNet-20 84% in 5 s with fewer FLOPs."""
+    return [
+        _paper("dense", "none", 0, 0.90, 10.0, train=300.0),
+        _paper("dense-b0.3", "none", 0, 0.80, 3.0, budget=0.3, train=90.0),
+        _paper("dense-b0.45", "none", 0, 0.79, 4.5, budget=0.45, train=135.0),
+        _paper("dense-b0.6", "none", 0, 0.86, 6.0, budget=0.6, train=180.0),
+        _paper("dense", "none", 0, 0.84, 5.0, model="resnet20", train=170.0),
+    ]
+
+
+@pytest.fixture
+def summaries(tmp_path):
+    return summarize(load_rows([_write(tmp_path / "paper-cpu2.jsonl", _frontier_rows())]))
+
+
+def _resnet32_frontier(summaries):
+    [dense] = [s for s in summaries if s.model == "resnet32" and s.label == "dense"]
+    return frontier_of(dense, build_frontiers(summaries))
+
+
+def test_the_envelope_keeps_the_points_no_faster_point_beats(summaries) -> None:
+    frontier = _resnet32_frontier(summaries)
+    assert frontier is not None and len(frontier.points) == 5
+    assert [p.name("resnet32") for p in frontier.envelope("time")] == [
+        "dense-b0.3", "resnet20/dense", "dense-b0.6", "dense"]
+    # on FLOPs the smaller network's 170 TFLOPs come before 0.6 of ResNet-32's 180
+    assert [p.name("resnet32") for p in frontier.envelope("flops")] == [
+        "dense-b0.3", "resnet20/dense", "dense-b0.6", "dense"]
+
+
+def test_accuracy_between_points_is_linear_and_unknown_below_the_fastest(summaries) -> None:
+    frontier = _resnet32_frontier(summaries)
+    assert frontier.accuracy_at("time", 0.55) == pytest.approx(85.0)  # 84 → 86 over 0.5 → 0.6
+    assert frontier.accuracy_at("time", 0.3) == pytest.approx(80.0)
+    assert frontier.accuracy_at("time", 0.45) == pytest.approx(83.0)  # 80 → 84, not 79
+    assert frontier.accuracy_at("time", 1.5) == pytest.approx(90.0)  # one can always stop
+    assert frontier.accuracy_at("time", 0.2) is None
+    assert frontier.accuracy_at("flops", 175e-12) == pytest.approx(85.0)
+
+
+def test_a_smaller_network_is_timed_against_this_models_dense_on_its_own_machine(
+        tmp_path) -> None:
+    fast = {**ENV, "cpu": "Fast CPU"}
+    rows = [
+        _paper("dense", "none", 0, 0.90, 10.0),
+        _paper("dense", "none", 1, 0.90, 4.0, env=fast),
+        _paper("dense", "none", 0, 0.84, 5.0, model="resnet20"),  # 0.5 on the slow machine
+        _paper("dense", "none", 1, 0.84, 3.0, model="resnet20", env=fast),  # 0.75 on the fast
+    ]
+    summaries = summarize(load_rows([_write(tmp_path / "r.jsonl", rows)]))
+    frontier = _resnet32_frontier(summaries)
+    [small] = [p for p in frontier.points if p.summary.model == "resnet20"]
+    assert small.time_ratio == pytest.approx(0.625)
+    # ResNet-20's own frontier measures ResNet-32 against ResNet-20's dense: 10/5 and 4/3
+    resnet20 = frontier_of(small.summary, build_frontiers(summaries))
+    [big] = [p for p in resnet20.points if p.summary.model == "resnet32"]
+    assert big.time_ratio == pytest.approx((2.0 + 4 / 3) / 2)
+
+
+def test_each_method_row_says_how_far_above_or_below_the_frontier_it_lies(tmp_path) -> None:
+    rows = [*_frontier_rows(),
+            _paper("ld", "learndrop", 0, 0.86, 5.5), _paper("ld", "learndrop", 1, 0.86, 5.5),
+            _paper("dcp", "dcp", 0, 0.80, 7.0),
+            _paper("fast", "learndrop", 0, 0.70, 2.0)]
+    summaries = summarize(load_rows([_write(tmp_path / "r.jsonl", rows)]))
+    by = {(s.model, s.label): s for s in summaries}
+    frontier = _resnet32_frontier(summaries)
+    assert frontier.distance(by["resnet32", "ld"]) == pytest.approx(1.0)  # 86 vs 85 at 0.55×
+    assert frontier.distance(by["resnet32", "dcp"]) == pytest.approx(80 - (86 + 0.25 * 4))
+    assert frontier.distance(by["resnet32", "fast"]) is None
+    table = markdown_table([s for s in summaries if s.model == "resnet32"])
+    header, _, *lines = table.splitlines()
+    names = [c.strip() for c in header.split("|")]
+    column = names.index("vs dense frontier, same time / same FLOPs")
+    cells = {line.split("|")[3].strip(): line.split("|")[column].strip() for line in lines}
+    assert cells["dense-b0.6"] == "·"  # a point of the frontier itself
+    assert cells["ld"].startswith("+1.00 / ")
+    assert cells["fast"].startswith("faster than all")
+    short = markdown_table(summaries, headline=True)
+    assert short.splitlines()[0].endswith("| vs dense frontier, same time |")
+
+
+def test_targets_judge_learndrop_and_dcp_against_the_frontier(tmp_path) -> None:
+    rows = [*_frontier_rows(),
+            _paper("ld", "learndrop", 0, 0.86, 5.5), _paper("ld", "learndrop", 1, 0.86, 5.5),
+            _paper("ld-1seed", "learndrop", 0, 0.90, 5.5),
+            _paper("dcp", "dcp", 0, 0.80, 7.0), _paper("dcp", "dcp", 1, 0.80, 7.0),
+            _paper("fast", "learndrop", 0, 0.70, 2.0), _paper("fast", "learndrop", 1, 0.7, 2.0)]
+    for r in rows:
+        r["config"]["method_args"] = {"dcp": {"p": 0.3}} if r["method"] == "dcp" else {}
+    checks = [c for c in check_targets(summarize(load_rows([_write(tmp_path / "r.jsonl", rows)])))
+              if "frontier" in c.column]
+    by = {c.where.rsplit(" / ", 1)[1]: c for c in checks}
+    assert by["ld"].measured == "+1.00 at 0.55×" and by["ld"].met is True  # ≥ +0.5
+    assert by["ld-1seed"].met is None  # one seed: not judged
+    assert by["dcp"].measured == "-7.00 at 0.70×" and by["dcp"].met is False
+    assert by["fast"].met is None
+    assert "faster than its fastest point (0.30×)" in by["fast"].measured
+    tables = targets_tables(checks)
+    assert "vs dense frontier at its time (≥ +0.5 points)" in tables["Learn&Drop"]
+    assert "+1.00 at 0.55× ✓" in tables["Learn&Drop"]
+
+
+def test_story_and_headline_say_who_beats_dense_trained_for_the_same_time(tmp_path) -> None:
+    rows = [*_frontier_rows(),
+            _paper("ld", "learndrop", 0, 0.86, 5.5), _paper("dcp", "dcp", 0, 0.80, 7.0),
+            _paper("fast", "learndrop", 0, 0.70, 2.0)]
+    for r in rows:
+        r["_file"] = "paper.jsonl"
+    summaries = summarize(rows)
+    text = "\n".join(story(summaries))
+    assert ("Dense trained for the same 0.55× of the time (fewer epochs, or a smaller network) "
+            "reaches 85.00%: this run lies 1.00 points above the dense frontier.") in text
+    assert "lies 7.00 points below the dense frontier" in text
+    assert "so the frontier cannot place it" in text
+    [line] = [line for line in headline(summaries) if "resnet32" in line]
+    assert ("Against dense trained for the same time (the dense frontier; points of top-1): "
+            "above it `ld` +1.00; below it `dcp` -7.00. Faster than every dense run of the "
+            "frontier, not placed: `fast`.") in line
+    # without frontier rows the headline says the times are not judged against it
+    bare = [r for r in rows if r["label"] not in ("dense-b0.3", "dense-b0.45", "dense-b0.6")
+            and r["model"] == "resnet32"]
+    [line] = headline(summarize(bare))
+    assert "No dense frontier was measured here" in line
+
+
+def test_the_report_writes_the_frontier_table_and_draws_it(tmp_path) -> None:
+    rows = [*_frontier_rows(), _paper("ld", "learndrop", 0, 0.86, 5.5)]
+    path = _write(tmp_path / "paper-cpu2-torch2.13.0.jsonl", rows)
+    result = write_report([path], tmp_path / "out")
+    text = result["markdown"]
+    assert "Dense frontier of resnet32 on cifar10" in text
+    assert "| dense-b0.6 | 2 | cosine | 86.00 (n=1, single seed) | 0.60× | 0.0 | ★◆ |" in text
+    assert "| dense-b0.45 | 1 | cosine |" in text and "| 0.45× | 0.0 | – |" in text
+    assert "| resnet20/dense | 3 | cosine |" in text
+    assert (tmp_path / "out" / "paper-cifar10-resnet32-pareto.png").stat().st_size > 0
