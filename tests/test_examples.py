@@ -16,8 +16,8 @@ from leantrain.runner import run
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_loop.py"
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("own_loop", EXAMPLE)
+def _example(path: Path = EXAMPLE):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -50,6 +50,36 @@ def test_own_loop_equals_fit(method, args, tmp_path) -> None:
     for key in own_state:
         torch.testing.assert_close(own_state[key], fit_state[key], rtol=0, atol=0, msg=key)
     assert list(folder.glob("*.png")), "the run should draw its method's plot"
+
+
+@pytest.mark.parametrize("stream", [1, 3])
+def test_finetune_example_equals_train_with_init(stream, tmp_path) -> None:
+    """examples/finetune.py (load_state_dict, a head param group, attach, chunks) gives what
+    `leantrain train --init … --head-lr-mult 10 --stream K` gives, bit for bit."""
+    from leantrain import create_model
+
+    pretrained = tmp_path / "pretrained.pth"
+    torch.manual_seed(5)  # another task's classifier: 100 classes, so the head is new
+    torch.save(create_model("test_resnet", num_classes=100, in_channels=1).state_dict(),
+               pretrained)
+    own = _example(EXAMPLE.with_name("finetune.py")).main([
+        "--init", str(pretrained), "--model", "test_resnet", "--stream", str(stream)])
+    args = {"learndrop": {"tau": 1.0, "warmup": 0.0, "stop": 1.0, "every_steps": 2,
+                          "normalize": "self"}}
+    cfg = RunConfig(
+        data=DataConfig(dataset="mnist-sample", train_subset=1000, test_subset=500),
+        model=ModelConfig(name="test_resnet", init=str(pretrained)),
+        train=TrainConfig(epochs=3, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                          schedule="constant", head_lr_mult=10.0, stream=stream),
+        method="learndrop", method_args=args, seed=0, out_dir=str(tmp_path / "runs"),
+    )
+    _, folder = run(cfg, show_progress=False)
+    fitted = load_model(folder / "model.safetensors")
+    assert getattr(own, "dropped_units", None), "the run should drop, or the comparison proves little"
+    assert fitted.dropped_units == own.dropped_units
+    own_state, fit_state = own.state_dict(), fitted.state_dict()
+    for key in own_state:
+        torch.testing.assert_close(own_state[key], fit_state[key], rtol=0, atol=0, msg=key)
 
 
 def test_ddp_example_runs_on_two_processes(tmp_path) -> None:

@@ -13,6 +13,7 @@ identity) changes when a default does, while two commands that mean the same run
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -76,6 +77,13 @@ class ModelConfig:
 
     name: str = "vgg11"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Weights to start from (fine-tuning): a leantrain model file or a PyTorch state-dict file
+    # (.pt/.pth, read with weights_only=True). Layers whose shapes differ (a new classifier) are
+    # re-initialised; the file's sha256, not its path, is part of the run's identity.
+    init: str | None = None
+    # Parameter names (glob patterns, e.g. "fc.*") left as initialised although the init file
+    # has them or lacks them.
+    init_skip: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +113,18 @@ class TrainConfig:
     channels_last: bool = True
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    # Fine-tuning: the learning rate of the layers --init re-initialised (the new head) is
+    # lr × head_lr_mult; the pretrained body trains at lr.
+    head_lr_mult: float = 1.0
+    # Fine-tuning: keep BN's running statistics as loaded (BN layers in eval mode while training;
+    # their scale and shift still train).
+    freeze_bn: bool = False
+    # Data that arrive in sequence: the training split comes in `stream` equal chunks, each
+    # trained for `epochs` (× budget) epochs with its own LR schedule, then evaluated.
+    stream: int = 1
+    # With the earlier chunks: each epoch draws a chunk's worth of images from every chunk so
+    # far (same cost per chunk); without (default), only the newest chunk is trained on.
+    stream_replay: bool = False
 
     def validate(self) -> None:
         """Raise `ConfigError` for impossible settings."""
@@ -126,6 +146,10 @@ class TrainConfig:
              "train.threads must be ≥ 1, or left out for torch's default"),
             (self.eval_every >= 1, "train.eval_every must be ≥ 1"),
             (not self.nesterov or self.momentum > 0, "train.nesterov needs momentum > 0"),
+            (self.head_lr_mult > 0, "train.head_lr_mult must be > 0 (1: the head at lr)"),
+            (self.stream >= 1, "train.stream is a number of chunks ≥ 1 (1: all data at once)"),
+            (self.stream > 1 or not self.stream_replay,
+             "train.stream_replay needs train.stream ≥ 2 chunks"),
         ]
         for ok, message in checks:
             if not ok:
@@ -137,6 +161,11 @@ class TrainConfig:
         # Half up rather than Python's round-half-even, so a budget never rounds down to an
         # even count by accident (0.45 × 30 = 13.5 → 14, 0.75 × 30 = 22.5 → 23).
         return max(1, math.floor(self.budget * self.epochs + 0.5 + 1e-9))
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole run: `run_epochs` per chunk of the stream (one chunk: all data)."""
+        return self.run_epochs * self.stream
 
 
 # ------------------------------------------------------------------------------- type checks
@@ -368,6 +397,11 @@ class RunConfig:
         for key, before in TRAIN_DIGEST_NEUTRAL.items():
             if d["train"].get(key) == before:
                 d["train"].pop(key)
+        for key, before in MODEL_DIGEST_NEUTRAL.items():
+            if d["model"].get(key) == before:
+                d["model"].pop(key)
+        if d["model"].get("init") is not None:  # the weights, wherever the file lives
+            d["model"]["init"] = file_identity(d["model"]["init"])
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     def run_dir(self) -> Path:
@@ -380,6 +414,27 @@ class RunConfig:
         ) / f"seed{self.seed}"
 
 
+def file_identity(path: str) -> str:
+    """``sha256:<hex>`` of the file at `path`: the same weights copied elsewhere are the same
+    run. A file that cannot be read keeps its path (the run then fails with a clear error)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return str(path)
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per file version: the digest is asked for several times per run."""
+    del size, mtime_ns  # part of the cache key only
+    try:
+        with open(path, "rb") as f:
+            return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return path
+
+
 # Method settings added after runs were recorded, with the value that does what the method did
 # before the setting existed: at that value a setting is left out of the digest, so those runs
 # keep their identity (their folders resume, their result rows stay current) and can be set
@@ -388,7 +443,9 @@ DIGEST_NEUTRAL: dict[tuple[str, str], Any] = {
     ("learndrop", "peer_reference"): "max",
 }
 # The same for training settings: a full budget is what every run did before `budget` existed.
-TRAIN_DIGEST_NEUTRAL: dict[str, Any] = {"budget": 1.0}
+TRAIN_DIGEST_NEUTRAL: dict[str, Any] = {"budget": 1.0, "head_lr_mult": 1.0, "freeze_bn": False,
+                                         "stream": 1, "stream_replay": False}
+MODEL_DIGEST_NEUTRAL: dict[str, Any] = {"init": None, "init_skip": []}
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 _TOP = {f.name: f for f in dataclasses.fields(RunConfig)}

@@ -102,6 +102,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="a registered name (see `leantrain cost --list`), torchvision:NAME or "
                         "package.module:factory (default: vgg11); factory arguments go in the "
                         "TOML table [model.kwargs]")
+    parser.add_argument("--init", dest=f"model{_SEP}init", default=argparse.SUPPRESS,
+                        metavar="PATH", help="start from these weights (fine-tuning): a leantrain "
+                        "model file or a PyTorch state-dict file (.pt/.pth, read with "
+                        "weights_only=True); layers whose shapes differ, such as a classifier for "
+                        "another number of classes, are re-initialised and listed")
+    parser.add_argument("--init-skip", dest=f"model{_SEP}init_skip", nargs="+",
+                        default=argparse.SUPPRESS, metavar="PATTERN",
+                        help="parameter names (glob, e.g. 'fc.*') to leave as initialised, "
+                        "whether the --init file has them or not")
     parser.add_argument("--method", dest=f"top{_SEP}method", default=argparse.SUPPRESS,
                         metavar="METHOD", help=f"none, {', '.join(sorted(METHODS))}, or several "
                         "joined by '+' (default: none)")

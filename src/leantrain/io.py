@@ -38,6 +38,7 @@ __all__ = [
     "save_weights",
     "load_model",
     "read_model_metadata",
+    "read_weights",
     "load_state",
     "ModelFileError",
 ]
@@ -399,6 +400,25 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
     """The architecture JSON stored in a leantrain safetensors file (only read, never built)."""
     path = Path(path)
     return _arch_record(_file_metadata(path), path)
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The tensors of a safetensors file and its leantrain architecture record (None for a
+    plain safetensors file, e.g. one written by ``safetensors.torch.save_file``). A leantrain
+    file's checksum is verified; nothing is built and no code runs."""
+    path = Path(path)
+    meta = _file_metadata(path)
+    desc = _arch_record(meta, path) if "leantrain_arch" in meta else None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise _corrupt(path, e) from e
+    if desc is not None:
+        _verify(data, meta, path)
+    try:
+        return dict(load_safetensors(data)), desc
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _corrupt(path, e) from e
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -30,16 +30,18 @@ from .checkpoint import (
     remove_checkpoints,
 )
 from . import distributed
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .cost import count_macs, count_params
 from .data import DatasetSpec, TensorLoader, load_dataset
+from .data.stream import StreamLoader
 from .env import environment, machine_key, memory_summary, reset_peak_memory
 from .machine_share import MachineShare, whole_run
 from .io import save_model, save_weights
 from .methods import build_methods
 from .plots import plot_run_events
+from .pretrained import load_init
 from .registry import create_model
-from .train import Result, fit, resolve_device
+from .train import Result, fit, make_optimizer, resolve_device
 from .trainstate import TrainState
 
 __all__ = [
@@ -376,6 +378,38 @@ def run(
             torch.distributed.destroy_process_group()
 
 
+def _start_from_init(model: nn.Module, cfg: RunConfig) -> set[str]:
+    """Load ``model.init`` into the fresh `model` (fine-tuning); the names of the parameters it
+    did not provide (the new head), which ``train.head_lr_mult`` trains at its own rate."""
+    if cfg.model.init is None:
+        if cfg.train.head_lr_mult != 1.0:
+            raise ConfigError(
+                "train.head_lr_mult sets the learning rate of the layers --init re-initialises, "
+                "but no --init was given; start from pretrained weights with --init PATH, or "
+                "leave head_lr_mult at 1."
+            )
+        return set()
+    report = load_init(model, cfg.model.init, cfg.model.init_skip)
+    head = report.new_parameters(model)
+    if cfg.train.head_lr_mult != 1.0 and not head:
+        raise ConfigError(
+            f"train.head_lr_mult = {cfg.train.head_lr_mult:g} applies to the layers --init "
+            f"re-initialises, but {cfg.model.init} fits every layer of the model; name the head "
+            "to train afresh with --init-skip PATTERN (e.g. 'fc.*'), or leave head_lr_mult at 1."
+        )
+    return head
+
+
+def _stream_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stream's per-chunk results: accuracy after each chunk and the training time so far."""
+    ends = [r for r in history if r.get("chunk_end")]
+    if not ends:
+        return {}
+    return {"stream": [{"chunk": r["chunk"], "test_acc": r["test_acc"],
+                        "train_s": r.get("train_s", 0.0) + r.get("surgery_s", 0.0)}
+                       for r in ends]}
+
+
 def _run(
     cfg: RunConfig, device: torch.device, rank: int, world: int, show_progress: bool,
     resume: bool | str, resume_from: str | Path | None,
@@ -405,15 +439,23 @@ def _run(
         input_size=spec.image_size, kwargs=cfg.model.kwargs or None,
     )
     check_model_fits(model, spec)  # before the folder is written: a mismatch leaves nothing
+    head = _start_from_init(model, cfg)
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     dense_params, dense_macs = count_params(model), count_macs(model, input_shape)
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader_args = dict(device=device, channels_last=cfg.train.channels_last)
-    train_loader = TensorLoader(
-        train_split, spec, cfg.train.batch_size, train=True, seed=cfg.seed, **loader_args
-    )
+    if cfg.train.stream > 1:  # the training data arrive in chunks, one after another
+        train_loader = StreamLoader(
+            train_split, spec, cfg.train.batch_size, chunks=cfg.train.stream,
+            epochs_per_chunk=cfg.train.run_epochs, replay=cfg.train.stream_replay,
+            seed=cfg.seed, **loader_args,
+        )
+    else:
+        train_loader = TensorLoader(
+            train_split, spec, cfg.train.batch_size, train=True, seed=cfg.seed, **loader_args
+        )
     test_loader = TensorLoader(test_split, spec, 500, train=False, **loader_args)
     if world > 1:  # each process trains on its slice of every global batch
         train_loader = distributed.ShardedLoader(train_loader, rank, world)
@@ -447,7 +489,9 @@ def _run(
     memory = reset_peak_memory(device)  # peaks of the training phase, not of data loading
     # did this run have the machine to itself?
     share = MachineShare(device=device.type, processes=world)
-    result = fit(model, train_loader, test_loader, cfg.train, methods, log=log,
+    optimizer = make_optimizer(model, cfg.train, head=head)
+    result = fit(model, train_loader, test_loader, cfg.train, methods, optimizer=optimizer,
+                 log=log,
                  show_progress=show_progress, checkpointer=checkpointer, resume_from=ckpt,
                  run_config=cfg.to_dict(), on_start=start,
                  epoch_extra=lambda: {"machine": share.finish()})
@@ -461,6 +505,7 @@ def _run(
         "dense_params": dense_params, "dense_macs": dense_macs,
         "final_params": count_params(model), "final_macs": count_macs(model, input_shape),
         "events": len(result.events), "env": env, **memory_summary(device, memory),
+        **_stream_summary(result.history),
         **result.memory, "machine": whole_run(share.finish(), result.history),
     }
     if world > 1:  # the job's one model: every process must hold the same (checked)

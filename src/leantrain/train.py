@@ -23,7 +23,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +84,11 @@ def resolve_device(device: str) -> torch.device:
 
 def lr_at(progress: float, cfg: TrainConfig) -> float:
     """Learning rate at `progress` ∈ [0, 1] of the (budgeted) run: linear warm-up, then cosine,
-    linear decay to 0, step or constant."""
+    linear decay to 0, step or constant. A stream of chunks (`TrainConfig.stream`) runs the
+    schedule once per chunk: each chunk is trained as it arrives, as a fine-tuning session."""
+    if cfg.stream > 1:
+        chunk = min(int(progress * cfg.stream), cfg.stream - 1)
+        progress = min(1.0, progress * cfg.stream - chunk)
     if cfg.warmup > 0 and progress < cfg.warmup:
         return cfg.lr * progress / cfg.warmup
     t = min(1.0, (progress - cfg.warmup) / (1 - cfg.warmup))  # fraction of the decay done
@@ -97,13 +101,30 @@ def lr_at(progress: float, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum and weight decay over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: nn.Module, cfg: TrainConfig, head: Collection[str] = ()
+                   ) -> torch.optim.SGD:
+    """SGD with momentum and weight decay over the trainable parameters. With `head` (parameter
+    names, e.g. those `--init` re-initialised) and ``cfg.head_lr_mult`` ≠ 1 the head is a second
+    param group whose ``lr_mult`` scales the schedule's rate (`fit` applies it every step;
+    surgery keeps each parameter in its group across cuts)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n not in head], "lr_mult": 1.0}]
+    if head and cfg.head_lr_mult != 1.0:
+        groups.append({"params": [p for n, p in named if n in head],
+                       "lr_mult": cfg.head_lr_mult})
+    groups = [g for g in groups if g["params"]]
     return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         nesterov=cfg.nesterov,
     )
+
+
+def freeze_bn_statistics(model: nn.Module) -> None:
+    """Put every BatchNorm in eval mode: its running statistics stay as loaded while its scale
+    and shift train (fine-tuning on little data, `TrainConfig.freeze_bn`)."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+            m.eval()
 
 
 @torch.no_grad()
@@ -135,7 +156,7 @@ def _plan(train_loader: Any, cfg: TrainConfig) -> tuple[int, int]:
             f"the batch size {train_loader.batch_size} is larger than the {train_loader.num_samples} "
             "training images, so an epoch has no step; lower --batch-size or use more data."
         )
-    return steps_per_epoch, steps_per_epoch * cfg.run_epochs
+    return steps_per_epoch, steps_per_epoch * cfg.total_epochs
 
 
 def _diverged(
@@ -305,6 +326,8 @@ def fit(
         on_start(state)
     def changed(change: Change) -> None:
         state.version += 1  # part of the FLOP cache key
+        if cfg.freeze_bn:  # a cut may build new BN modules, which start in training mode
+            freeze_bn_statistics(model)
 
     # The methods run from the optimizer's step hooks, exactly as in a user's own loop: setup
     # now (a static cut before step one), after_backward and step around every opt.step().
@@ -324,14 +347,17 @@ def fit(
         bar = tqdm(total=total, initial=state.step, disable=not show_progress, unit="step",
                    leave=False)
         unconfirmed = False  # a checkpoint was just written; the next step's loss tests its state
-        for epoch in range(state.epoch, cfg.run_epochs):
+        for epoch in range(state.epoch, cfg.total_epochs):
             model.train()
+            if cfg.freeze_bn:
+                freeze_bn_statistics(model)
             if state.batch == 0 or state.loss_sum is None:
                 state.loss_sum = torch.zeros((), device=device)
             for x, y in train_loader.epoch(epoch, start_batch=state.batch):
                 progress = Progress(state.step, total, steps_per_epoch)
+                lr = lr_at(progress.fraction, cfg)
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(progress.fraction, cfg)
+                    group["lr"] = lr * group.get("lr_mult", 1.0)
                 with clock("train"):
                     with activations.step():
                         loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
@@ -368,7 +394,10 @@ def fit(
                         unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state,
                                                        clock, cost, cfg, total, steps_per_epoch)
             train_loss = _check_loss(state, epoch, checkpointer)
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.run_epochs:
+            # A stream is evaluated after every chunk as well: what the model knows when the
+            # next chunk arrives.
+            chunk_end = cfg.stream > 1 and (epoch + 1) % cfg.run_epochs == 0
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.total_epochs or chunk_end:
                 with clock("eval"):
                     test_loss, test_acc = evaluate(model, test_loader)
                 row = {
@@ -377,10 +406,12 @@ def fit(
                     **clock.totals(), **cost.totals(), "params": count_params(model),
                     **(epoch_extra() if epoch_extra is not None else {}),
                 }
+                if cfg.stream > 1:
+                    row.update(chunk=epoch // cfg.run_epochs + 1, chunk_end=chunk_end)
                 state.history.append(row)
                 log("epoch", row)
                 bar.write(
-                    f"epoch {epoch + 1:3d}/{cfg.run_epochs}  loss {train_loss:.4f}  test acc "
+                    f"epoch {epoch + 1:3d}/{cfg.total_epochs}  loss {train_loss:.4f}  test acc "
                     f"{100 * test_acc:.2f}%  train {row['train_s']:.1f}s"
                 ) if show_progress else None
             state.epoch, state.batch, state.loss_sum = epoch + 1, 0, None
@@ -395,7 +426,7 @@ def fit(
     final = dict(state.history[-1])
     with clock("surgery"):
         changed = bool(handle.finish())
-        _drain_events(methods, state, cfg.run_epochs, log)
+        _drain_events(methods, state, cfg.total_epochs, log)
     if changed:  # report the accuracy of the model we hand back (e.g. DCP's compact export)
         with clock("eval"):
             final["test_loss"], final["test_acc"] = evaluate(model, test_loader)

@@ -153,13 +153,20 @@ class TensorLoader:
             lo, hi = b * bs, min((b + 1) * bs, n)
             yield self._serve(self.images[lo:hi]), self.labels[lo:hi]
 
+    def _epoch_order(self, epoch: int, g: torch.Generator) -> Tensor:
+        """The indices of the images training epoch `epoch` visits, in order (a permutation of
+        the split; `leantrain.data.stream.StreamLoader` visits a chunk of it)."""
+        del epoch
+        return torch.randperm(self.num_samples, generator=g)
+
     def _train_batches(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        n, bs = self.num_samples, self.batch_size
+        bs = self.batch_size
         g = torch.Generator(device="cpu")
         g.manual_seed(epoch_seed(self.seed, epoch))
         # Everything random in this epoch is drawn up front on the CPU (a few ints per image,
         # nothing per pixel): the same on every device, and start_batch is just a slice.
-        perm = torch.randperm(n, generator=g)
+        perm = self._epoch_order(epoch, g)
+        n = len(perm)
         offsets = torch.randint(0, 2 * self.pad + 1, (2, n), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
         perm, offsets, flips = (t.to(self.device) for t in (perm, offsets, flips))
