@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from leantrain.env import environment, environment_key
-from leantrain.machine_share import MachineShare
+from leantrain.runs.env import environment, environment_key
+from leantrain.runs.machine_share import MachineShare
 
 RESULTS = Path(__file__).resolve().parent / "step-cost"
 STAGES = ((16, 32, (4, 8, 9, 12, 16)), (32, 16, (8, 16, 18, 24, 32)),

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 import leantrain
 from leantrain.data import TensorLoader, load_dataset
-from leantrain.env import environment, environment_key
-from leantrain.machine_share import MachineShare
+from leantrain.runs.env import environment, environment_key
+from leantrain.runs.machine_share import MachineShare
 from leantrain.methods.dcp import DCP
 from leantrain.methods.static import StaticWidths
 from leantrain.structure import channel_sets_of

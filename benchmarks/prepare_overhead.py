@@ -9,7 +9,7 @@ steps alternate between them (so drift in the machine's speed hits both alike) a
 median(prepared round) / median(plain round). Discovery itself (one trace, ~0.1–1 s) runs once
 before the first step and is not a per-step cost. Rows are appended to
 ``benchmarks/step-cost/prepare-overhead-<environment>.jsonl`` with whether the machine was quiet
-(`leantrain.machine_share`); run it alone.
+(`leantrain.runs.machine_share`); run it alone.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 import leantrain
-from leantrain.env import environment, environment_key
-from leantrain.machine_share import MachineShare
+from leantrain.runs.env import environment, environment_key
+from leantrain.runs.machine_share import MachineShare
 
 RESULTS = Path(__file__).resolve().parent / "step-cost"
 MODELS = ["resnet20", "torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:vgg16_bn"]

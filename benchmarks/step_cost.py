@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import leantrain
 from leantrain.data import TensorLoader, load_dataset
-from leantrain.env import environment, environment_key
+from leantrain.runs.env import environment, environment_key
 
 # Not benchmarks/results: `leantrain report` reads every .jsonl there as a training-run row.
 RESULTS = Path(__file__).resolve().parent / "step-cost"

@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 
 import leantrain
-from leantrain.env import environment, environment_key
-from leantrain.machine_share import MachineShare
+from leantrain.runs.env import environment, environment_key
+from leantrain.runs.machine_share import MachineShare
 from leantrain.methods.static import StaticWidths
 from leantrain.structure import units_of
-from leantrain.surgery import drop_units
+from leantrain.structure.surgery import drop_units
 
 SIZES = {"vgg16": 32, "resnet50": 64, "resnet32": 32, "resnet56": 32}  # model → input px
 CONFIGS = ("dense", "dcp-slice", "dcp-mask", "static-p0.5", "learndrop-half")

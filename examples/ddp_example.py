@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import leantrain
 from leantrain.data import TensorLoader, load_dataset
-from leantrain.distributed import ShardedLoader, ShrinkingDDP, check_same_weights
+from leantrain.training.distributed import ShardedLoader, ShrinkingDDP, check_same_weights
 
 
 def main(argv: list[str] | None = None) -> None:

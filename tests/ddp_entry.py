@@ -10,7 +10,7 @@ import sys
 
 from leantrain.cli import main
 
-attach = importlib.import_module("leantrain.attach")  # the module; `leantrain.attach` is the function
+attach = importlib.import_module("leantrain.training.attach")  # the module; `leantrain.attach` is the function
 
 KILL_AT = int(os.environ.get("LEANTRAIN_TEST_KILL_AT", "0"))
 

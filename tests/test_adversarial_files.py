@@ -23,21 +23,15 @@ from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
 import user_models
-from leantrain.checkpoint import Checkpoint
+from leantrain.training.checkpoint import Checkpoint
 from leantrain.cli import main
-from leantrain.io import (
-    CHECKSUM,
-    ModelFileError,
-    _canonical,
-    architecture,
-    build_architecture,
-    load_model,
-    read_model_metadata,
-    save_model,
+from leantrain.models.files import (
+    CHECKSUM, ModelFileError, _canonical, architecture, build_architecture, load_model,
+    read_model_metadata, save_model,
 )
-from leantrain.registry import create_model
+from leantrain.models.factory import create_model
 from leantrain.structure import channel_sets_of
-from leantrain.surgery import prune_channels
+from leantrain.structure.surgery import prune_channels
 
 REFUSED = (
     "the model file asks to build its model by calling {ref}, code that a file may not choose "
@@ -322,7 +316,7 @@ def test_other_bad_cuts_are_model_file_errors(change, needle, good_file, tmp_pat
 
 
 def test_a_checkpoint_with_a_negative_index_is_a_checkpoint_error(tmp_path) -> None:
-    from leantrain.checkpoint import CheckpointError
+    from leantrain.training.checkpoint import CheckpointError
 
     desc = architecture(_pruned_model())
     desc["surgery"][0]["keep"]["layer1.0.conv1"][0] = -1

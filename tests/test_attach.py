@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import leantrain
-from leantrain.attach import OptimizerMismatch
+from leantrain.training.attach import OptimizerMismatch
 from leantrain.methods.base import Method
-from leantrain.surgery import Change, drop_units
+from leantrain.structure.surgery import Change, drop_units
 
 STEPS = 12
 

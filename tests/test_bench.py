@@ -263,7 +263,7 @@ def test_dry_run_and_only_select_runs(tmp_path, capsys) -> None:
 def test_method_runs_without_a_dense_run_timed_on_this_machine_are_announced(
     tmp_path, capsys
 ) -> None:
-    from leantrain.env import environment
+    from leantrain.runs.env import environment
 
     suite = load_suite(_suite(tmp_path), seeds=None)
     dense = next(r for r in suite.runs if r.label == "dense")
@@ -367,8 +367,8 @@ def test_a_trained_run_keeps_its_row_and_files_whatever_happens(tmp_path, cifar_
 
 def _interrupted_after_one_epoch(tmp_path, cifar_root, monkeypatch):
     """A 2-epoch dense suite whose run was killed after its first epoch's checkpoint."""
-    from leantrain.checkpoint import Checkpointer
-    from leantrain.runner import run
+    from leantrain.training.checkpoint import Checkpointer
+    from leantrain.runs.runner import run
 
     monkeypatch.chdir(tmp_path)
     text = TINY.replace('methods = ["dcp-p0.5", "dense"]', 'methods = ["dense"]').replace(

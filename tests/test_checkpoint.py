@@ -24,21 +24,16 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import Interrupting
-from leantrain import checkpoint as ckpt_mod
-from leantrain.checkpoint import (
-    LATEST,
-    PREVIOUS,
-    CheckpointError,
-    CheckpointFallbackWarning,
-    Checkpointer,
-    load_checkpoint,
+from leantrain.training import checkpoint as ckpt_mod
+from leantrain.training.checkpoint import (
+    LATEST, PREVIOUS, CheckpointError, CheckpointFallbackWarning, Checkpointer, load_checkpoint,
 )
 from leantrain.cli import main
 from leantrain.config import TrainConfig
 from leantrain.data import TensorLoader
 from leantrain.methods import build_methods
-from leantrain.registry import create_model
-from leantrain.train import TrainingDiverged, fit
+from leantrain.models.factory import create_model
+from leantrain.training.fit import TrainingDiverged, fit
 
 LEARNDROP = {"tau": 1.0, "warmup": 0.0, "every_steps": 2, "window": 2, "normalize": "self",
              "min_units_per_stage": 0}
@@ -262,7 +257,7 @@ _KILL_DRIVER = textwrap.dedent("""
     from torchvision_stub import import_torchvision_models  # test set-up only, see that file
     import_torchvision_models()
     from pathlib import Path
-    import leantrain.checkpoint as c
+    import leantrain.training.checkpoint as c
     real, written = c._write_file, []
     def hang_on_nth(path, data):
         if path.name == "checkpoint.json":
@@ -410,7 +405,7 @@ def test_resume_from_with_lower_lr_after_divergence(cifar_root, tmp_path, monkey
 def test_crash_after_the_last_epoch_resumes_from_the_final_checkpoint(cifar_root, tmp_path,
                                                                       monkeypatch) -> None:
     """Killed while saving the model: the final checkpoint replays DCP's compact export."""
-    import leantrain.runner
+    import leantrain.runs.runner
 
     assert main(_train_args(cifar_root, tmp_path / "straight", "dcp")) == 0
     args = _train_args(cifar_root, tmp_path / "crashed", "dcp")
@@ -418,7 +413,7 @@ def test_crash_after_the_last_epoch_resumes_from_the_final_checkpoint(cifar_root
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(leantrain.runner, "save_model", crash)
+    monkeypatch.setattr(leantrain.runs.runner, "save_model", crash)
     assert main(args) == 130
     monkeypatch.undo()
     folder = _run_folder(tmp_path / "crashed")
@@ -428,9 +423,9 @@ def test_crash_after_the_last_epoch_resumes_from_the_final_checkpoint(cifar_root
 
 
 def test_runner_resume_modes(cifar_root, tmp_path, monkeypatch) -> None:
-    from leantrain.config import from_dict
+    from leantrain.runs.config import from_dict
     from leantrain.methods import method_fields
-    from leantrain.runner import RunFinishedError, run
+    from leantrain.runs.runner import RunFinishedError, run
 
     cfg = from_dict({"model": {"name": "test_resnet"}, "checkpoint_every": 2,
                      "out_dir": str(tmp_path),

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from leantrain.cli import main
-from leantrain.io import load_model
+from leantrain.models.files import load_model
 
 COMMANDS = ["train", "demo", "cost", "export", "eval"]
 
@@ -71,7 +71,7 @@ def test_cost_prints_golden_counts(capsys) -> None:
 
 
 def test_cost_list_shows_public_models_only(capsys) -> None:
-    from leantrain.registry import list_models
+    from leantrain.models.factory import list_models
 
     assert main(["cost", "--list"]) == 0
     listed = capsys.readouterr().out.split()
@@ -129,7 +129,7 @@ def test_unwritable_run_folder(cifar_root, tmp_path, capsys) -> None:
 
 
 def test_static_widths_from_the_command_line(cifar_root, tmp_path, capsys) -> None:
-    from leantrain.registry import create_model
+    from leantrain.models.factory import create_model
     from leantrain.structure import channel_sets_of
 
     widths = [max(1, len(s) // 2) for s in channel_sets_of(create_model("test_resnet"))]
@@ -157,7 +157,7 @@ def test_static_widths_from_the_command_line(cifar_root, tmp_path, capsys) -> No
 def _config_of(*argv: str):
     """The resolved `RunConfig` a ``train`` command line would run (nothing is trained)."""
     from leantrain.cli import build_parser
-    from leantrain.config_flags import config_from_args
+    from leantrain.runs.flags import config_from_args
 
     return config_from_args(build_parser().parse_args(["train", *argv]))
 
@@ -254,8 +254,8 @@ def test_model_file_with_a_malformed_architecture(tmp_path, capsys) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from leantrain.io import save_model
-    from leantrain.registry import create_model
+    from leantrain.models.files import save_model
+    from leantrain.models.factory import create_model
 
     good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
     save_model(create_model("test_vgg"), good)

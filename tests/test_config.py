@@ -8,7 +8,8 @@ from typing import ClassVar
 
 import pytest
 
-from leantrain.config import ConfigError, RunConfig, from_dict, merge
+from leantrain.config import ConfigError, merge
+from leantrain.runs.config import RunConfig, from_dict
 from leantrain.methods import METHODS, Method
 from leantrain.methods.dcp import DCP
 from leantrain.methods.learndrop import LearnDrop
@@ -93,7 +94,7 @@ def test_a_setting_added_later_keeps_the_runs_made_before_at_its_neutral_value()
     """A new setting at the value that reproduces what ran before it existed is left out of the
     digest (`DIGEST_NEUTRAL`): the paper suite's Learn&Drop run recorded before
     `peer_reference` existed (digest 34c025fe, its folder and row) stays that run."""
-    from leantrain.config import DIGEST_NEUTRAL
+    from leantrain.runs.config import DIGEST_NEUTRAL
     from leantrain.harness.suite import load_suite
 
     assert DIGEST_NEUTRAL[("learndrop", "peer_reference")] == "max"

@@ -1,4 +1,4 @@
-"""Tests of leantrain.cost (parameter / MAC / FLOP counting, CostMeter) and leantrain.timing."""
+"""Tests of leantrain.cost (parameter / MAC / FLOP counting, CostMeter) and leantrain.training.timing."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from leantrain.cost import (
     layer_costs,
     measure_step_flops,
 )
-from leantrain.models.layers import ConvBN, SelectLinear
+from leantrain.structure.layers import ConvBN, SelectLinear
 from leantrain.structure import prepare, structure_of
-from leantrain.timing import Stopwatch
+from leantrain.training.timing import Stopwatch
 
 SHAPE = (3, 8, 8)
 
@@ -284,7 +284,7 @@ def test_cost_meter_dense_reference_and_resume(net: Net) -> None:
 
 def _registry_model(name: str) -> nn.Module:
     # No skip: a golden model that fails to build is a failure, not a missing feature.
-    from leantrain.registry import create_model
+    from leantrain.models.factory import create_model
 
     return create_model(name)
 

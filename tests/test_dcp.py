@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from conftest import randomise_bn
 from leantrain.cost import count_macs, count_params
-from leantrain.io import load_model, save_model
+from leantrain.models.files import load_model, save_model
 from leantrain.methods.base import Progress
 from leantrain.methods.dcp import DCP, select_channels
 from leantrain.methods.static import StaticWidths
-from leantrain.registry import create_model
+from leantrain.models.factory import create_model
 from leantrain.structure import StructureError, channel_sets_of
 
 MODELS = ["test_resnet", "test_vgg", "test_resnet_bottleneck"]
@@ -298,7 +298,7 @@ def test_rejects_model_without_prunable_channels(method) -> None:
 def test_saliency_equals_taylor_term_of_the_bn_output(mode: str) -> None:
     """The observer's a·g (its view of a is overwritten by the in-place ReLU, to save memory)
     equals the spec's BN-output term."""
-    from leantrain.models.layers import ConvBN, make_sliceable
+    from leantrain.structure.layers import ConvBN, make_sliceable
     from leantrain.structure import ChannelSet
 
     torch.manual_seed(0)

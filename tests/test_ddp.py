@@ -21,12 +21,12 @@ import torch.nn.functional as F
 
 import leantrain
 from leantrain.cli import build_parser, main
-from leantrain.config_flags import config_from_args
+from leantrain.runs.flags import config_from_args
 from leantrain.data import TensorLoader, load_dataset
-from leantrain.io import load_model
+from leantrain.models.files import load_model
 from leantrain.methods import build_methods
-from leantrain.runner import seed_everything
-from leantrain.train import lr_at, make_optimizer
+from leantrain.runs.runner import seed_everything
+from leantrain.training.fit import lr_at, make_optimizer
 
 ENTRY = Path(__file__).with_name("ddp_entry.py")
 ARGS = ["train", "--model", "test_resnet", "--dataset", "mnist-sample", "--train-subset", "256",
@@ -127,7 +127,7 @@ def test_two_processes_kill_resume_and_equal_one_process(tmp_path, capsys) -> No
 
 
 def test_each_process_reads_its_slice_of_every_global_batch(tiny_cifar) -> None:
-    from leantrain.distributed import ShardedLoader
+    from leantrain.training.distributed import ShardedLoader
 
     train, _, spec = tiny_cifar
     loader = TensorLoader(train, spec, 16, train=True, seed=3)
@@ -140,7 +140,7 @@ def test_each_process_reads_its_slice_of_every_global_batch(tiny_cifar) -> None:
 
 
 def test_a_batch_that_does_not_split_gets_one_sentence(tiny_cifar) -> None:
-    from leantrain.distributed import ShardedLoader
+    from leantrain.training.distributed import ShardedLoader
 
     train, _, spec = tiny_cifar
     with pytest.raises(ValueError) as err:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from leantrain.cli import build_parser, main
-from leantrain.demo import demo_configs, format_table, run_demo
+from leantrain.runs.demo import demo_configs, format_table, run_demo
 
 
 def test_demo_configs_are_the_three_rows_with_learndrop_checkpoints() -> None:

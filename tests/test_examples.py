@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from leantrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from leantrain.io import load_model
-from leantrain.runner import run
+from leantrain.config import DataConfig, ModelConfig, TrainConfig
+from leantrain.runs.config import RunConfig
+from leantrain.models.files import load_model
+from leantrain.runs.runner import run
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_loop.py"
 

@@ -10,8 +10,8 @@ import torch
 
 from conftest import write_cifar10
 from leantrain.cli import main
-from leantrain.export import ONNX_MISSING, export_model
-from leantrain.io import load_model, read_model_metadata
+from leantrain.runs.export import ONNX_MISSING, export_model
+from leantrain.models.files import load_model, read_model_metadata
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,8 @@ def test_onnx_export(shrunk_run, tmp_path) -> None:
 
 def test_identical_models_give_byte_identical_files(tmp_path) -> None:
     """safetensors keeps metadata in a hash map; the header is rewritten in sorted key order."""
-    from leantrain.io import save_model
-    from leantrain.registry import create_model
+    from leantrain.models.files import save_model
+    from leantrain.models.factory import create_model
 
     torch.manual_seed(0)
     model = create_model("test_vgg")

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from leantrain import checkpoint as ckpt_mod
-from leantrain.checkpoint import load_checkpoint
+from leantrain.training import checkpoint as ckpt_mod
+from leantrain.training.checkpoint import load_checkpoint
 from leantrain.cli import main
-from leantrain.io import save_model
-from leantrain.registry import create_model
+from leantrain.models.files import save_model
+from leantrain.models.factory import create_model
 from test_data import write_mnist
 
 

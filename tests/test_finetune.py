@@ -13,11 +13,12 @@ import torch
 
 import leantrain
 from leantrain.cli import main
-from leantrain.config import ModelConfig, RunConfig, TrainConfig
+from leantrain.config import ModelConfig, TrainConfig
+from leantrain.runs.config import RunConfig
 from leantrain.data.loaders import TensorLoader
 from leantrain.data.stream import StreamLoader
-from leantrain.pretrained import InitError, InitWarning, load_init
-from leantrain.train import fit, lr_at, make_optimizer
+from leantrain.models.pretrained import InitError, InitWarning, load_init
+from leantrain.training.fit import fit, lr_at, make_optimizer
 
 
 def _model(classes: int = 10, seed: int = 0) -> torch.nn.Module:

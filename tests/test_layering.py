@@ -1,12 +1,21 @@
-"""Layering: the core reads alone; the benchmark harness builds on it, never the reverse.
+"""Layering: the folders are the layers, each imports only its own and the ones below, and no
+import goes round in a circle.
 
-Front ends (cli, __main__, demo) may import anything; the harness (`leantrain.harness`) imports
-the core; a core module (everything else) imports neither the harness nor a front end.
+From the ground up (docs/architecture.md draws them):
+
+0. ground: `atomic`, `registry`, `config`, `cost`: used by everyone, importing no other layer;
+1. `structure` (what may be cut and the cuts) and `data`;
+2. `models` (the zoo, its factory and model files) and `methods`;
+3. `training` (fit, attach, checkpoints);
+4. `runs` (a run from its config to its folder);
+5. `harness` (benchmarks and reports);
+6. the front ends: the package itself, `cli`, `__main__`, `lightning`.
 """
 
 from __future__ import annotations
 
 import ast
+import graphlib
 import os
 import re
 import subprocess
@@ -18,8 +27,16 @@ import pytest
 import leantrain
 
 PACKAGE = Path(leantrain.__file__).parent
-# leantrain.lightning too: the Lightning callback, a front end whose import needs the extra.
-FRONT_ENDS = {"leantrain.cli", "leantrain.__main__", "leantrain.demo", "leantrain.lightning"}
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("ground", ("atomic", "registry", "config", "cost")),
+    ("structure and data", ("structure", "data")),
+    ("models and methods", ("models", "methods")),
+    ("training", ("training",)),
+    ("runs", ("runs",)),
+    ("harness", ("harness",)),
+    # leantrain.lightning too: the Lightning callback, a front end whose import needs the extra.
+    ("front ends", ("", "cli", "__main__", "lightning")),
+]
 HARNESS = "leantrain.harness"
 
 
@@ -34,10 +51,6 @@ def _modules() -> dict[str, Path]:
 
 def _is_harness(name: str) -> bool:
     return name == HARNESS or name.startswith(HARNESS + ".")
-
-
-def _is_front_end(name: str) -> bool:
-    return any(name == f or name.startswith(f + ".") for f in FRONT_ENDS)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -64,30 +77,78 @@ def imported_modules(path: Path) -> set[str]:
     return {m for m in out if m == "leantrain" or m.startswith("leantrain.")}
 
 
-CORE = sorted(n for n in _modules() if not _is_harness(n) and not _is_front_end(n))
-HARNESS_MODULES = sorted(n for n in _modules() if _is_harness(n))
+def layer_of(module: str) -> int:
+    """The index in `LAYERS` of `module` (``leantrain.x.y`` by its folder or root module)."""
+    parts = module.split(".")
+    head = parts[1] if len(parts) > 1 else ""
+    for i, (_, names) in enumerate(LAYERS):
+        if head in names:
+            return i
+    raise AssertionError(f"{module} is in no layer; add it to LAYERS and docs/architecture.md")
 
 
-def test_the_split_covers_the_named_core() -> None:
-    named = ["structure", "discover", "surgery", "methods", "train", "trainstate", "checkpoint",
-             "io", "atomic", "config", "cost", "memory", "data", "models", "registry", "runner",
-             "plots"]
-    assert {f"leantrain.{n}" for n in named} <= set(CORE)
-    assert {f"{HARNESS}.{n}" for n in ("bench", "suite", "report", "targets", "plots")} <= set(
-        HARNESS_MODULES
-    )
+def _is_harness(name: str) -> bool:
+    return name == HARNESS or name.startswith(HARNESS + ".")
 
 
-@pytest.mark.parametrize("module", CORE)
-def test_core_module_imports_no_harness_or_front_end(module: str) -> None:
-    bad = sorted(m for m in imported_modules(_modules()[module]) if _is_harness(m) or _is_front_end(m))
-    assert bad == [], f"{module} is core but imports {bad}"
+def _known(name: str, modules: dict[str, Path]) -> str | None:
+    """The module an imported name belongs to (``leantrain.x.y.attr`` → ``leantrain.x.y``)."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
 
 
-@pytest.mark.parametrize("module", HARNESS_MODULES)
-def test_harness_imports_core_only(module: str) -> None:
-    bad = sorted(m for m in imported_modules(_modules()[module]) if _is_front_end(m))
-    assert bad == [], f"{module} is harness but imports the front end {bad}"
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Every module → the leantrain modules it imports (anywhere in it)."""
+    graph = {}
+    for name, path in modules.items():
+        targets = {_known(m, modules) for m in imported_modules(path)}
+        graph[name] = {t for t in targets if t is not None and t != name}
+    return graph
+
+
+MODULES = sorted(_modules())
+CORE = sorted(n for n in MODULES if layer_of(n) < len(LAYERS) - 2)  # below the harness
+
+
+def test_every_module_sits_in_a_layer_and_every_layer_has_modules() -> None:
+    layers = {layer_of(m) for m in MODULES}
+    assert layers == set(range(len(LAYERS)))
+    # the package root holds the ground floor and the front ends only
+    root = sorted(p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert root == ["__main__", "atomic", "cli", "config", "cost", "lightning", "registry"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_module_imports_only_its_own_layer_and_those_below(module: str) -> None:
+    modules = _modules()
+    mine = layer_of(module)
+    up = sorted(t for t in import_graph({module: modules[module], **modules})[module]
+                if layer_of(t) > mine)
+    assert up == [], f"{module} ({LAYERS[mine][0]}) imports {up} from a layer above"
+
+
+def test_no_import_circles() -> None:
+    """Lazy imports count too: a circle broken only by importing inside a function is a circle."""
+    graph = import_graph(_modules())
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import circle: {' → '.join(e.args[1])}")
+
+
+def test_the_circle_check_finds_a_planted_circle(tmp_path: Path, monkeypatch) -> None:
+    fake = tmp_path / "leantrain"
+    (fake / "structure").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "structure" / "__init__.py").write_text("")
+    (fake / "structure" / "a.py").write_text("from .b import x\n")
+    (fake / "structure" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import y\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    graph = import_graph(_modules())
+    with pytest.raises(graphlib.CycleError):
+        tuple(graphlib.TopologicalSorter(graph).static_order())
 
 
 def test_the_checker_sees_every_import_form(tmp_path: Path, monkeypatch) -> None:

@@ -19,23 +19,17 @@ from torch import nn
 from conftest import randomise_bn
 from leantrain.config import TrainConfig
 from leantrain.cost import count_params, measure_step_flops
-from leantrain.io import load_model, save_model
+from leantrain.models.files import load_model, save_model
 from leantrain.methods.base import Progress
 from leantrain.methods.learndrop import LearnDrop, budget_fraction
 from leantrain.models import VGG
-from leantrain.registry import create_model
-from leantrain.scores import (
-    UNIT_SCORES,
-    UnitScore,
-    continuation,
-    flat_params,
-    normalize,
-    register_score,
-    relative_change,
+from leantrain.models.factory import create_model
+from leantrain.methods.scores import (
+    UNIT_SCORES, UnitScore, continuation, flat_params, normalize, register_score, relative_change,
 )
 from leantrain.structure import StructureError, Unit, prepare, stage_blocks_of, units_of
-from leantrain.surgery import drop_units
-from leantrain.train import fit, lr_at, make_optimizer
+from leantrain.structure.surgery import drop_units
+from leantrain.training.fit import fit, lr_at, make_optimizer
 
 SIZE = 16  # small inputs keep every test fast; the tiny models accept any size ≥ 8
 SHAPE = (3, SIZE, SIZE)
@@ -722,7 +716,7 @@ def test_events_log_scores_decisions_and_flops(decay_score, tmp_path) -> None:
 
     json.dumps(result.events, allow_nan=False)  # the event log is strict JSON
 
-    from leantrain.plots import forward_flops_curve, plot_learndrop
+    from leantrain.methods.plots import forward_flops_curve, plot_learndrop
 
     steps, flops = forward_flops_curve(result.events)
     assert steps[0] == 0 and flops[0] > flops[-1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from leantrain.machine_share import MachineShare, is_quiet, stretches, whole_run
+from leantrain.runs.machine_share import MachineShare, is_quiet, stretches, whole_run
 
 
 def test_is_quiet_needs_cpu_share_and_no_other_load() -> None:
@@ -116,8 +116,8 @@ def test_the_wait_for_cores_is_recorded_where_the_system_reports_it() -> None:
 def test_the_runner_records_machine_share_per_epoch_and_for_the_run(tmp_path) -> None:
     import json
 
-    from leantrain.config import from_dict
-    from leantrain.runner import run
+    from leantrain.runs.config import from_dict
+    from leantrain.runs.runner import run
 
     cfg = from_dict({"data": {"dataset": "mnist-sample", "train_subset": 64, "test_subset": 32},
                      "model": {"name": "test_resnet"}, "out_dir": str(tmp_path),

@@ -7,12 +7,12 @@ import copy
 import torch
 from torch import nn
 
-from leantrain.memory import ActivationMeter, saved_activation_bytes
+from leantrain.training.memory import ActivationMeter, saved_activation_bytes
 from leantrain.methods.base import Progress
 from leantrain.methods.dcp import DCP
-from leantrain.registry import create_model
+from leantrain.models.factory import create_model
 from leantrain.structure import units_of
-from leantrain.surgery import drop_units
+from leantrain.structure.surgery import drop_units
 
 
 def test_linear_saves_only_its_input() -> None:

@@ -18,12 +18,12 @@ from torch.optim.optimizer import _global_optimizer_post_hooks
 
 import leantrain
 from test_attach import _Counter  # the step-recording method those tests use
-from leantrain.attach import AttachError, AttachWarning
-from leantrain.methods.base import Method, MethodWarning
+from leantrain.training.attach import AttachError, AttachWarning
+from leantrain.methods.base import MethodWarning
 from leantrain.structure import ExampleInputError, StructureError
 
 SIZE = 16
-attach_module = importlib.import_module("leantrain.attach")  # `leantrain.attach` is the function
+attach_module = importlib.import_module("leantrain.training.attach")  # `leantrain.attach` is the function
 
 
 def _model() -> nn.Module:
@@ -447,7 +447,7 @@ def test_learndrop_never_drops_frozen_units_but_drops_settled_ones() -> None:
 
 
 def test_a_partly_frozen_unit_is_scored_on_its_trainable_parameters() -> None:
-    from leantrain.scores import ChangeScore, relative_change
+    from leantrain.methods.scores import ChangeScore, relative_change
 
     model = _model()
     _freeze(model.layer1[0].conv1)

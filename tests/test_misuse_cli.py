@@ -74,8 +74,8 @@ def test_model_written_for_another_image_size(cifar_root, tmp_path, capsys) -> N
 def test_probe_leaves_the_model_as_it_was() -> None:
     import torch
 
-    from leantrain.registry import create_model
-    from leantrain.runner import probe_model
+    from leantrain.models.factory import create_model
+    from leantrain.runs.runner import probe_model
 
     model = create_model("test_resnet").train()
     state = {k: v.clone() for k, v in model.state_dict().items()}

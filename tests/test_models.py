@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from leantrain.models import (
     VGG, BasicBlock, Bottleneck, ConvBN, ResNet, SelectLinear, SliceBatchNorm2d, SliceConv2d,
 )
-from leantrain.registry import Registry, create_model, list_models
+from leantrain.registry import Registry
+from leantrain.models.factory import create_model, list_models
 from leantrain.structure import channel_sets_of, prepare, units_of
 
 SMALL = ["vgg11", "resnet20", "test_vgg", "test_resnet", "test_resnet_bottleneck"]
@@ -95,7 +96,7 @@ TEST_MODELS = ["test_resnet", "test_resnet_bottleneck", "test_vgg"]
 
 def test_test_models_are_hidden_but_buildable() -> None:
     """The tiny test models stay out of the public list (and `cost --list`), yet build by name."""
-    from leantrain.registry import MODELS
+    from leantrain.models.factory import MODELS
 
     assert not [n for n in list_models() if n.startswith("test_")]
     assert list_models("test_*") == []

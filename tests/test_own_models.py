@@ -18,12 +18,12 @@ from torch import nn
 import user_models
 from conftest import randomise_bn
 from torchvision_stub import import_torchvision_models
-from leantrain.io import ModelFileError, load_model, save_model
+from leantrain.models.files import ModelFileError, load_model, save_model
 from leantrain.methods.base import Progress
 from leantrain.methods.dcp import DCP
-from leantrain.registry import create_model
+from leantrain.models.factory import create_model
 from leantrain.structure import channel_sets_of, prepare, structure_of, units_of
-from leantrain.surgery import drop_units
+from leantrain.structure.surgery import drop_units
 
 SHAPE = (3, 32, 32)
 
@@ -304,9 +304,9 @@ def test_inspect_lists_units_sets_and_reasons(capsys) -> None:
 def test_both_methods_run_in_the_own_loop(name: str) -> None:
     """Learn&Drop (budget mode: drops are certain) and DCP together, through `attach` as the
     README's own loop."""
-    from leantrain.attach import attach
+    from leantrain.training.attach import attach
     from leantrain.methods.learndrop import LearnDrop
-    from leantrain.train import make_optimizer, TrainConfig
+    from leantrain.training.fit import make_optimizer, TrainConfig
 
     model = _build(name)
     methods = []
@@ -379,7 +379,7 @@ def test_inspect_prints_a_compact_models_widths_for_the_static_control(tmp_path,
     """`leantrain inspect RUN/model.safetensors --widths` gives a DCP run's final widths in the
     order `static.widths` takes them."""
     from leantrain.cli import main
-    from leantrain.surgery import prune_channels
+    from leantrain.structure.surgery import prune_channels
 
     model = create_model("test_resnet")
     sets = channel_sets_of(model)

@@ -23,8 +23,8 @@ from leantrain.methods.dcp import DCP
 from leantrain.methods.freezeout import FreezeOut, freeze_times, layers_in_order
 from leantrain.methods.learndrop import LearnDrop
 from leantrain.methods.stochastic_depth import StochasticDepth, survival_probabilities
-from leantrain.registry import create_model
-from leantrain.train import fit, make_optimizer
+from leantrain.models.factory import create_model
+from leantrain.training.fit import fit, make_optimizer
 
 SIZE = 16
 SHAPE = (3, SIZE, SIZE)
@@ -272,7 +272,7 @@ def test_tp_prune_reaches_the_flops_target(name: str) -> None:
 
 @pytest.mark.usefixtures("torch_pruning")
 def test_tp_prune_rekeys_the_optimizer_and_marks_the_model() -> None:
-    from leantrain.io import architecture
+    from leantrain.models.files import architecture
 
     model = create_model("test_resnet", input_size=SIZE)
     [tp_prune] = build_methods(["tp_prune"], {"tp_prune": {"at": 0.5, "flops_reduction": 0.4}})
@@ -326,7 +326,7 @@ def test_learndrop_plus_dcp_drops_and_selects_in_one_run(tiny_cifar) -> None:
     ],
 )
 def test_peers_resume_equals_uninterrupted(tiny_cifar, tmp_path, method, args) -> None:
-    from leantrain.checkpoint import Checkpointer
+    from leantrain.training.checkpoint import Checkpointer
 
     train, test, spec = tiny_cifar
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leantrain.io import architecture, load_model, save_model
-from leantrain.registry import create_model
+from leantrain.models.files import architecture, load_model, save_model
+from leantrain.models.factory import create_model
 from leantrain.structure import channel_sets_of, units_of
-from leantrain.surgery import drop_units, prune_channels
+from leantrain.structure.surgery import drop_units, prune_channels
 
 MODELS = ["test_resnet", "test_vgg", "test_resnet_bottleneck"]
 

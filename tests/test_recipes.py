@@ -9,11 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-import leantrain.runner
+import leantrain.runs.runner
 from leantrain.cli import main
-from leantrain.config import RunConfig, TrainConfig
-from leantrain.recipes import FAMILY_RECIPES, default_recipe, model_family, with_default_recipe
-from leantrain.registry import list_models
+from leantrain.runs.config import RunConfig
+from leantrain.config import TrainConfig
+from leantrain.runs.recipes import FAMILY_RECIPES, default_recipe, model_family, with_default_recipe
+from leantrain.models.factory import list_models
 
 
 def test_every_built_in_model_has_a_family_recipe() -> None:
@@ -82,7 +83,7 @@ def captured(monkeypatch) -> list[RunConfig]:
         result = SimpleNamespace(test_acc=0.5, test_loss=1.0, times={"train_s": 1.0})
         return result, Path("runs/x")
 
-    monkeypatch.setattr(leantrain.runner, "run", fake_run)
+    monkeypatch.setattr(leantrain.runs.runner, "run", fake_run)
     return seen
 
 

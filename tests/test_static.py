@@ -13,10 +13,10 @@ from leantrain.data.loaders import TensorLoader
 from leantrain.methods import build_methods
 from leantrain.methods.base import Progress
 from leantrain.methods.static import StaticWidths
-from leantrain.registry import create_model
+from leantrain.models.factory import create_model
 from leantrain.structure import channel_sets_of
-from leantrain.surgery import prune_channels
-from leantrain.train import fit
+from leantrain.structure.surgery import prune_channels
+from leantrain.training.fit import fit
 
 
 def test_uniform_widths_round_up_to_the_multiple_and_stay_within_the_layer() -> None:

@@ -8,17 +8,12 @@ import re
 import pytest
 import torch
 
-from leantrain.checkpoint import Checkpointer, load_checkpoint
+from leantrain.training.checkpoint import Checkpointer, load_checkpoint
 from leantrain.config import ConfigError, TrainConfig
 from leantrain.data import TensorLoader
-from leantrain.registry import create_model
-from leantrain.train import (
-    LOSS_BOUND,
-    TrainingDiverged,
-    _first_nonfinite,
-    fit,
-    lr_at,
-    make_optimizer,
+from leantrain.models.factory import create_model
+from leantrain.training.fit import (
+    LOSS_BOUND, TrainingDiverged, _first_nonfinite, fit, lr_at, make_optimizer,
 )
 
 

@@ -5,10 +5,7 @@ parameters have settled, arXiv 2604.23403) and Dynamic Channel Propagation (trai
 highest-utility channels and export a compact model, arXiv 2007.01486).
 """
 
-from .attach import AttachError, Attached, AttachWarning, attach
-from .checkpoint import CheckpointError, Checkpointer, load_checkpoint
 from .cost import CostMeter, StepCost, count_macs, count_params, measure_step_flops
-from .io import ModelFileError, load_model, save_model
 from .methods import METHODS, Method, Progress
 from .methods.base import MethodWarning
 from .methods.dcp import DCP
@@ -16,13 +13,16 @@ from .methods.freezeout import FreezeOut
 from .methods.learndrop import LearnDrop
 from .methods.stochastic_depth import StochasticDepth
 from .methods.tp_prune import TPPrune
-from .registry import create_model, list_models
+from .models.factory import create_model, list_models
+from .models.files import ModelFileError, load_model, save_model
 from .structure import (
     ChannelSet, ExampleInputError, Excluded, Structure, StructureError, Unit, channel_sets_of,
     prepare, structure_of, units_of,
 )
-from .surgery import Change, drop_units, freeze_units, prune_channels, remap_optimizer
-from .train import Result, TrainingDiverged, evaluate, fit, lr_at
+from .structure.surgery import Change, drop_units, freeze_units, prune_channels, remap_optimizer
+from .training.attach import AttachError, Attached, AttachWarning, attach
+from .training.checkpoint import CheckpointError, Checkpointer, load_checkpoint
+from .training.fit import Result, TrainingDiverged, evaluate, fit, lr_at
 
 __version__ = "0.1.0"
 

@@ -31,7 +31,7 @@ def _command(name: str):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .config_flags import add_config_flags
+    from .runs.flags import add_config_flags
 
     p = sub.add_parser(
         "train", help="train a model, optionally with a pruning method",
@@ -47,8 +47,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 @_command("train")
 def _train(args: argparse.Namespace) -> int:
-    from .config_flags import config_from_args
-    from .runner import finished_summary, run
+    from .runs.flags import config_from_args
+    from .runs.runner import finished_summary, run
 
     cfg = config_from_args(args)
     if args.resume and args.resume_from:
@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # under torchrun: a collective failed because a peer died
         from torch.distributed import DistError
 
-        from .distributed import DivergedRanks
+        from .training.distributed import DivergedRanks
 
         # Some gloo failures arrive as a plain RuntimeError naming gloo's source file.
         collective = isinstance(e, (DistError, DivergedRanks)) or any(
@@ -104,7 +104,7 @@ def _check_finite(test_loss: float, test_acc: float, folder: Any, lr: float) -> 
 
 
 def _first_line(e: BaseException) -> str:
-    from .distributed import DivergedRanks
+    from .training.distributed import DivergedRanks
 
     if isinstance(e, DivergedRanks):
         return str(e).rstrip(".")
@@ -119,7 +119,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="short offline run on the embedded MNIST sample",
         description="Train on the MNIST sample shipped inside leantrain and print a results table.",
     )
-    from .demo import EPOCHS, TRAIN_SUBSET
+    from .runs.demo import EPOCHS, TRAIN_SUBSET
 
     p.add_argument("--epochs", type=int, default=EPOCHS, help=f"(default {EPOCHS})")
     p.add_argument("--train-subset", type=int, default=TRAIN_SUBSET,
@@ -130,7 +130,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 @_command("demo")
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .runs.demo import run_demo
 
     run_demo(epochs=args.epochs, out_dir=args.out_dir, show_progress=not args.no_progress,
              train_subset=args.train_subset)
@@ -163,7 +163,7 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
 
 def _check_input(model: Any, shape: tuple[int, int, int]) -> None:
     """One sentence, not a torch traceback, when the model cannot take an ``--input`` of `shape`."""
-    from .runner import ProbeError, probe_model
+    from .runs.runner import ProbeError, probe_model
 
     try:
         probe_model(model, shape)
@@ -183,7 +183,7 @@ def _check_input(model: Any, shape: tuple[int, int, int]) -> None:
 @_command("cost")
 def _cost(args: argparse.Namespace) -> int:
     from .cost import count_macs, count_params, layer_costs, measure_step_flops
-    from .registry import create_model, list_models
+    from .models.factory import create_model, list_models
 
     if args.list or not args.model:
         print("\n".join(list_models()))
@@ -230,12 +230,12 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 @_command("inspect")
 def _inspect(args: argparse.Namespace) -> int:
-    from .registry import create_model
+    from .models.factory import create_model
     from .structure import prepare
 
     c, h, _ = _parse_shape(args.input)
     if args.model.endswith(".safetensors"):
-        from .io import load_model
+        from .models.files import load_model
 
         model = load_model(args.model, factory=args.factory)
     elif args.factory is not None:
@@ -287,7 +287,7 @@ _PARSERS = [_add_train, _add_demo, _add_cost, _add_inspect, _add_bench, _add_rep
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    from .export import FORMATS
+    from .runs.export import FORMATS
 
     p = sub.add_parser(
         "export", help="write a run's compact model as safetensors, .pt2 or ONNX",
@@ -307,7 +307,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 @_command("export")
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from .runs.export import export_model
 
     report = export_model(args.source, args.format, args.out, factory=args.factory)
     check = ("outputs not compared" if report.max_abs_diff is None
@@ -340,7 +340,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 @_command("eval")
 def _eval(args: argparse.Namespace) -> int:
-    from .export import evaluate_model_file
+    from .runs.export import evaluate_model_file
 
     acc, loss, n = evaluate_model_file(args.model_file, args.dataset, args.data_dir,
                                        test_subset=args.test_subset, device=args.device,
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .train import TrainingDiverged
+    from .training.fit import TrainingDiverged
 
     return (ValueError, OSError, TrainingDiverged)
 

@@ -1,20 +1,14 @@
-"""Run configuration: dataclasses whose fields are the hyperparameters, TOML files, CLI flags.
+"""The settings' dataclasses every layer reads: data, model and training recipe, and the type
+checks, TOML reading and merging that turn a file or flags into them.
 
-A run is described by one `RunConfig` (data, model, training recipe, methods and their
-hyperparameters, seed). It is read from TOML with `tomllib`, overridden by command-line flags
-generated from the same dataclass fields (`leantrain.config_flags`), checked against the fields'
-types, validated, and written back to the run folder.
-
-The configuration is *resolved*: ``method_args`` holds every field of every method in use, its
-defaults filled in, so ``config.json`` records what ran and `RunConfig.digest` (the run's
-identity) changes when a default does, while two commands that mean the same run share it.
+`leantrain.runs.config.RunConfig` puts them together with the methods and their settings; this
+module imports nothing of leantrain (nor torch), so the training loop, the methods and the
+command line all read the same `TrainConfig` without climbing a layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import json
 import math
 import tomllib
@@ -22,21 +16,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
-
-if TYPE_CHECKING:
-    from .registry import Registry  # imports torch; a config is read without it
+from typing import Any, Mapping
 
 __all__ = [
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
-    "RunConfig",
     "ConfigError",
     "load_toml",
-    "from_dict",
     "merge",
     "split_method",
+    "as_table",
+    "field_default",
     "check_fields",
     "field_types",
     "coerce_value",
@@ -88,7 +79,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The training recipe. The LR is a pure function of progress (see `leantrain.train.lr_at`)."""
+    """The training recipe. The LR is a pure function of progress (see `leantrain.training.fit.lr_at`)."""
 
     epochs: int = 10
     # Fraction of `epochs` actually trained (Li et al., "Budgeted Training", arXiv 1905.04753):
@@ -229,7 +220,8 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (its factory called), for messages and flag help."""
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -253,7 +245,7 @@ def check_fields(
     """
     types_ = field_types(cls)
     unknown = sorted(set(values) - set(types_))
-    if unknown and section in _SECTIONS:
+    if unknown and section in SECTIONS:
         raise ConfigError(
             f"unknown key(s) {unknown} in [{section}]; valid keys are: {', '.join(sorted(types_))}."
         )
@@ -261,7 +253,7 @@ def check_fields(
         raise ConfigError(
             f"unknown key(s) {unknown} for method {section!r}; valid: {', '.join(sorted(types_))}."
         )
-    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(cls)}
     out = {}
     for name, value in values.items():
         ok, out[name] = coerce_value(value, types_[name])
@@ -275,13 +267,11 @@ def check_fields(
     return out
 
 
-# ------------------------------------------------------------------------------------ methods
+# The run's sections (TOML tables) that these dataclasses are read from.
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
-def _registry() -> "Registry[type]":
-    from .methods import METHODS  # lazily: methods import torch, reading a config need not
-
-    return METHODS
+# -------------------------------------------------------------------------------- helpers
 
 
 def split_method(method: str) -> list[str]:
@@ -290,169 +280,8 @@ def split_method(method: str) -> list[str]:
     return [] if names in ([""], ["none"], ["dense"]) else names
 
 
-def _resolve_methods(method: Any, method_args: Any) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The normalised method setting and every used method's settings with defaults filled in.
-
-    Each method is instantiated once, so its own checks (``dcp.p`` in [0, 1), ...) run when the
-    configuration is read, not when training starts.
-    """
-    if not isinstance(method, str):
-        raise ConfigError(f'method = {toml_repr(method)} must be a string, e.g. method = "dcp".')
-    if not isinstance(method_args, dict) or not all(isinstance(v, dict) for v in method_args.values()):
-        raise ConfigError(
-            f"method_args = {toml_repr(method_args)} must be a table of tables of method settings, "
-            'e.g. method_args = {dcp = {p = 0.5}}.'
-        )
-    registry = _registry()
-    names = split_method(method)
-    for name in names:
-        if name not in registry:
-            raise ConfigError(
-                f"unknown method {name!r}; choose none or one of: {', '.join(sorted(registry))} "
-                "(combine with '+')."
-            )
-    if len(set(names)) != len(names):
-        raise ConfigError(f"method {method!r} names a method twice; give each method once.")
-    normalised = "+".join(names) or "none"
-    for name in method_args:
-        if name not in registry:
-            raise ConfigError(
-                f"settings given for unknown method {name!r}; known methods: "
-                f"{', '.join(sorted(registry)) or 'none'}."
-            )
-        if name not in names:
-            use = "+".join([*names, name])
-            raise ConfigError(
-                f"[{name}] settings were given but {name} is not among the methods in use "
-                f'({normalised}); add it with method = "{use}" or remove the [{name}] table.'
-            )
-    resolved = {}
-    for name in names:
-        cls = registry[name]
-        given = check_fields(cls, method_args.get(name, {}), name)
-        try:
-            instance = cls(**given)
-        except ValueError as e:  # the method's own range checks; one sentence already
-            raise ConfigError(str(e)) from None
-        resolved[name] = {n: getattr(instance, n) for n in field_types(cls)}
-    return normalised, resolved
-
-
-# ---------------------------------------------------------------------------------- the run
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines one training run.
-
-    On construction ``method`` is normalised (``"dense"`` → ``"none"``) and ``method_args`` is
-    resolved: every field of every method in use, defaults filled in; settings of a method not
-    in use are an error.
-
-    Attributes:
-        method: ``"none"`` (dense), a registered method name, or several joined by ``+``
-            (e.g. ``"learndrop+dcp"``).
-        method_args: per method in use, all its hyperparameters (fields of its dataclass).
-        out_dir: parent folder of run folders.
-        checkpoint_every: steps between checkpoints (0 = only at epoch ends).
-        checkpoint_minutes: also checkpoint when this many minutes passed since the last one
-            (0 = off); epoch ends are always checkpointed.
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    method: str = "none"
-    method_args: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seed: int = 0
-    out_dir: str = "runs"
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.method, self.method_args = _resolve_methods(self.method, self.method_args)
-
-    def method_names(self) -> list[str]:
-        return split_method(self.method)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def digest(self) -> str:
-        """Stable hash of the resolved settings that decide what is trained (open_lth style).
-
-        Left out: the seed (each seed is a subfolder), the output folder, how often to
-        checkpoint (a run resumed with another frequency stays in its folder), and where the data
-        lives and whether it may be downloaded (the same data set from another folder is the
-        same run).
-        """
-        d = self.to_dict()
-        for key in ("seed", "out_dir", "checkpoint_every", "checkpoint_minutes"):
-            d.pop(key)
-        d["data"].pop("data_dir"), d["data"].pop("download")
-        for (method, key), before in DIGEST_NEUTRAL.items():
-            args = d["method_args"].get(method, {})
-            if key in args and args[key] == before:
-                args.pop(key)
-        for key, before in TRAIN_DIGEST_NEUTRAL.items():
-            if d["train"].get(key) == before:
-                d["train"].pop(key)
-        for key, before in MODEL_DIGEST_NEUTRAL.items():
-            if d["model"].get(key) == before:
-                d["model"].pop(key)
-        if d["model"].get("init") is not None:  # the weights, wherever the file lives
-            d["model"]["init"] = file_identity(d["model"]["init"])
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
-
-    def run_dir(self) -> Path:
-        label = "dense" if not self.method_names() else self.method
-        # A model reference (torchvision:resnet18) names the folder without its colon, which
-        # some file systems refuse.
-        model = self.model.name.replace(":", "_")
-        return Path(self.out_dir) / (
-            f"{self.data.dataset}-{model}-{label}-{self.digest()}"
-        ) / f"seed{self.seed}"
-
-
-def file_identity(path: str) -> str:
-    """``sha256:<hex>`` of the file at `path`: the same weights copied elsewhere are the same
-    run. A file that cannot be read keeps its path (the run then fails with a clear error)."""
-    try:
-        stat = Path(path).stat()
-    except OSError:
-        return str(path)
-    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """Hashed once per file version: the digest is asked for several times per run."""
-    del size, mtime_ns  # part of the cache key only
-    try:
-        with open(path, "rb") as f:
-            return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return path
-
-
-# Method settings added after runs were recorded, with the value that does what the method did
-# before the setting existed: at that value a setting is left out of the digest, so those runs
-# keep their identity (their folders resume, their result rows stay current) and can be set
-# beside the new default.
-DIGEST_NEUTRAL: dict[tuple[str, str], Any] = {
-    ("learndrop", "peer_reference"): "max",
-}
-# The same for training settings: a full budget is what every run did before `budget` existed.
-TRAIN_DIGEST_NEUTRAL: dict[str, Any] = {"budget": 1.0, "head_lr_mult": 1.0, "freeze_bn": False,
-                                         "stream": 1, "stream_replay": False}
-MODEL_DIGEST_NEUTRAL: dict[str, Any] = {"init": None, "init_skip": []}
-
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-_TOP = {f.name: f for f in dataclasses.fields(RunConfig)}
-_TOP_KEYS = {"method", "seed", "out_dir", "checkpoint_every", "checkpoint_minutes"}
-
-
-def _table(key: str, value: Any, source: str | None) -> dict[str, Any]:
+def as_table(key: str, value: Any, source: str | None) -> dict[str, Any]:
+    """`value`, which must be a TOML table of settings (else a `ConfigError` naming `key`)."""
     if not isinstance(value, dict):
         where = f" in {source}" if source else ""
         raise ConfigError(
@@ -471,64 +300,10 @@ def merge(base: dict[str, Any], over: dict[str, Any], source: str | None = None)
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict):
-            out[k] = merge(_table(k, out[k], source) if k in out else {}, v, source)
+            out[k] = merge(as_table(k, out[k], source) if k in out else {}, v, source)
         else:
             out[k] = v
     return out
-
-
-def from_dict(
-    d: dict[str, Any], method_fields: Any = None, *, source: str | None = None
-) -> RunConfig:
-    """Build a resolved `RunConfig` from a nested dict (TOML layout), checking keys and types.
-
-    Args:
-        d: ``{"seed": 0, "method": "learndrop", "data": {...}, "train": {...}, "learndrop": {...}}``
-            (method tables may also come under ``method_args``, as `RunConfig.to_dict` writes).
-        method_fields: ignored; methods are looked up in `leantrain.methods.METHODS`. Kept so
-            callers written for the older signature keep working.
-        source: where `d` came from (a file name), named in messages.
-    """
-    del method_fields
-    registry = _registry()
-    kwargs: dict[str, Any] = {}
-    method_args: dict[str, dict[str, Any]] = {}
-    top_types = field_types(RunConfig)
-    for key, value in d.items():
-        if key in _SECTIONS:
-            kwargs[key] = _SECTIONS[key](**check_fields(_SECTIONS[key], _table(key, value, source),
-                                                        key, source))
-        elif key in _TOP_KEYS:
-            ok, kwargs[key] = coerce_value(value, top_types[key])
-            if not ok:
-                where = f" in {source}" if source else ""
-                example = toml_repr(_default(_TOP[key]))
-                raise ConfigError(
-                    f"{key} = {toml_repr(value)}{where} must be {describe_type(top_types[key])}, "
-                    f"e.g. {key} = {example}."
-                )
-        elif key == "method_args":
-            for name, args in _table(key, value, source).items():
-                method_args.setdefault(name, {}).update(_table(f"method_args.{name}", args, source))
-        elif key in registry:
-            method_args.setdefault(key, {}).update(_table(key, value, source))
-        else:
-            valid = sorted([*_SECTIONS, *_TOP_KEYS, *registry])
-            raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {', '.join(valid)}.")
-    for name, args in method_args.items():  # types first, so the message can name the file
-        if name in registry:
-            method_args[name] = check_fields(registry[name], args, name, source)
-    cfg = RunConfig(**kwargs, method_args=method_args)
-    cfg.train.validate()
-    if cfg.seed < 0:  # numpy's seeding would refuse it deep inside the data loading
-        raise ConfigError(f"seed {cfg.seed} is negative; seeds are whole numbers ≥ 0 (--seed N).")
-    if cfg.checkpoint_every < 0:
-        raise ConfigError(
-            "checkpoint_every must be a whole number of steps ≥ 0 (0: epoch ends only)."
-        )
-    if not 0 <= cfg.checkpoint_minutes < 1e9:
-        raise ConfigError("checkpoint_minutes must be a number of minutes ≥ 0 (0: off).")
-    return cfg
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

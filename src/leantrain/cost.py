@@ -13,7 +13,7 @@ Conventions (every field says which unit it is in):
     a few percent of a CNN's arithmetic and FlopCounterMode does not count them either.
 
 Sliceable layers that compute only a subset of their channels (``gate_mode="slice"`` with
-``out_index``/``in_index``, see `leantrain.models.layers`) are counted at their effective width,
+``out_index``/``in_index``, see `leantrain.structure.layers`) are counted at their effective width,
 read from the tensors each call actually sees; in ``"mask"`` mode they still compute every
 channel and are counted at full width. Parameters are always counted at their stored size.
 
@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models.layers import SliceBatchNorm2d
 
 __all__ = [
     "StepCost",
@@ -46,6 +45,7 @@ __all__ = [
     "count_macs",
     "measure_step_flops",
     "layer_costs",
+    "module_macs",
 ]
 
 
@@ -158,7 +158,9 @@ def measure_step_flops(
     ]
     params = list(model.parameters())
     grads = [p.grad for p in params]
-    observers = {m: m.observer for m in model.modules() if isinstance(m, SliceBatchNorm2d)}
+    # DCP's BN observers (`leantrain.structure.layers.SliceBatchNorm2d.observer`) must not see
+    # the measuring batch; found by the attribute, so this ground-floor module imports no layer.
+    observers = {m: m.observer for m in model.modules() if hasattr(m, "observer")}
     try:
         for p in params:
             # Detach the old .grad so backward allocates fresh tensors instead of accumulating
@@ -318,7 +320,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dict[str
     def hook(name: str, module: nn.Module) -> Any:
         def fn(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
             x = args[0]
-            macs, bias = _module_macs(mod, x, out)
+            macs, bias = module_macs(mod, x, out)
             row = rows.get(id(mod))
             if row is None:
                 row = rows[id(mod)] = {
@@ -351,7 +353,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dict[str
     return list(rows.values())
 
 
-def _module_macs(mod: nn.Module, x: Tensor, out: Tensor) -> tuple[int, int]:
+def module_macs(mod: nn.Module, x: Tensor, out: Tensor) -> tuple[int, int]:
     """(MACs, bias MACs) of one call, from the tensors actually seen (so slicing is respected)."""
     batch = x.shape[0]
     out_per_sample = out.numel() // batch

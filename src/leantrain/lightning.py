@@ -18,9 +18,9 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 from torch import Tensor, nn
 
-from .attach import Attached, _method_list, attach, replay
 from .methods.base import Method
 from .structure import prepare
+from .training.attach import Attached, _method_list, attach, replay
 
 __all__ = ["LeanTrain"]
 
@@ -91,7 +91,7 @@ class LeanTrain(pl.Callback):
             raise ValueError(
                 f"LeanTrain runs in a single-process Trainer, but this one has "
                 f"{trainer.world_size} processes; for several use `torchrun -m leantrain train` "
-                "or leantrain.distributed.ShrinkingDDP in your own loop."
+                "or leantrain.training.distributed.ShrinkingDDP in your own loop."
             )
         opt = trainer.optimizers[0]
         total = int(trainer.estimated_stepping_batches)

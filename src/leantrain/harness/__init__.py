@@ -1,5 +1,5 @@
 """The benchmark and report harness: suites, `leantrain bench`, `leantrain report`, targets, plots.
 
-It builds on the core (it runs `leantrain.runner.run` and reads configs), never the other way
+It builds on the core (it runs `leantrain.runs.runner.run` and reads configs), never the other way
 round: no core module imports this package (``tests/test_layering.py`` checks it).
 """

@@ -2,7 +2,7 @@
 
 Suites are described in `leantrain.harness.suite`; runs come in its order (each dense run right
 before the method runs it is compared with). Every run executes in a fresh subprocess
-(`leantrain.runner.run`), which isolates runs and makes the process's peak RSS a per-run memory
+(`leantrain.runs.runner.run`), which isolates runs and makes the process's peak RSS a per-run memory
 figure. Rows go to ``<results-dir>/<suite>-<environment key>.jsonl`` (whole lines, flushed and
 fsynced); a run whose key (suite, label, data set, model, seed, config digest) is already there
 is skipped, so an interrupted suite resumes where it stopped, and an interrupted run continues
@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_atomic
-from ..config import ConfigError, from_dict
-from ..env import environment, environment_key, hardware_name, machine_key
+from ..config import ConfigError
+from ..runs.config import from_dict
+from ..runs.env import environment, environment_key, hardware_name, machine_key
 from .suite import BenchRun, Suite, load_suite, suite_names
 
 __all__ = [
@@ -249,7 +250,7 @@ def _row(run: BenchRun, suite: Suite, summary: dict[str, Any], wall: float | Non
 
 def _finished_row(run: BenchRun, suite: Suite) -> dict[str, Any] | None:
     """The row of a run whose folder already holds a finished run (kept or rebuilt), or None."""
-    from ..runner import finished_summary
+    from ..runs.runner import finished_summary
 
     folder = run.config.run_dir()
     summary = finished_summary(folder)
@@ -300,7 +301,7 @@ def run_suite(
     """
     from tqdm.auto import tqdm
 
-    from ..train import resolve_device
+    from ..training.fit import resolve_device
 
     devices = {r.config.train.device for r in suite.runs}
     if len(devices) > 1:
@@ -429,9 +430,9 @@ def main(args: argparse.Namespace) -> int:
 def _resume_mode(cfg: Any) -> str:
     """``"auto"`` (continue a checkpoint if there is one), or ``"restart"`` when the run's
     checkpoint was written on another machine: its training time would add two machines'
-    seconds, which no time ratio can be computed from (`leantrain.env.machine_key`)."""
-    from ..checkpoint import CheckpointError, has_checkpoint, load_checkpoint
-    from ..train import resolve_device
+    seconds, which no time ratio can be computed from (`leantrain.runs.env.machine_key`)."""
+    from ..training.checkpoint import CheckpointError, has_checkpoint, load_checkpoint
+    from ..training.fit import resolve_device
 
     folder = cfg.run_dir()
     if not has_checkpoint(folder):
@@ -456,10 +457,10 @@ def _child(config_json: str) -> int:
     A user error ends it as the CLI would (one ``leantrain: error:`` line, exit 2), so the
     parent's one-line report shows the sentence, not an exception's type.
     """
-    from ..checkpoint import CheckpointError
+    from ..training.checkpoint import CheckpointError
     from ..methods import method_fields
-    from ..runner import run
-    from ..train import TrainingDiverged
+    from ..runs.runner import run
+    from ..training.fit import TrainingDiverged
 
     cfg = from_dict(json.loads(config_json), method_fields())
     try:

@@ -15,8 +15,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from ..env import hardware_name, machine_key
-from ..machine_share import is_quiet
+from ..runs.env import hardware_name, machine_key
+from ..runs.machine_share import is_quiet
 from .summary import Summary
 
 __all__ = ["Pace", "DRIFT", "pace_checks", "pace_table", "drift_sentence"]

@@ -1,6 +1,6 @@
 """Benchmark plots (`leantrain report`): one figure per (suite, data set, model).
 
-The plots of a single run's events stay in the core (`leantrain.plots`): `leantrain.runner`
+The plots of a single run's events stay in the core (`leantrain.methods.plots`): `leantrain.runs.runner`
 writes them into every run folder, benchmark or not.
 """
 
@@ -12,11 +12,11 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless, as in leantrain.plots: reports are made on servers and in CI
+matplotlib.use("Agg")  # headless, as in leantrain.methods.plots: reports are made on servers and in CI
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from ..plots import save_figure  # noqa: E402
+from ..methods.plots import save_figure  # noqa: E402
 from .frontier import Frontier, build_frontiers  # noqa: E402
 from .summary import Summary  # noqa: E402
 

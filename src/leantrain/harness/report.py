@@ -28,8 +28,8 @@ from typing import Any
 
 from ..atomic import write_atomic
 from ..config import TrainConfig
-from ..env import hardware_name
-from ..machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE
+from ..runs.env import hardware_name
+from ..runs.machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE
 from .frontier import Frontier, build_frontiers, frontier_of
 from .pace import pace_table
 from .plots import plot_flops_curves, plot_pareto, slug
@@ -62,7 +62,7 @@ TIME_NOTE = (
     "Train time = the `train` + `surgery` laps of `fit()` (forward, backward, optimizer "
     "step, the method's hooks and every cut, device-synchronised); evaluation, data "
     "loading and FLOP counting are excluded. Speed-ups use only runs that had the machine to "
-    "themselves (`leantrain.machine_share`, judged for every epoch: its threads waited for a "
+    "themselves (`leantrain.runs.machine_share`, judged for every epoch: its threads waited for a "
     f"core at most {QUIET_WAIT_SHARE:.0%} of the time, or where that is not recorded used ≥ "
     f"{QUIET_CPU_SHARE:.0%} of wall time × threads, and at most {QUIET_OTHER_LOAD:g} of a core "
     "of other load was running at the epoch's end); a time marked *shared* was taken beside "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import toml_repr
-from ..env import hardware_name
+from ..runs.env import hardware_name
 from .bench import read_results
 
 __all__ = [

@@ -27,16 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import (
-    ConfigError,
-    RunConfig,
-    coerce_value,
-    describe_type,
-    from_dict,
-    load_toml,
-    merge,
-    split_method,
-    toml_repr,
+    ConfigError, coerce_value, describe_type, load_toml, merge, split_method, toml_repr,
 )
+from ..runs.config import RunConfig, from_dict
 
 __all__ = ["BenchRun", "Suite", "load_suite", "suite_names"]
 

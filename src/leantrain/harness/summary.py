@@ -12,8 +12,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..env import machine_key
-from ..machine_share import is_quiet
+from ..runs.env import machine_key
+from ..runs.machine_share import is_quiet
 from .bench import recipe_digest
 
 __all__ = ["Summary", "recipe_key", "row_value", "summarize"]
@@ -77,7 +77,7 @@ class Summary:
 
     @property
     def contended(self) -> int:
-        """Rows whose run shared the machine with other work (`leantrain.machine_share`)."""
+        """Rows whose run shared the machine with other work (`leantrain.runs.machine_share`)."""
         return sum(is_quiet(r.get("machine")) is False for r in self.rows)
 
     def quiet_times(self) -> dict[tuple[Any, ...], list[float]]:

@@ -1,44 +1,12 @@
-"""Pruning-while-training methods, registered by name so a run's config stays serialisable."""
+"""Pruning-while-training methods: the `Method` protocol, the registry of methods by name, and
+the methods themselves (importing this package registers each one)."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from . import dcp, freezeout, learndrop, static, stochastic_depth, tp_prune  # registers each
+from .base import Method, MethodWarning, Progress
+from .registry import METHODS, build_methods, method_fields, register_method
 
-from ..registry import Registry
-from .base import Method, Progress
-
-__all__ = ["Method", "Progress", "METHODS", "build_methods", "method_fields", "register_method"]
-
-# name → Method dataclass; each module below registers itself on import.
-METHODS: Registry[type[Method]] = Registry("method")
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a Method dataclass available by its ``name``.
-
-    Raises:
-        ValueError: if another method already has that name.
-    """
-    return METHODS.register(cls, name=cls.name)
-
-
-def method_fields() -> dict[str, set[str]]:
-    """Hyperparameter names of every registered method (to validate configs)."""
-    return {name: {f.name for f in dataclasses.fields(cls)} for name, cls in METHODS.items()}
-
-
-def build_methods(names: list[str], args: dict[str, dict[str, Any]]) -> list[Method]:
-    """Instantiate methods by name with their hyperparameters, with clear errors."""
-    methods = []
-    for name in names:
-        if name not in METHODS:
-            raise ValueError(
-                f"unknown method {name!r}; choose none or one of: {', '.join(METHODS.names())} "
-                "(combine with '+')."
-            )
-        methods.append(METHODS[name](**args.get(name, {})))
-    return methods
-
-# Registration happens on import; kept at the bottom because the modules import register_method.
-from . import dcp, freezeout, learndrop, static, stochastic_depth, tp_prune  # noqa: E402,F401
+__all__ = ["Method", "MethodWarning", "Progress", "METHODS", "build_methods", "method_fields",
+           "register_method", "dcp", "freezeout", "learndrop", "static", "stochastic_depth",
+           "tp_prune"]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from ..surgery import Change
+    from ..structure.surgery import Change
 
 __all__ = ["Method", "MethodWarning", "Progress"]
 
@@ -79,7 +79,7 @@ class Method:
     def sync_tensors(self, model: nn.Module) -> list[Tensor]:
         """Statistics computed from this process's batch alone, which ``after_backward`` uses.
 
-        In a multi-process job (`leantrain.distributed`) they are averaged over the processes,
+        In a multi-process job (`leantrain.training.distributed`) they are averaged over the processes,
         in place and in this order, before ``after_backward``, so every process decides alike
         (DCP: the saliencies). Weights-based scores need none: DDP keeps weights identical.
         """

@@ -7,7 +7,7 @@ are updated from a first-order Taylor saliency of their BN output; at the end th
 channels are kept and the rest are cut out, giving a compact model.
 
 Unlike the authors' code, which multiplies full-width activations by a 0/1 mask, the selected
-channels are gathered into smaller convolutions each step (`leantrain.models.layers`), so
+channels are gathered into smaller convolutions each step (`leantrain.structure.layers`), so
 training gets faster as p grows. ``mode="mask"`` reproduces the authors' computation for tests
 and for the benchmark's masked row.
 """
@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from ..structure import ChannelSet, channel_sets_of
-from ..surgery import Change, prune_channels
-from . import register_method
+from ..structure.surgery import Change, prune_channels
 from .base import Method, MethodWarning, Progress
+from .registry import register_method
 
 __all__ = ["DCP", "computed_width", "select_channels", "select_per_layer"]
 

@@ -38,9 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from ..structure import structure_of
-from ..surgery import Change, ParamEdit
-from . import register_method
+from ..structure.surgery import Change, ParamEdit
 from .base import Method, Progress
+from .registry import register_method
 
 __all__ = ["FreezeOut", "freeze_times", "layers_in_order"]
 

@@ -3,7 +3,7 @@
 At checkpoints (end of every N epochs, or every N steps) every live droppable unit (an
 identity-shortcut residual block, or an equal-width stride-1 VGG conv; see
 `leantrain.structure.units_of`) gets a raw score D from a pluggable unit score
-(`leantrain.scores.UNIT_SCORES`; the paper's is the relative parameter change), a normalised score
+(`leantrain.methods.scores.UNIT_SCORES`; the paper's is the relative parameter change), a normalised score
 S (own peak or peers) and a continuation score C (slope of D over the last W checkpoints / mean).
 
 * ``mode="threshold"``: after a warm-up, a unit whose S < τ and C ≤ 0 held for P checkpoints in a
@@ -13,10 +13,10 @@ S (own peak or peers) and a continuation score C (slope of D over the last W che
   units needed to meet the ramp, skipping units whose C > 0 (still speeding up).
 
 Both keep at least ``min_units_per_stage`` live blocks per stage and respect an overall cap.
-A dropped unit is replaced for good (`leantrain.surgery.drop_units`) and its parameters leave the
+A dropped unit is replaced for good (`leantrain.structure.surgery.drop_units`) and its parameters leave the
 optimizer through the returned `Change`; ``action="freeze"`` keeps it in the forward pass without
 gradients instead. Every checkpoint logs every unit's D, S, C and decision (``ld_checkpoint``
-events) and every drop its forward FLOPs before and after, for `leantrain.plots.plot_learndrop`.
+events) and every drop its forward FLOPs before and after, for `leantrain.methods.plots.plot_learndrop`.
 
 Only the paper's abstract is available; the score definitions, rules and defaults are ours
 (see ``docs/methods/learndrop.md``) and are meant to be calibrated by the benchmark sweep.
@@ -33,11 +33,11 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..cost import count_macs
-from ..scores import UNIT_SCORES, UnitScore, continuation, normalize
 from ..structure import Unit, example_shape, stage_blocks_of, units_of
-from ..surgery import Change, drop_units, freeze_units
-from . import register_method
+from ..structure.surgery import Change, drop_units, freeze_units
 from .base import Method, MethodWarning, Progress
+from .registry import register_method
+from .scores import UNIT_SCORES, UnitScore, continuation, normalize
 
 __all__ = ["LearnDrop", "budget_fraction"]
 
@@ -72,7 +72,7 @@ class LearnDrop(Method):
     """Learn&Drop: remove settled layers while training, so later steps do less forward work.
 
     Args:
-        score: unit score by registry name in `leantrain.scores.UNIT_SCORES`: ``"change"`` (the
+        score: unit score by registry name in `leantrain.methods.scores.UNIT_SCORES`: ``"change"`` (the
             paper's relative parameter change) or ``"residual_norm"`` (‖y − x‖/‖x‖).
         normalize: ``"peers"``: S = D / max over the active units at the same checkpoint;
             ``"self"``: S = D / the unit's own peak so far.

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from ..structure import ChannelSet, channel_sets_of
-from ..surgery import Change, prune_channels
-from . import register_method
+from ..structure.surgery import Change, prune_channels
 from .base import Method, Progress
 from .dcp import computed_width
+from .registry import register_method
 
 __all__ = ["StaticWidths"]
 

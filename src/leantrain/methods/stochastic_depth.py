@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..structure import Unit, structure_of
-from . import register_method
 from .base import Method, Progress
+from .registry import register_method
 
 __all__ = ["StochasticDepth", "survival_probabilities"]
 

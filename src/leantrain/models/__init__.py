@@ -1,11 +1,17 @@
-"""Model families (VGG, ResNet): plain modules whose removable structure discovery finds.
+"""The model zoo: VGG and CIFAR ResNet families and the factory that builds any model by name.
 
-Importing this package registers every architecture in `leantrain.registry.MODELS`; build one
-with `leantrain.registry.create_model`.
+Importing this package registers every architecture in ``MODELS`` (the factory first, then each
+family, which registers into it); build one with `create_model`. The sliceable layers the families
+are made of belong to `leantrain.structure.layers`.
 """
 
-from .layers import ConvBN, SelectLinear, SliceBatchNorm2d, SliceConv2d
+from .factory import (
+    MODELS, ZOOS, Zoo, check_file_reference, create_model, list_models, reference_kind,
+)
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .vgg import VGG
 
-__all__ = ["ConvBN", "SelectLinear", "SliceConv2d", "SliceBatchNorm2d", "VGG", "ResNet", "BasicBlock", "Bottleneck"]
+__all__ = [
+    "MODELS", "ZOOS", "Zoo", "check_file_reference", "create_model", "list_models",
+    "reference_kind", "VGG", "ResNet", "BasicBlock", "Bottleneck",
+]

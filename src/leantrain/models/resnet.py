@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import MODELS
-from .layers import ConvBN, init_weights
+from ..structure.layers import ConvBN, init_weights
+from .factory import MODELS
 
 __all__ = [
     "BasicBlock",

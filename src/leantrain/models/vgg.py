@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..registry import MODELS
-from .layers import ConvBN, init_weights
+from ..structure.layers import ConvBN, init_weights
+from .factory import MODELS
 
 __all__ = ["VGG", "PLANS", "vgg11", "vgg13", "vgg16", "vgg19", "test_vgg"]
 

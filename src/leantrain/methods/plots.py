@@ -2,7 +2,7 @@
 
 `plot_learndrop` draws what Learn&Drop (arXiv 2604.23403) decided and what it saved: the
 normalised score S of every unit over the checkpoints with its drop marked, and the live forward
-FLOPs per sample over training steps. `leantrain.runner` writes these into every run folder;
+FLOPs per sample over training steps. `leantrain.runs.runner` writes these into every run folder;
 the benchmark figures of `leantrain report` are in `leantrain.harness.plots`.
 """
 
@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # headless: runs on servers and in CI, never opens a wind
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from .atomic import write_atomic  # noqa: E402
+from ..atomic import write_atomic  # noqa: E402
 
 __all__ = ["plot_learndrop", "plot_dcp", "plot_run_events", "forward_flops_curve", "save_figure"]
 

@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, TrainConfig
+from .config import RunConfig
 from .runner import run
 
 __all__ = ["demo_configs", "run_demo", "format_table"]

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import has_checkpoint
-from .io import ModelFileError, load_model, save_model
+from ..models.files import ModelFileError, load_model, save_model
+from ..training.checkpoint import has_checkpoint
 
 __all__ = [
     "FORMATS",
@@ -160,7 +160,7 @@ def export_model(
         batch_size: images in the random check batch.
         seed: seeds the check batch.
         factory: the ``package.module:factory`` the model was built by, when you trust it
-            (see `leantrain.io.load_model`).
+            (see `leantrain.models.files.load_model`).
 
     Raises:
         ExportError: unknown format, missing ONNX packages, or outputs that do not match.
@@ -223,7 +223,7 @@ def evaluate_model_file(
     """Test accuracy and loss of a saved model on a data set's test split.
 
     ``factory``: the ``package.module:factory`` the model was built by, when you trust it (see
-    `leantrain.io.load_model`).
+    `leantrain.models.files.load_model`).
 
     Returns:
         ``(accuracy, mean cross-entropy, number of test images)``.
@@ -232,8 +232,8 @@ def evaluate_model_file(
         ModelFileError: missing, corrupt or not a leantrain ``.safetensors`` model.
         ValueError: the data set's images or classes do not fit the model.
     """
-    from .data import TensorLoader, get_spec, load_dataset
-    from .train import evaluate, resolve_device
+    from ..data import TensorLoader, get_spec, load_dataset
+    from ..training.fit import evaluate, resolve_device
 
     path = Path(source)
     if path.suffix in (".pt2", ".onnx"):

@@ -28,7 +28,7 @@ Attribute contract (set through `leantrain.structure.ChannelSet.select`, never b
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -246,3 +246,10 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def sliceable_layers(model: nn.Module) -> Iterator[nn.Module]:
+    """Every sliceable layer of the model (to clear selections)."""
+    for m in model.modules():
+        if isinstance(m, (SliceConv2d, SliceBatchNorm2d, SelectLinear)):
+            yield m

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .io import ModelFileError, read_weights
+from .files import ModelFileError, read_weights
 
 __all__ = ["InitError", "InitReport", "InitWarning", "load_init", "read_state_file"]
 

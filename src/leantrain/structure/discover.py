@@ -42,7 +42,10 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.stateless import _reparametrize_module
 
-from .structure import ChannelSet, Excluded, Structure, StructureError, Unit, example_shape
+from ..cost import module_macs
+from .layers import SelectLinear, SliceBatchNorm2d, SliceConv2d, sliceable_layers
+from .record import example_shape
+from .types import ChannelSet, Excluded, Structure, StructureError, Unit
 
 __all__ = ["discover"]
 
@@ -71,8 +74,6 @@ class _Tracer(fx.Tracer):
     """Treats torch.nn layers as leaves, as fx does, and also leantrain's sliceable subclasses."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from .models.layers import SelectLinear, SliceBatchNorm2d, SliceConv2d
-
         if isinstance(m, (SliceConv2d, SliceBatchNorm2d, SelectLinear)):
             return True
         return super().is_leaf_module(m, qualname)
@@ -131,8 +132,6 @@ class _Discovery:
                 m.training = flag
         gm = fx.GraphModule(self.model, graph)
         _, dtype = _device_dtype(self.model)
-        from .structure import sliceable_layers
-
         saved = [(m, dict(m.__dict__)) for m in sliceable_layers(self.model)]
         try:
             for m, _ in saved:  # full width while measuring shapes
@@ -656,8 +655,6 @@ class _Discovery:
     def _macs(self, units: list[Unit]) -> dict[str, int]:
         """Forward MACs per sample of the whole model and of each unit, from the traced shapes
         (`leantrain.cost`'s per-layer formula on meta tensors of those shapes; for inspection)."""
-        from .cost import _module_macs
-
         per_module: dict[str, int] = defaultdict(int)
         for n in self.nodes:
             mod, out = self._module(n), self._shape(n)
@@ -666,7 +663,7 @@ class _Discovery:
             inp = self._shape(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
             if inp is None:
                 continue
-            macs, bias = _module_macs(mod, torch.empty(inp, device="meta"),
+            macs, bias = module_macs(mod, torch.empty(inp, device="meta"),
                                       torch.empty(out, device="meta"))
             per_module[str(n.target)] += macs + bias
         out_macs = {"": sum(per_module.values())}
@@ -721,8 +718,6 @@ def _derived_from_metadata(node: fx.Node) -> bool:
 def _exact(types: tuple[type[nn.Module], ...]) -> set[type[nn.Module]]:
     """The types and leantrain's sliceable subclasses of them (a user's own subclass of
     Conv2d may compute something else, so only exact types are trusted)."""
-    from .models.layers import SelectLinear, SliceBatchNorm2d, SliceConv2d
-
     out = set(types)
     for base, sub in ((nn.Conv2d, SliceConv2d), (nn.BatchNorm2d, SliceBatchNorm2d), (nn.Linear, SelectLinear)):
         if base in out:

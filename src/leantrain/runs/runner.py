@@ -3,7 +3,7 @@
 Run folder ``<out_dir>/<dataset>-<model>-<method>-<digest>/seed<k>/`` holds ``config.json``,
 ``env.json``, ``metrics.jsonl`` (one row per evaluated epoch), ``events.jsonl`` (drops, prunes),
 ``summary.json`` and ``model.safetensors`` (the final, scaled-down model). While it trains it
-also holds ``checkpoint.json`` and ``checkpoint-<step>.safetensors`` (see `leantrain.checkpoint`),
+also holds ``checkpoint.json`` and ``checkpoint-<step>.safetensors`` (see `leantrain.training.checkpoint`),
 from which ``run(cfg, resume=True)`` continues after any interruption; they are deleted once the
 run has finished and saved its model.
 """
@@ -20,29 +20,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .atomic import remove_stale_temps, write_atomic
-from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    Checkpointer,
-    has_checkpoint,
-    load_checkpoint,
-    remove_checkpoints,
+from ..atomic import remove_stale_temps, write_atomic
+from ..config import ConfigError
+from ..cost import count_macs, count_params
+from ..data import DatasetSpec, TensorLoader, load_dataset
+from ..data.stream import StreamLoader
+from ..methods import build_methods
+from ..methods.plots import plot_run_events
+from ..models.factory import create_model
+from ..models.files import save_model, save_weights
+from ..models.pretrained import load_init
+from ..training import distributed
+from ..training.checkpoint import (
+    Checkpoint, CheckpointError, Checkpointer, has_checkpoint, load_checkpoint, remove_checkpoints,
 )
-from . import distributed
-from .config import ConfigError, RunConfig
-from .cost import count_macs, count_params
-from .data import DatasetSpec, TensorLoader, load_dataset
-from .data.stream import StreamLoader
+from ..training.fit import Result, fit, make_optimizer, resolve_device
+from ..training.trainstate import TrainState
+from .config import RunConfig
 from .env import environment, machine_key, memory_summary, reset_peak_memory
 from .machine_share import MachineShare, whole_run
-from .io import save_model, save_weights
-from .methods import build_methods
-from .plots import plot_run_events
-from .pretrained import load_init
-from .registry import create_model
-from .train import Result, fit, make_optimizer, resolve_device
-from .trainstate import TrainState
 
 __all__ = [
     "run", "seed_everything", "finished_summary", "RunFinishedError", "RunFolderError",
@@ -354,7 +350,7 @@ def run(
             e.g. with a lower learning rate after a divergence; results go to `cfg`'s folder.
 
     Raises:
-        leantrain.checkpoint.CheckpointError: nothing (usable) to resume, or a checkpoint of
+        leantrain.training.checkpoint.CheckpointError: nothing (usable) to resume, or a checkpoint of
             another run.
         RunFinishedError: the folder holds a finished run (resume is not True).
         RunFolderError: a file of the run folder cannot be written (the message names it).

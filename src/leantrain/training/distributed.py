@@ -18,7 +18,7 @@ whenever the set of trainable parameters changed. In your own DDP script:
     model = leantrain.create_model(...).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     handle = leantrain.attach(model, opt, methods, total_steps)    # the plain model, first
-    net = leantrain.distributed.ShrinkingDDP(model)                 # then the wrapper
+    net = leantrain.training.distributed.ShrinkingDDP(model)                 # then the wrapper
     for x, y in batches: loss = F.cross_entropy(net(x), y); ...; opt.step()
     handle.finish()
 """

@@ -13,7 +13,9 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .structure import ChannelSet, bump_version, channel_sets_of, sliceable_layers, units_of
+from .prepare import channel_sets_of, sliceable_layers, units_of
+from .record import bump_version
+from .types import ChannelSet
 
 __all__ = [
     "ParamEdit",
@@ -85,7 +87,7 @@ def drop_units(model: nn.Module, names: Iterable[str], include_downsampling: boo
         edits += [ParamEdit(p, None) for p in unit.parameters() if id(p) not in kept]
         for member, replacement in zip(unit.members, unit.replacements):
             set_submodule(model, member, replacement)
-        # Recorded on the model so its architecture can be rebuilt from JSON (leantrain.io).
+        # Recorded on the model so its architecture can be rebuilt from JSON (leantrain.models.files).
         dropped = getattr(model, "dropped_units", [])
         model.dropped_units = [*dropped, {"name": name, "kind": unit.kind}]
         _log_surgery(model, {"op": "drop", "name": name, "kind": unit.kind})
@@ -212,7 +214,7 @@ def _cut_set(cs: ChannelSet, index: Tensor, edits: list[ParamEdit]) -> None:
 
 
 def _log_surgery(model: nn.Module, entry: dict) -> None:
-    # Every structural cut, in order, with the kept channel indices: `leantrain.io` replays this
+    # Every structural cut, in order, with the kept channel indices: `leantrain.models.files` replays this
     # log to rebuild the architecture. Replaying (rather than applying "all drops, then final
     # widths") matters because a cut can enable the next one, e.g. a VGG conv pruned to equal
     # input and output width becomes droppable.

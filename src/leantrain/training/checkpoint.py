@@ -5,7 +5,7 @@ A checkpoint in a run folder is a pair of files:
 * ``checkpoint-<step>.safetensors``: every tensor: the model's state dict (``model/…``), the
   optimizer's state (``optim/<slot>/<key>``), method tensors (DCP utilities and selections,
   Learn&Drop score snapshots), the epoch's running loss and the torch RNG states (uint8).
-* ``checkpoint.json``: everything else: the architecture (`leantrain.io.architecture`: dropped
+* ``checkpoint.json``: everything else: the architecture (`leantrain.models.files.architecture`: dropped
   units and kept channel indices), where training stands (step, epoch, batch), the optimizer's
   hyperparameters and which model parameter each optimizer slot holds (by name), the methods'
   plain values, cost and time totals, the history and events so far, Python/NumPy RNG states,
@@ -40,10 +40,10 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
-from .atomic import write_atomic
-from .cost import CostMeter
-from .io import ModelFileError, apply_architecture, architecture, load_state
-from .methods.base import Method
+from ..atomic import write_atomic
+from ..cost import CostMeter
+from ..methods.base import Method
+from ..models.files import ModelFileError, apply_architecture, architecture, load_state
 from .timing import Stopwatch
 from .trainstate import TrainState
 

@@ -17,7 +17,7 @@ Scores are registered by name in `UNIT_SCORES`, so a run's config stays plain va
   output). Near 0 the unit is close to the identity that replaces it when dropped.
 
 A score object lives for one run. It never keeps module references across a structural change:
-`UnitScore.attach` is called again with the live units after every `leantrain.surgery.Change`.
+`UnitScore.attach` is called again with the live units after every `leantrain.structure.surgery.Change`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .registry import Registry
-from .structure import Unit
+from ..registry import Registry
+from ..structure import Unit
 
 __all__ = [
     "EPS",

@@ -25,10 +25,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .atomic import write_atomic
-from .registry import check_file_reference, create_model, reference_kind
-from .structure import channel_sets_of, example_shape, set_example_input
-from .surgery import drop_units, prune_channels
+from ..atomic import write_atomic
+from ..structure import channel_sets_of, example_shape, set_example_input
+from ..structure.surgery import drop_units, prune_channels
+from .factory import check_file_reference, create_model, reference_kind
 
 __all__ = [
     "architecture",

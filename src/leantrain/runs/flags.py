@@ -16,18 +16,11 @@ import types
 import typing
 from typing import Any
 
-from .recipes import recipe_help, with_default_recipe
-from .config import (
-    ConfigError,
-    DataConfig,
-    RunConfig,
-    TrainConfig,
-    field_types,
-    from_dict,
-    load_toml,
-    merge,
-    split_method,
+from ..config import (
+    ConfigError, DataConfig, TrainConfig, field_types, load_toml, merge, split_method,
 )
+from .config import RunConfig, from_dict
+from .recipes import recipe_help, with_default_recipe
 
 __all__ = ["add_config_flags", "add_dataclass_flags", "collect_overrides", "config_from_args"]
 
@@ -95,7 +88,7 @@ def add_dataclass_flags(
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Every `RunConfig` setting as a flag, plus ``-c/--config`` for a TOML file."""
-    from .methods import METHODS
+    from ..methods import METHODS
 
     parser.add_argument("-c", "--config", help="TOML config file; flags override it")
     parser.add_argument("--model", dest=f"model{_SEP}name", default=argparse.SUPPRESS, metavar="NAME",
@@ -145,7 +138,7 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_method_flags(overrides: dict[str, Any], method: Any) -> None:
     """Flags of a method that is not in use are an error: they would silently do nothing."""
-    from .methods import METHODS
+    from ..methods import METHODS
 
     if not isinstance(method, str):
         return  # from_dict names the bad value

@@ -1,6 +1,6 @@
-"""`TrainState`: where the built-in training loop (`leantrain.train.fit`) stands.
+"""`TrainState`: where the built-in training loop (`leantrain.training.fit.fit`) stands.
 
-The loop owns it; `leantrain.checkpoint` saves and restores it, so it lives apart from both.
+The loop owns it; `leantrain.training.checkpoint` saves and restores it, so it lives apart from both.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["TrainState"]
 
 @dataclass
 class TrainState:
-    """Where `leantrain.train.fit` stands, saved in every checkpoint.
+    """Where `leantrain.training.fit.fit` stands, saved in every checkpoint.
 
     Attributes:
         step: optimizer steps done.

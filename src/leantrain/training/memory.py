@@ -1,6 +1,6 @@
 """Activation memory of a training step: the bytes autograd keeps for the backward pass.
 
-Peak process RSS (see `leantrain.env`) is what a user's machine sees, but on CPU it also holds
+Peak process RSS (see `leantrain.runs.env`) is what a user's machine sees, but on CPU it also holds
 the allocator's cached and fragmented blocks: when a method changes tensor shapes every step
 (DCP's per-step widths), glibc keeps freed blocks of the old shapes and RSS can grow even though
 the step needs less. The tensors saved for backward are the part of training memory that dropping

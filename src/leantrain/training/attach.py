@@ -17,7 +17,7 @@ counts, method objects, an example batch the model accepts. While training it wa
 (`AttachWarning`) when steps run past ``total_steps``, when the optimizer steps without a
 backward, and when another optimizer steps the model's parameters instead of the attached one.
 
-In a ``torch.distributed`` job (`leantrain.distributed`) the local statistics a method names in
+In a ``torch.distributed`` job (`leantrain.training.distributed`) the local statistics a method names in
 `Method.sync_tensors` are averaged over the processes before ``after_backward`` uses them, and
 every step checks that all processes made the same structural decisions.
 """
@@ -36,10 +36,10 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from ..methods.base import Method, Progress
+from ..structure import Structure, prepare, structure_of
+from ..structure.surgery import Change
 from . import distributed
-from .methods.base import Method, Progress
-from .structure import Structure, prepare, structure_of
-from .surgery import Change
 
 __all__ = ["Attached", "attach", "AttachError", "AttachTypeError", "AttachWarning",
            "OptimizerMismatch"]
@@ -357,7 +357,7 @@ class Attached:
 
 def replay(model: nn.Module, surgery: list[dict[str, Any]]) -> None:
     """Replay a surgery log (``model.surgery_log`` of a cut model) on a fresh model."""
-    from .surgery import drop_units, prune_channels
+    from ..structure.surgery import drop_units, prune_channels
 
     for entry in surgery:
         if entry["op"] == "drop":
@@ -495,7 +495,7 @@ def attach(
 
     Checks the arguments first (see Raises), then prepares the model (`leantrain.prepare`) and
     runs every method's ``setup``, remapping the optimizer when one cuts up front. In a DDP job
-    attach to the *unwrapped* model, before wrapping it (see `leantrain.distributed.ShrinkingDDP`).
+    attach to the *unwrapped* model, before wrapping it (see `leantrain.training.distributed.ShrinkingDDP`).
     One attach per model: `Attached.finish` or `Attached.detach` frees it for the next.
 
     Args:
@@ -509,7 +509,7 @@ def attach(
         steps_per_epoch: optimizer steps per epoch (per-epoch events); default `total_steps`.
         start_step: steps already done (a loop resumed from a `fit` checkpoint).
         on_change: called with every `Change` after the optimizer is remapped.
-        lap: a timer such as `leantrain.timing.Stopwatch`, charged ``"train"`` / ``"surgery"``.
+        lap: a timer such as `leantrain.training.timing.Stopwatch`, charged ``"train"`` / ``"surgery"``.
         optimizer_scope: a module around `model` whose other parameters the optimizer also
             trains (Lightning: the LightningModule around the pruned submodule).
         allow_empty: accept no method at all (`fit` counts and times a dense run this way).

@@ -59,7 +59,7 @@ def with_default_recipe(config: dict[str, Any]) -> dict[str, Any]:
     The model name is ``config["model"]["name"]``, else `ModelConfig`'s default. A malformed
     ``model`` or ``train`` entry is passed through unchanged, so that `config.from_dict` reports it.
     """
-    from .config import ModelConfig
+    from ..config import ModelConfig
 
     model = config.get("model", {})
     train = config.get("train", {})

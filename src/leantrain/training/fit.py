@@ -4,7 +4,7 @@ Methods plug in through `leantrain.attach`, the optimizer hooks a user's own loo
 both loops run one code path. Time is device-synchronised and split into train / surgery / eval /
 checkpoint; training FLOPs are integrated over the live (shrinking) network.
 
-With a `leantrain.checkpoint.Checkpointer`, `fit()` checkpoints at every epoch end and every N
+With a `leantrain.training.checkpoint.Checkpointer`, `fit()` checkpoints at every epoch end and every N
 steps or minutes, and `resume_from` continues from such a checkpoint exactly: the data order is a
 pure function of (seed, epoch), so on CPU a resumed run ends with the same weights and metrics as
 an uninterrupted one.
@@ -30,14 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import TrainConfig
+from ..cost import CostMeter, StepCost, count_params
+from ..methods.base import Method, Progress
+from ..structure.surgery import Change
 from . import distributed
 from .attach import attach
 from .checkpoint import Checkpoint, Checkpointer, load_checkpoint, snapshot
-from .config import TrainConfig
-from .cost import CostMeter, StepCost, count_params
 from .memory import ActivationMeter
-from .methods.base import Method, Progress
-from .surgery import Change
 from .timing import DEFAULT_LAPS, Stopwatch
 from .trainstate import TrainState
 
@@ -69,7 +69,7 @@ class Result:
     costs: dict[str, Any]
     params: int
     events: list[dict[str, Any]] = field(default_factory=list)
-    # ``peak_activation_mb``/``mean_activation_mb``: saved-for-backward bytes (`leantrain.memory`).
+    # ``peak_activation_mb``/``mean_activation_mb``: saved-for-backward bytes (`leantrain.training.memory`).
     memory: dict[str, float] = field(default_factory=dict)
 
 
@@ -304,7 +304,7 @@ def fit(
     Raises:
         TrainingDiverged: the loss became NaN/inf or exploded (see `LOSS_BOUND`), or the state
             became non-finite; no checkpoint of that state is written.
-        leantrain.checkpoint.CheckpointError: `resume_from` is unusable or belongs to another run.
+        leantrain.training.checkpoint.CheckpointError: `resume_from` is unusable or belongs to another run.
     """
     log = log or (lambda kind, row: None)
     steps_per_epoch, total = _plan(train_loader, cfg)
