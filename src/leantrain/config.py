@@ -119,6 +119,9 @@ class TrainConfig:
     # Fine-tuning: keep BN's running statistics as loaded (BN layers in eval mode while training;
     # their scale and shift still train).
     freeze_bn: bool = False
+    # Parameter names (glob patterns) that do not train: ["conv1.*", "layer*"] trains the head
+    # only, ["conv1.*", "layer1.*"] freezes the first stage (the fine-tuner's simple speed-ups).
+    freeze: list[str] = field(default_factory=list)
     # Data that arrive in sequence: the training split comes in `stream` equal chunks, each
     # trained for `epochs` (× budget) epochs with its own LR schedule, then evaluated.
     stream: int = 1
@@ -444,7 +447,7 @@ DIGEST_NEUTRAL: dict[tuple[str, str], Any] = {
 }
 # The same for training settings: a full budget is what every run did before `budget` existed.
 TRAIN_DIGEST_NEUTRAL: dict[str, Any] = {"budget": 1.0, "head_lr_mult": 1.0, "freeze_bn": False,
-                                         "stream": 1, "stream_replay": False}
+                                         "freeze": [], "stream": 1, "stream_replay": False}
 MODEL_DIGEST_NEUTRAL: dict[str, Any] = {"init": None, "init_skip": []}
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
