@@ -158,3 +158,25 @@ def test_the_report_writes_the_frontier_table_and_draws_it(tmp_path) -> None:
     assert "| dense-b0.45 | 1 | cosine |" in text and "| 0.45× | 0.0 | – |" in text
     assert "| resnet20/dense | 3 | cosine |" in text
     assert (tmp_path / "out" / "paper-cifar10-resnet32-pareto.png").stat().st_size > 0
+
+
+def test_the_report_tables_a_stream_chunk_by_chunk(tmp_path) -> None:
+    from leantrain.harness.report import stream_table
+
+    def streamed(label, method, seed, accs, times):
+        r = _paper(label, method, seed, accs[-1], times[-1])
+        r["stream"] = [{"chunk": k + 1, "test_acc": a, "train_s": t}
+                       for k, (a, t) in enumerate(zip(accs, times))]
+        return r
+
+    rows = [streamed("stream-dense", "none", 0, [0.5, 0.6, 0.7], [10.0, 20.0, 30.0]),
+            streamed("stream-dense", "none", 1, [0.5, 0.7, 0.8], [10.0, 20.0, 30.0]),
+            streamed("stream-ld", "learndrop", 0, [0.5, 0.6, 0.65], [10.0, 16.0, 21.0])]
+    summaries = summarize(load_rows([_write(tmp_path / "r.jsonl", rows)]))
+    table = stream_table(summaries)
+    assert "| Top-1 % after chunk 1 | Top-1 % after chunk 2 | Top-1 % after chunk 3 |" in table
+    assert "| resnet32 | stream-dense | 2 | 50.00 | 65.00 | 75.00 | 10 / 10 / 10 | 1.00× |" in table
+    assert "| resnet32 | stream-ld | 1 | 50.00 | 60.00 | 65.00 | 10 / 6 / 5 | 0.70× |" in table
+    assert stream_table([s for s in summaries if False]) is None
+    assert "Data that arrive in sequence" in write_report(
+        [tmp_path / "r.jsonl"], tmp_path / "out")["markdown"]

@@ -110,6 +110,9 @@ class TrainConfig:
     # Fine-tuning: keep BN's running statistics as loaded (BN layers in eval mode while training;
     # their scale and shift still train).
     freeze_bn: bool = False
+    # Parameter names (glob patterns) that do not train: ["conv1.*", "layer*"] trains the head
+    # only, ["conv1.*", "layer1.*"] freezes the first stage (the fine-tuner's simple speed-ups).
+    freeze: list[str] = field(default_factory=list)
     # Data that arrive in sequence: the training split comes in `stream` equal chunks, each
     # trained for `epochs` (× budget) epochs with its own LR schedule, then evaluated.
     stream: int = 1

@@ -81,10 +81,11 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 
 
 # Training settings a suite row may set for itself and still be compared with the recipe's
-# full-length dense run: the budget (the share of the epochs trained) and the LR schedule's shape
+# full-length dense run: the budget (the share of the epochs trained), the LR schedule's shape
 # (neither changes what one step computes; Li et al., arXiv 1905.04753, pair each budget with a
-# schedule that decays to 0 at its end).
-ROW_SETTINGS = ("budget", "schedule")
+# schedule that decays to 0 at its end) and frozen layers (the fine-tuner's own way to go
+# faster: training the head only, or freezing the first stages).
+ROW_SETTINGS = ("budget", "schedule", "freeze")
 
 
 def recipe_digest(config: dict[str, Any]) -> str:

@@ -102,6 +102,7 @@ _GRID_FIELDS: dict[str, tuple[Any, str]] = {
     "methods": (list, 'methods = ["dense", "dcp-p0.5"]'),
     "seeds": (list[int], "seeds = [0, 1]"),
     "data": (dict, "data = { train_subset = 2000 }"),
+    "model": (dict, 'model = { init = "source.safetensors", init_skip = ["fc.*"] }'),
     "train": (dict, "train = { epochs = 3 }"),
     "method_args": (dict, "method_args = { dcp = { warmup = 0.1 } }"),
 }
@@ -214,9 +215,9 @@ def load_suite(
                         }
                         try:
                             d = merge(defaults, recipes.get(dataset, {}))
-                            d = merge(
-                                d, {"data": entry.get("data", {}), "train": entry.get("train", {})}
-                            )
+                            d = merge(d, {"data": entry.get("data", {}),
+                                          "model": entry.get("model", {}),
+                                          "train": entry.get("train", {})})
                             d = merge(
                                 d,
                                 {

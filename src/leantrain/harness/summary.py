@@ -58,7 +58,8 @@ class Summary:
     def is_baseline(self) -> bool:
         """Dense at the recipe's full length: what every other row's time is divided by. Dense
         at a reduced budget is a point of the dense frontier, not the baseline."""
-        return self.method == "none" and self.budget == 1.0
+        train = (self.rows[0].get("config", {}).get("train") or {}) if self.rows else {}
+        return self.method == "none" and self.budget == 1.0 and not train.get("freeze")
 
     def mean(self, key: str) -> float | None:
         values = [v for r in self.rows if (v := row_value(r, key)) is not None]

@@ -10,6 +10,7 @@ run has finished and saved its model.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import random
 import warnings
@@ -396,6 +397,22 @@ def _start_from_init(model: nn.Module, cfg: RunConfig) -> set[str]:
     return head
 
 
+def _freeze(model: nn.Module, patterns: list[str]) -> None:
+    """``requires_grad = False`` on the parameters `patterns` name (``train.freeze``)."""
+    if not patterns:
+        return
+    names = [n for n, _ in model.named_parameters()]
+    unused = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unused:
+        raise ConfigError(
+            f"train.freeze pattern {unused[0]!r} names no parameter of the model (its names look "
+            f"like {', '.join(names[:3])}); see them with leantrain inspect."
+        )
+    for name, param in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            param.requires_grad_(False)
+
+
 def _stream_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """A stream's per-chunk results: accuracy after each chunk and the training time so far."""
     ends = [r for r in history if r.get("chunk_end")]
@@ -436,6 +453,7 @@ def _run(
     )
     check_model_fits(model, spec)  # before the folder is written: a mismatch leaves nothing
     head = _start_from_init(model, cfg)
+    _freeze(model, cfg.train.freeze)
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     dense_params, dense_macs = count_params(model), count_macs(model, input_shape)
     model = model.to(device)
