@@ -306,7 +306,8 @@ def test_bad_kept_channel_indices_are_one_sentence(keep, problem, good_file, tmp
     (lambda d: d.update(widths=[8, 8]), "widths is malformed"),
     (lambda d: d.pop("widths"), "widths is malformed"),
     (lambda d: d.update(widths={**d["widths"], "layer1.0.conv1": 4}), "is inconsistent"),
-    (lambda d: d.pop("surgery") and d.update(dropped_units="x"), "dropped_units is malformed"),
+    # a file from before the cut history: no legacy path, one sentence
+    (lambda d: d.pop("surgery"), "has no cut history"),
 ])
 def test_other_bad_cuts_are_model_file_errors(change, needle, good_file, tmp_path) -> None:
     bad = _forge(good_file, tmp_path / "bad.safetensors", change)

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from .methods.base import Method
 from .structure import prepare
-from .training.attach import Attached, _method_list, attach, replay
+from .structure.surgery import replay_cuts
+from .training.attach import Attached, _method_list, attach
 
 __all__ = ["LeanTrain"]
 
@@ -75,7 +76,7 @@ class LeanTrain(pl.Callback):
                 f"this checkpoint was trained with methods {names} but LeanTrain has "
                 f"{[m.name for m in self.methods]}; resume with the same methods."
             )
-        replay(self._target(pl_module), state["surgery"])
+        replay_cuts(self._target(pl_module), state["surgery"])
         for method, saved in zip(self.methods, state["methods"]):
             method.load_state_dict(saved["state"])
         self._resume_step, self._resumed = int(state["step"]), True

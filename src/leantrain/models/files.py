@@ -27,7 +27,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..structure import channel_sets_of, example_shape, set_example_input
-from ..structure.surgery import drop_units, prune_channels
+from ..structure.surgery import CutLogError, check_cut_log, replay_cuts
 from .factory import check_file_reference, create_model, reference_kind
 
 __all__ = [
@@ -124,7 +124,7 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
     if current["surgery"] or current["dropped_units"]:
         raise ValueError("apply_architecture() needs a freshly created, uncut model.")
     try:
-        _replay(model, desc)
+        replay_cuts(model, desc["surgery"])
     # IndexError and RuntimeError too: torch's own errors for cuts `_check_cuts` let through.
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
         raise ModelFileError(
@@ -138,79 +138,31 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
         )
 
 
-def _replay(model: nn.Module, desc: dict[str, Any]) -> None:
-    """Make the cuts `desc` lists (checked by `_check_cuts`) on `model`."""
-    if "surgery" in desc:
-        for entry in desc["surgery"]:
-            if entry["op"] == "drop":
-                projection = entry.get("kind") == "projection"
-                drop_units(model, [entry["name"]], include_downsampling=projection)
-            else:
-                prune_channels(model, {k: torch.tensor(v, dtype=torch.long)
-                                       for k, v in entry["keep"].items()})
-        return
-    # Files written before the surgery log: all drops, then the final widths.
-    for unit in desc["dropped_units"]:
-        projection = unit.get("kind") == "projection"
-        drop_units(model, [unit["name"]], include_downsampling=projection)
-    sets = {s.name: len(s) for s in channel_sets_of(model)}
-    keep = {
-        name: torch.arange(width) for name, width in desc["widths"].items()
-        if name in sets and width < sets[name]
-    }
-    if keep:
-        prune_channels(model, keep)
-
-
 def _check_format(desc: Any) -> None:
     if not isinstance(desc, dict) or desc.get("format") != FORMAT:
         got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
         raise ModelFileError(f"not a leantrain architecture (format {got!r}, expected {FORMAT!r}).")
 
 
-def _is_index_list(value: Any) -> bool:
-    """A non-empty list of distinct ints (not bools) ≥ 0."""
-    return (isinstance(value, list) and bool(value)
-            and all(type(v) is int and v >= 0 for v in value)
-            and len(set(value)) == len(value))
-
-
 def _check_cuts(desc: dict[str, Any]) -> None:
-    """Raise ModelFileError unless the description's cuts are well-formed.
-
-    Checked before any cut, so an edited or corrupt file gets a sentence naming the bad entry
-    rather than an IndexError from deep in the surgery (a negative index slices from the end).
-    """
+    """Raise ModelFileError unless the description's widths and cut history are well-formed
+    (`leantrain.structure.surgery.check_cut_log`), before any cut is made."""
     widths = desc.get("widths")
     if not isinstance(widths, dict) or not all(
         isinstance(k, str) and type(v) is int and v >= 1 for k, v in widths.items()
     ):
         _bad_cut("widths", f"{widths!r:.100} is not a table of channel-set names and widths ≥ 1")
-    if "surgery" in desc:
-        entries, what = desc["surgery"], "surgery"
-    else:
-        entries, what = desc.get("dropped_units"), "dropped_units"
-    if not isinstance(entries, list):
-        _bad_cut(what, f"{entries!r:.100} is not a list")
-    for i, entry in enumerate(entries):
-        op = entry.get("op", "drop" if what == "dropped_units" else None) if isinstance(
-            entry, dict) else None
-        if op == "drop":
-            if not isinstance(entry.get("name"), str) or not isinstance(entry.get("kind", ""), str):
-                _bad_cut(f"{what}[{i}]", "a drop needs a unit name and kind that are strings")
-        elif op == "prune" and what == "surgery":
-            _check_prune(i, entry.get("keep"))
-        else:
-            _bad_cut(f"{what}[{i}]", f"{entry!r:.100} is not a drop or prune entry")
-
-
-def _check_prune(i: int, keep: Any) -> None:
-    if not isinstance(keep, dict) or not keep:
-        _bad_cut(f"surgery[{i}]", f"keep {keep!r:.100} is not a table of channel sets")
-    for name, index in keep.items():
-        if not _is_index_list(index):
-            _bad_cut(f"surgery[{i}]", f"the channels kept of {name} ({index!r:.100}) are not "
-                     "distinct integer indices ≥ 0")
+    if "surgery" not in desc:  # written before the cut history existed (we are before 1.0)
+        raise ModelFileError(
+            "the model file has no cut history (\"surgery\"), so it was written by a leantrain "
+            "older than its format; re-export it with this version."
+        )
+    try:
+        check_cut_log(desc["surgery"])
+    except CutLogError as e:
+        raise ModelFileError(
+            f"the saved architecture's {e}; the file is corrupt or was not written by leantrain."
+        ) from None
 
 
 def _bad_cut(where: str, problem: str) -> None:

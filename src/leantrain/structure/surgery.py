@@ -8,7 +8,7 @@ parameters instead of being orphaned (design decision 3: re-key and slice, don't
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,9 @@ __all__ = [
     "remap_optimizer",
     "set_submodule",
     "clear_selections",
+    "CutLogError",
+    "check_cut_log",
+    "replay_cuts",
 ]
 
 
@@ -259,3 +262,63 @@ def _slice_like(value: object, param: Tensor, keep: tuple[Tensor | None, ...]) -
         if index is not None:
             value = value.index_select(dim, index.to(value.device))
     return value.clone()
+
+
+# ------------------------------------------------------------------------- the cut history
+
+
+class CutLogError(ValueError):
+    """A cut history (``model.surgery_log``, as a file or checkpoint stores it) that is not
+    well-formed: the message names the bad entry."""
+
+
+def _is_index_list(value: Any) -> bool:
+    """A non-empty list of distinct ints (not bools) ≥ 0."""
+    return (isinstance(value, list) and bool(value)
+            and all(type(v) is int and v >= 0 for v in value)
+            and len(set(value)) == len(value))
+
+
+def check_cut_log(log: Any) -> None:
+    """Raise `CutLogError` unless `log` is a list of well-formed drop and prune entries.
+
+    Checked before any cut, so an edited or corrupt file gets a sentence naming the bad entry
+    rather than an IndexError from deep in the surgery (a negative index slices from the end).
+    """
+    if not isinstance(log, list):
+        raise CutLogError(f"surgery is malformed ({log!r:.100} is not a list)")
+    for i, entry in enumerate(log):
+        op = entry.get("op") if isinstance(entry, dict) else None
+        if op == "drop":
+            if not isinstance(entry.get("name"), str) or not isinstance(entry.get("kind", ""), str):
+                raise CutLogError(f"surgery[{i}] is malformed (a drop needs a unit name and kind "
+                                  "that are strings)")
+        elif op == "prune":
+            keep = entry.get("keep")
+            if not isinstance(keep, dict) or not keep:
+                raise CutLogError(f"surgery[{i}] is malformed (keep {keep!r:.100} is not a table "
+                                  "of channel sets)")
+            for name, index in keep.items():
+                if not _is_index_list(index):
+                    raise CutLogError(
+                        f"surgery[{i}] is malformed (the channels kept of {name} "
+                        f"({index!r:.100}) are not distinct integer indices ≥ 0)")
+        else:
+            raise CutLogError(f"surgery[{i}] is malformed ({entry!r:.100} is not a drop or "
+                              "prune entry)")
+
+
+def replay_cuts(model: nn.Module, log: list[dict[str, Any]]) -> None:
+    """Make the cuts of a cut history (``model.surgery_log`` of a cut model) on a fresh model,
+    in order: the one replay that model files, checkpoints, `attach`'s resume and Lightning use.
+
+    Raises:
+        CutLogError: the history is not well-formed (checked before the first cut).
+    """
+    check_cut_log(log)
+    for entry in log:
+        if entry["op"] == "drop":
+            drop_units(model, [entry["name"]], include_downsampling=entry.get("kind") == "projection")
+        else:
+            prune_channels(model, {k: torch.tensor(v, dtype=torch.long)
+                                   for k, v in entry["keep"].items()})

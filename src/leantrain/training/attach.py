@@ -38,7 +38,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..methods.base import Method, Progress
 from ..structure import Structure, prepare, structure_of
-from ..structure.surgery import Change
+from ..structure.surgery import Change, replay_cuts
 from . import distributed
 
 __all__ = ["Attached", "attach", "AttachError", "AttachTypeError", "AttachWarning",
@@ -339,7 +339,7 @@ class Attached:
             )
         names = {id(p): n for n, p in self.model.named_parameters()}
         groups = [[names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
-        replay(self.model, state["surgery"])
+        replay_cuts(self.model, state["surgery"])
         for method, saved in zip(self.methods, state["methods"]):
             method.load_state_dict(saved["state"])
         self.step = int(state["step"])
@@ -353,20 +353,6 @@ class Attached:
         for group, group_names in zip(self.optimizer.param_groups, groups):
             group["params"] = [named[n] for n in group_names
                                if n in named and named[n].requires_grad]
-
-
-def replay(model: nn.Module, surgery: list[dict[str, Any]]) -> None:
-    """Replay a surgery log (``model.surgery_log`` of a cut model) on a fresh model."""
-    from ..structure.surgery import drop_units, prune_channels
-
-    for entry in surgery:
-        if entry["op"] == "drop":
-            drop_units(model, [entry["name"]], include_downsampling=entry.get("kind") == "projection")
-        elif entry["op"] == "prune":
-            keep = {k: torch.tensor(v, dtype=torch.long) for k, v in entry["keep"].items()}
-            prune_channels(model, keep)
-        else:
-            raise ValueError(f"unknown surgery op {entry['op']!r} in the saved state.")
 
 
 # ---------------------------------------------------------------------------------- checks
