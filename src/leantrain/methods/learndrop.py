@@ -218,7 +218,7 @@ class LearnDrop(Method):
         self.streaks: dict[str, int] = {}
         self.dropped: list[str] = []  # removed (dropped or frozen) units, in order
         self.n_eligible: int | None = None  # eligible units at the start of training
-        self._input_shape: tuple[int, int, int] | None = None
+        self._input_shape: tuple[int, ...] | None = None
         self._flops: int | None = None
         self._warned_frozen: list[str] | None = None  # the frozen units last warned about
 
@@ -262,7 +262,7 @@ class LearnDrop(Method):
             self.histories.setdefault(u.name, [])
             self.streaks.setdefault(u.name, 0)
         self._scorer.attach(model, active)
-        self._input_shape = _input_shape(model)
+        self._input_shape = example_shape(model)
         self._flops = self._forward_flops(model)
         self._emit({
             "kind": "ld_setup",
@@ -522,15 +522,6 @@ class LearnDrop(Method):
         self.dropped = list(state["dropped"])
         self.n_eligible = None if state["n_eligible"] is None else int(state["n_eligible"])
         self._scorer.load_state_dict(state["score"])
-
-
-def _input_shape(model: nn.Module) -> tuple[int, int, int] | None:
-    """(C, H, W) of one sample: the example input given to `leantrain.prepare` (a user's model)
-    or ``model.arch`` (models from `create_model`), else None."""
-    shape = example_shape(model)
-    if shape is None or len(shape) != 3:
-        return None
-    return (int(shape[0]), int(shape[1]), int(shape[2]))
 
 
 def _all_frozen(unit: Unit) -> bool:

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..cost import count_macs
 from ..structure import bump_version, structure_of
+from ..structure.record import mark_external_surgery
 from ..structure.surgery import Change, ParamEdit, remap_optimizer
 from .base import Method, Progress
 from .registry import register_method
@@ -168,7 +169,7 @@ class TPPrune(Method):
         self.done = True
         bump_version(model)
         # Recorded on the model: leantrain.models.files cannot rebuild a residual stream pruned this way.
-        model.external_surgery = "pruned by torch-pruning (residual widths changed)"
+        mark_external_surgery(model, "pruned by torch-pruning (residual widths changed)")
         after = dict(model.named_parameters())
         edits = [ParamEdit(p, after[n]) for n, p in before.items() if after.get(n) is not p]
         self._emit(

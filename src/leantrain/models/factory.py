@@ -26,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 from torch import nn
 
 from ..registry import Registry
+from ..structure.record import record_arch
 
 __all__ = [
     "MODELS", "ZOOS", "Zoo", "check_file_reference", "create_model", "list_models",
@@ -88,14 +89,15 @@ def create_model(
             )
         factory = MODELS.get(name)
         model = factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
-    model.arch = {
+    arch: dict[str, Any] = {
         "name": name,
         "num_classes": num_classes,
         "in_channels": in_channels,
         "input_size": input_size,
     }
     if kwargs:
-        model.arch["kwargs"] = dict(kwargs)
+        arch["kwargs"] = dict(kwargs)
+    record_arch(model, arch)
     return model
 
 

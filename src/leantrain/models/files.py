@@ -27,6 +27,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..structure import channel_sets_of, example_shape, set_example_input
+from ..structure.record import arch_of, cut_history, dropped_units, external_surgery
 from ..structure.surgery import CutLogError, check_cut_log, replay_cuts
 from .factory import check_file_reference, create_model, reference_kind
 
@@ -59,15 +60,15 @@ def architecture(model: nn.Module) -> dict[str, Any]:
     order); ``widths`` (live width of every prunable channel set); ``surgery``, every cut in order
     (``{"op": "drop", "name", "kind"}`` or ``{"op": "prune", "keep": {set: kept indices}}``).
     """
-    if reason := getattr(model, "external_surgery", None):
+    if reason := external_surgery(model):
         raise TypeError(f"this model's architecture cannot be described ({reason}); save its weights only.")
     widths = {s.name: len(s) for s in channel_sets_of(model)}
     return {
         "format": FORMAT,
-        "arch": dict(getattr(model, "arch", None) or _unnamed_arch(model)),
-        "dropped_units": list(getattr(model, "dropped_units", [])),
+        "arch": dict(arch_of(model) or _unnamed_arch(model)),
+        "dropped_units": dropped_units(model),
         "widths": widths,
-        "surgery": list(getattr(model, "surgery_log", [])),
+        "surgery": cut_history(model),
     }
 
 
@@ -93,7 +94,7 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
     _check_format(desc)
     _check_cuts(desc)
     saved = desc.get("arch") if isinstance(desc.get("arch"), dict) else {}
-    if saved.get("name") is None and not hasattr(model, "arch"):  # a fresh instance of a user's class
+    if saved.get("name") is None and arch_of(model) is None:  # a fresh instance of a user's class
         if saved.get("class") != type(model).__qualname__:
             raise ModelFileError(
                 f"the file holds a {saved.get('class')}, but the model given is a "
@@ -111,7 +112,7 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
             set_example_input(model, saved["input_shape"])
         arch = saved
     else:
-        arch = dict(getattr(model, "arch", {}))
+        arch = dict(arch_of(model) or {})
     if arch != desc.get("arch"):
         raise ModelFileError(
             f"the saved architecture is {desc.get('arch')}, but the model given is "

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from ..models.files import ModelFileError, load_model, save_model
+from ..structure import example_shape
+from ..structure.record import arch_of
 from ..training.checkpoint import has_checkpoint
 
 __all__ = [
@@ -89,10 +91,13 @@ def resolve_model_file(source: str | Path) -> Path:
 
 
 def _example(model: nn.Module, batch_size: int, seed: int) -> torch.Tensor:
-    arch = model.arch
+    """A seeded random batch of the model's per-sample input shape (`example_shape`)."""
+    shape = example_shape(model)
+    if shape is None:
+        raise ValueError("the model records no input shape; save it from a model built by "
+                         "create_model() or prepared with an example input.")
     g = torch.Generator().manual_seed(seed)
-    size = int(arch["input_size"])
-    return torch.randn(batch_size, int(arch["in_channels"]), size, size, generator=g)
+    return torch.randn(batch_size, *shape, generator=g)
 
 
 def _export_program(
@@ -244,7 +249,7 @@ def evaluate_model_file(
     model_file = resolve_model_file(path)
     torch_device = resolve_device(device)
     model = load_model(model_file, torch_device, factory=factory)
-    arch = model.arch
+    arch = arch_of(model) or {}
     spec = get_spec(dataset)
     if spec.in_channels != arch["in_channels"] or spec.num_classes != arch["num_classes"]:
         raise ValueError(

@@ -31,6 +31,7 @@ from ..methods.plots import plot_run_events
 from ..models.factory import create_model
 from ..models.files import save_model, save_weights
 from ..models.pretrained import load_init
+from ..structure.record import external_surgery
 from ..training import distributed
 from ..training.checkpoint import (
     Checkpoint, CheckpointError, Checkpointer, has_checkpoint, load_checkpoint, remove_checkpoints,
@@ -530,7 +531,7 @@ def _run(
     model_file = folder / "model.safetensors"
     finish = "finish the run with --resume (its final checkpoint is kept)"
     try:
-        if reason := getattr(model, "external_surgery", None):  # e.g. Torch-Pruning (tp_prune)
+        if reason := external_surgery(model):  # e.g. Torch-Pruning (tp_prune)
             summary["model_file"] = f"weights only: {reason}"
             save_weights(model, model_file, metadata={"test_acc": result.test_acc})
         else:

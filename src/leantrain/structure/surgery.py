@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .prepare import channel_sets_of, sliceable_layers, units_of
-from .record import bump_version
+from .record import bump_version, record_cut, record_drop
 from .types import ChannelSet
 
 __all__ = [
@@ -90,9 +90,8 @@ def drop_units(model: nn.Module, names: Iterable[str], include_downsampling: boo
         edits += [ParamEdit(p, None) for p in unit.parameters() if id(p) not in kept]
         for member, replacement in zip(unit.members, unit.replacements):
             set_submodule(model, member, replacement)
-        # Recorded on the model so its architecture can be rebuilt from JSON (leantrain.models.files).
-        dropped = getattr(model, "dropped_units", [])
-        model.dropped_units = [*dropped, {"name": name, "kind": unit.kind}]
+        # Recorded on the model so its architecture can be rebuilt (`replay_cuts`).
+        record_drop(model, name, unit.kind)
         _log_surgery(model, {"op": "drop", "name": name, "kind": unit.kind})
     clear_selections(model)
     bump_version(model)
@@ -221,7 +220,7 @@ def _log_surgery(model: nn.Module, entry: dict) -> None:
     # log to rebuild the architecture. Replaying (rather than applying "all drops, then final
     # widths") matters because a cut can enable the next one, e.g. a VGG conv pruned to equal
     # input and output width becomes droppable.
-    model.surgery_log = [*getattr(model, "surgery_log", []), entry]
+    record_cut(model, entry)
 
 
 def remap_optimizer(optimizer: torch.optim.Optimizer, change: Change) -> None:

@@ -38,6 +38,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..methods.base import Method, Progress
 from ..structure import Structure, prepare, structure_of
+from ..structure.record import cut_history
 from ..structure.surgery import Change, replay_cuts
 from . import distributed
 
@@ -314,7 +315,7 @@ class Attached:
         """
         return {
             "step": self.step,
-            "surgery": list(getattr(self.model, "surgery_log", [])),
+            "surgery": cut_history(self.model),
             "methods": [{"name": m.name, "state": m.state_dict()} for m in self.methods],
         }
 
@@ -332,7 +333,7 @@ class Attached:
                 f"this state was saved with methods {names} but {[m.name for m in self.methods]} "
                 "are attached; attach the same methods to resume."
             )
-        if getattr(self.model, "surgery_log", []) and self.model.surgery_log != state["surgery"]:
+        if (done := cut_history(self.model)) and done != state["surgery"]:
             raise ValueError(
                 "load_state_dict() needs the model as created, before any cut; make a fresh "
                 "model and optimizer, attach, then load."

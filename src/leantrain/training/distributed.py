@@ -34,6 +34,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..structure.record import cut_history
+
 __all__ = [
     "DivergedRanks", "ShardedLoader", "ShrinkingDDP", "average", "broadcast_buffers", "check_same_structure",
     "check_same_weights",
@@ -90,7 +92,7 @@ def average(tensors: list[Tensor]) -> None:
 def _structure_key(model: nn.Module) -> Tensor:
     # The cut count and the live parameter count summarise the structure; equal on every
     # process as long as every process made the same cuts.
-    return torch.tensor([len(getattr(model, "surgery_log", [])),
+    return torch.tensor([len(cut_history(model)),
                          sum(p.numel() for p in model.parameters() if p.requires_grad)],
                         dtype=torch.float64)
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..cost import CostMeter, StepCost, count_params
 from ..methods.base import Method, Progress
+from ..structure.record import external_surgery
 from ..structure.surgery import Change
 from . import distributed
 from .attach import attach
@@ -243,7 +244,7 @@ def _save_checkpoint(
     cfg: TrainConfig, total: int, steps_per_epoch: int,
 ) -> bool:
     """Write a checkpoint of a good state (raises `TrainingDiverged` otherwise); False: none."""
-    if reason := getattr(model, "external_surgery", None):
+    if reason := external_surgery(model):
         # Cuts made outside leantrain (torch-pruning) cannot be replayed on a fresh model, so
         # this state cannot be checkpointed; the last checkpoint before the cut stays usable.
         warnings.warn(f"no checkpoints after this point: the model was {reason}.", stacklevel=2)
