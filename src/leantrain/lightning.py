@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .methods.base import Method
 from .structure import prepare
-from .structure.surgery import replay_cuts
+from .structure.surgery import replay_cuts, repoint_optimizer
 from .training.attach import Attached, _method_list, attach
 
 __all__ = ["LeanTrain"]
@@ -107,8 +107,7 @@ class LeanTrain(pl.Callback):
                 m.events()  # setup events of a resume repeat the first run's
             # Frozen units left the optimizer in the first run; leave the rebuilt one alike, so
             # Lightning's saved optimizer state (loaded next) lines up slot by slot.
-            for group in opt.param_groups:
-                group["params"] = [p for p in group["params"] if p.requires_grad]
+            repoint_optimizer(opt, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.handle is not None:

@@ -8,7 +8,7 @@ parameters instead of being orphaned (design decision 3: re-key and slice, don't
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,7 @@ __all__ = [
     "freeze_units",
     "prune_channels",
     "remap_optimizer",
+    "repoint_optimizer",
     "set_submodule",
     "clear_selections",
     "CutLogError",
@@ -252,6 +253,29 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, change: Change) -> None:
                     state = {k: _slice_like(v, e.old, e.keep) for k, v in state.items()}
                 optimizer.state[final] = state
         group["params"] = new_params
+
+
+def repoint_optimizer(
+    optimizer: torch.optim.Optimizer, model: nn.Module,
+    groups: Sequence[Sequence[str]] | None = None, *, trainable_only: bool = True,
+) -> None:
+    """Point the optimizer's param groups at `model`'s live parameters by name, after a resume
+    replayed the cut history on a fresh model: the one re-pointing that `attach`'s resume,
+    checkpoints and Lightning use.
+
+    Each group gets the parameters `groups` names for it (default: the names its parameters have
+    now), in that order, leaving out names the cuts removed and, with `trainable_only`, frozen
+    parameters, so an optimizer state saved at the cut (loaded next) lines up slot by slot. The
+    optimizer's state is cleared: it belongs to the parameters it was saved with.
+    """
+    named = dict(model.named_parameters())
+    if groups is None:
+        ids = {id(p): n for n, p in named.items()}
+        groups = [[ids[id(p)] for p in g["params"] if id(p) in ids] for g in optimizer.param_groups]
+    optimizer.state.clear()
+    for group, names in zip(optimizer.param_groups, groups):
+        group["params"] = [named[n] for n in names
+                           if n in named and (named[n].requires_grad or not trainable_only)]
 
 
 def _slice_like(value: object, param: Tensor, keep: tuple[Tensor | None, ...]) -> object:

@@ -39,7 +39,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from ..methods.base import Method, Progress
 from ..structure import Structure, prepare, structure_of
 from ..structure.record import cut_history
-from ..structure.surgery import Change, replay_cuts
+from ..structure.surgery import Change, replay_cuts, repoint_optimizer
 from . import distributed
 
 __all__ = ["Attached", "attach", "AttachError", "AttachTypeError", "AttachWarning",
@@ -347,13 +347,9 @@ class Attached:
         for m in self.methods:
             m.setup(self.model, self.progress())  # re-freezes frozen units, re-selects channels
             m.events()  # a resume's setup events repeat what was already logged
-        # Point the optimizer at the surviving trainable parameters, by name and in the order
-        # the cuts left them, so the saved optimizer state (loaded next) lines up slot by slot.
-        named = dict(self.model.named_parameters())
-        self.optimizer.state.clear()
-        for group, group_names in zip(self.optimizer.param_groups, groups):
-            group["params"] = [named[n] for n in group_names
-                               if n in named and named[n].requires_grad]
+        # The surviving trainable parameters, by name and in the order the cuts left them, so
+        # the saved optimizer state (loaded next) lines up slot by slot.
+        repoint_optimizer(self.optimizer, self.model, groups)
 
 
 # ---------------------------------------------------------------------------------- checks

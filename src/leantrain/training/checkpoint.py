@@ -44,6 +44,7 @@ from ..atomic import write_atomic
 from ..cost import CostMeter
 from ..methods.base import Method
 from ..models.files import ModelFileError, apply_architecture, architecture, load_state
+from ..structure.surgery import repoint_optimizer
 from .timing import Stopwatch
 from .trainstate import TrainState
 
@@ -193,23 +194,23 @@ def _load_optimizer_state(
             f"this one has {len(opt.param_groups)}; resume with the same optimizer."
         )
     named = dict(model.named_parameters())
-    slot = 0
-    groups = []
-    for group, names, hyper in zip(opt.param_groups, meta["params"], meta["groups"]):
+    for names in meta["params"]:
         unknown = [n for n in names if n not in named]
         if unknown:
             raise CheckpointError(
                 f"the optimizer in checkpoint {path} refers to parameters {unknown[:3]} that the "
                 f"rebuilt model lacks, so the file was edited or belongs to another model; {_FIX}"
             )
-        # Point the groups at the live (rebuilt) parameters in the saved order, so the slots of
-        # the saved state line up with them; `load_state_dict` then copies the state over.
-        group["params"] = [named[n] for n in names]
+    # The groups at the live (rebuilt) parameters in the saved order, so the slots of the saved
+    # state line up with them; `load_state_dict` then copies the state over.
+    repoint_optimizer(opt, model, meta["params"], trainable_only=False)  # clears its state
+    slot = 0
+    groups = []
+    for names, hyper in zip(meta["params"], meta["groups"]):
         slots = list(range(slot, slot + len(names)))
         groups.append({**_unflatten(hyper, tensors, None), "params": slots})
         slot += len(names)
     state = {int(k): _unflatten(v, tensors, None) for k, v in meta["state"].items()}
-    opt.state.clear()
     try:
         opt.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
