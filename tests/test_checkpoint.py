@@ -257,7 +257,7 @@ _KILL_DRIVER = textwrap.dedent("""
     from torchvision_stub import import_torchvision_models  # test set-up only, see that file
     import_torchvision_models()
     from pathlib import Path
-    import leantrain.training.checkpoint as c
+    import leantrain.training.checkpoint.writer as c
     real, written = c._write_file, []
     def hang_on_nth(path, data):
         if path.name == "checkpoint.json":

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from leantrain.training import checkpoint as ckpt_mod
+from leantrain.training.checkpoint import writer as ckpt_writer  # where the bytes are written
 from leantrain.training.checkpoint import load_checkpoint
 from leantrain.cli import main
 from leantrain.models.files import save_model
@@ -142,7 +143,7 @@ def test_config_with_unknown_keys(tmp_path, capsys, text, needle) -> None:
 
 
 def _fail_on_write(monkeypatch, call: int, error: OSError) -> None:
-    real, calls = ckpt_mod._write_file, []
+    real, calls = ckpt_writer._write_file, []
 
     def write(path, data):
         calls.append(path)
@@ -154,7 +155,7 @@ def _fail_on_write(monkeypatch, call: int, error: OSError) -> None:
             return real(path, partial)
         return real(path, data)
 
-    monkeypatch.setattr(ckpt_mod, "_write_file", write)
+    monkeypatch.setattr(ckpt_writer, "_write_file", write)
 
 
 def test_full_disk_during_checkpoint_keeps_the_last_good_one(cifar_root, tmp_path, monkeypatch,
