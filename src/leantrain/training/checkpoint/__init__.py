@@ -20,12 +20,12 @@ checkpoint with a warning; the JSON's fields are checked one by one (an edited r
 a sentence naming the field). Nothing is ever unpickled.
 """
 
+from ..trainstate import TrainState
 from .format import (
     FORMAT, LATEST, PREVIOUS, CheckpointError, CheckpointFallbackWarning, CheckpointWriteError,
 )
 from .restore import Checkpoint, has_checkpoint, load_checkpoint, read_checkpoint, remove_checkpoints
 from .writer import Checkpointer, snapshot
-from ..trainstate import TrainState
 
 __all__ = [
     "FORMAT",
