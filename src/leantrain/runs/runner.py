@@ -36,7 +36,7 @@ from ..training import distributed
 from ..training.checkpoint import (
     Checkpoint, CheckpointError, Checkpointer, has_checkpoint, load_checkpoint, remove_checkpoints,
 )
-from ..training.fit import Result, fit, make_optimizer, resolve_device
+from ..training.fit import Callback, Result, fit, make_optimizer, resolve_device
 from ..training.trainstate import TrainState
 from .config import RunConfig
 from .env import environment, machine_key, memory_summary, reset_peak_memory
@@ -376,6 +376,31 @@ def run(
             torch.distributed.destroy_process_group()
 
 
+class _RunFolder(Callback):
+    """The run folder's files, written once `fit` has accepted the checkpoint (if any), and the
+    machine record added to every evaluated epoch's row."""
+
+    def __init__(self, folder: Path, cfg: RunConfig, env: dict[str, Any], rank: int,
+                 share: MachineShare) -> None:
+        self.folder, self.cfg, self.env, self.rank, self.share = folder, cfg, env, rank, share
+
+    def on_start(self, state: TrainState) -> None:
+        if self.rank != 0:  # process 0 alone writes the run folder
+            return
+        folder = self.folder
+        _prepare_folder(folder)
+        remove_stale_temps(folder)  # left by a process killed mid-write; this run owns the folder
+        _write_json(folder / "config.json", self.cfg.to_dict())
+        _write_json(folder / "env.json", self.env)
+        # A resumed run rewrites both logs as of its checkpoint: rows written after it, before
+        # the interruption, are redone by the resumed run and must not appear twice.
+        _write_jsonl(folder / "metrics.jsonl", state.history)
+        _write_jsonl(folder / "events.jsonl", state.events)
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        row["machine"] = self.share.finish()  # did this epoch have the machine to itself?
+
+
 def _start_from_init(model: nn.Module, cfg: RunConfig) -> set[str]:
     """Load ``model.init`` into the fresh `model` (fine-tuning); the names of the parameters it
     did not provide (the new head), which ``train.head_lr_mult`` trains at its own rate."""
@@ -447,6 +472,8 @@ def _run(
             f"{world}; resume with the same number (torchrun --nproc-per-node {saved}"
             f"{', or without torchrun' if saved == 1 else ''})."
         )
+    if ckpt is not None:  # another run's checkpoint: refused before anything is built
+        ckpt.check_run(cfg.to_dict())
     seed_everything(cfg.seed)
     model = create_model(
         cfg.model.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
@@ -484,19 +511,6 @@ def _run(
                "machine": list(machine_key(env))},
     ) if rank == 0 else None  # process 0 alone writes the run folder
 
-    def start(state: TrainState) -> None:
-        """Write the folder's files once `fit` has accepted the checkpoint (if any)."""
-        if rank != 0:
-            return
-        _prepare_folder(folder)
-        remove_stale_temps(folder)  # left by a process killed mid-write; this run owns the folder
-        _write_json(folder / "config.json", cfg.to_dict())
-        _write_json(folder / "env.json", env)
-        # A resumed run rewrites both logs as of its checkpoint: rows written after it, before
-        # the interruption, are redone by the resumed run and must not appear twice.
-        _write_jsonl(metrics, state.history)
-        _write_jsonl(events, state.events)
-
     def log(kind: str, row: dict[str, Any]) -> None:
         if rank == 0:
             _append_jsonl(metrics if kind == "epoch" else events, row)
@@ -504,12 +518,11 @@ def _run(
     memory = reset_peak_memory(device)  # peaks of the training phase, not of data loading
     # did this run have the machine to itself?
     share = MachineShare(device=device.type, processes=world)
+    folder_files = _RunFolder(folder, cfg, env, rank, share)
     optimizer = make_optimizer(model, cfg.train, head=head)
     result = fit(model, train_loader, test_loader, cfg.train, methods, optimizer=optimizer,
-                 log=log,
-                 show_progress=show_progress, checkpointer=checkpointer, resume_from=ckpt,
-                 run_config=cfg.to_dict(), on_start=start,
-                 epoch_extra=lambda: {"machine": share.finish()})
+                 log=log, show_progress=show_progress, checkpointer=checkpointer,
+                 resume_from=ckpt, callbacks=[folder_files])
     summary = {
         "dataset": cfg.data.dataset, "model": cfg.model.name,
         "method": "dense" if not cfg.method_names() else cfg.method, "seed": cfg.seed,

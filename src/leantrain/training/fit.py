@@ -27,7 +27,7 @@ from typing import Any, Callable, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
@@ -43,7 +43,8 @@ from .timing import DEFAULT_LAPS, Stopwatch
 from .trainstate import TrainState
 
 __all__ = [
-    "LOSS_BOUND", "fit", "evaluate", "lr_at", "make_optimizer", "resolve_device", "Result",
+    "LOSS_BOUND", "Callback", "fit", "evaluate", "lr_at", "make_optimizer", "resolve_device",
+    "Result",
     "TrainingDiverged",
 ]
 
@@ -264,6 +265,179 @@ def _save_checkpoint(
     return True
 
 
+class Callback:
+    """What a caller adds to `fit` without `fit` knowing it (the runner: its run folder and its
+    record of the machine). Override either hook."""
+
+    def on_start(self, state: TrainState) -> None:
+        """The training state is known (a resume's checks and restore are done); no step yet."""
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        """An evaluated epoch's row, before it is logged and kept; fields added here stay."""
+
+
+class _LossGuard:
+    """The divergence guard: the epoch's running loss (summed on the device, one sync per check),
+    the first step's loss that scales the bound, and the one-step-late test of a checkpoint just
+    written (`_confirm_checkpoint`)."""
+
+    def __init__(self, state: TrainState, checkpointer: Checkpointer | None) -> None:
+        self.state, self.checkpointer = state, checkpointer
+        self.unconfirmed = False  # a checkpoint was just written; the next step's loss tests it
+
+    def start_epoch(self, device: torch.device) -> None:
+        if self.state.batch == 0 or self.state.loss_sum is None:
+            self.state.loss_sum = torch.zeros((), device=device)
+
+    def add(self, loss: Tensor, x: Tensor, epoch: int) -> None:
+        state = self.state
+        state.loss_sum += loss.detach()
+        if state.first_loss is None:  # the scale of the divergence bound (one sync per run)
+            state.first_loss = loss.item()
+        elif self.unconfirmed:  # one sync per checkpoint: the loss of the state it saved
+            self.unconfirmed = False
+            # Non-finite images make any state's loss NaN: that is the data's fault, caught by
+            # the running-loss check, and no reason to withdraw a good checkpoint.
+            if bool(torch.isfinite(x).all()):
+                _confirm_checkpoint(loss.item(), state, epoch, self.checkpointer)
+
+    def mean(self, epoch: int) -> float:
+        """The epoch's running mean loss, or `TrainingDiverged`."""
+        return _check_loss(self.state, epoch, self.checkpointer)
+
+
+class _CostTracker:
+    """Training FLOPs integrated over the live network; the per-sample cost is recounted (not
+    timed as training) only when the structure or a method's per-step width changes."""
+
+    def __init__(self, cost: CostMeter, model: nn.Module, methods: Sequence[Method],
+                 state: TrainState) -> None:
+        self.cost, self.model, self.methods, self.state = cost, model, methods, state
+        self.current: StepCost = cost.recount(model)
+        self.known = {self._key(): self.current}
+
+    def _key(self) -> Any:
+        return _cost_key(self.methods, self.model, self.state.version)
+
+    def add(self, images: int) -> None:
+        """Charge a step of `images` at the cost of the network that computed it."""
+        self.cost.add(images, self.current)
+
+    def refresh(self) -> None:
+        """After a step: the cost of the network the next step computes."""
+        key = self._key()
+        if key not in self.known:
+            self.known[key] = self.cost.recount(self.model)
+        self.current = self.known[key]
+
+
+@dataclass
+class _Loop:
+    """One `fit` call's parts, so that its epochs read as steps of their own."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its ShrinkingDDP under torchrun
+    opt: torch.optim.Optimizer
+    methods: Sequence[Method]
+    handle: Any  # the `Attached` hooks
+    cfg: TrainConfig
+    state: TrainState
+    clock: Stopwatch
+    activations: ActivationMeter
+    costs: _CostTracker
+    guard: _LossGuard
+    checkpointer: Checkpointer | None
+    callbacks: Sequence[Callback]
+    log: Callable[[str, dict[str, Any]], None]
+    bar: Any
+    test_loader: Any
+    total: int
+    steps_per_epoch: int
+    world: int
+
+    def train_epoch(self, epoch: int, train_loader: Any) -> None:
+        model, state, cfg, opt = self.model, self.state, self.cfg, self.opt
+        model.train()
+        if cfg.freeze_bn:
+            freeze_bn_statistics(model)
+        self.guard.start_epoch(next(model.parameters()).device)
+        for x, y in train_loader.epoch(epoch, start_batch=state.batch):
+            progress = Progress(state.step, self.total, self.steps_per_epoch)
+            lr = lr_at(progress.fraction, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr * group.get("lr_mult", 1.0)
+            with self.clock("train"):
+                with self.activations.step():
+                    loss = F.cross_entropy(self.net(x), y, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()  # the hooks: after_backward and the update ("train"), cuts ("surgery")
+            self.costs.add(len(x) * self.world)  # the whole job's images (1/world each here)
+            state.step, state.batch = self.handle.step, state.batch + 1
+            self.costs.refresh()
+            _drain_events(self.methods, state, epoch, self.log)
+            self.guard.add(loss, x, epoch)
+            self.bar.update(1)
+            if state.step % 20 == 0 or state.step == self.total:
+                self.bar.set_postfix(loss=f"{self.guard.mean(epoch):.3f}", epoch=epoch + 1)
+            # Mid-epoch checkpoints only: the epoch's last step is checkpointed after its eval.
+            if (self.checkpointer and state.batch < self.steps_per_epoch
+                    and self.checkpointer.due(state.step)):
+                self.save_checkpoint()
+
+    def end_epoch(self, epoch: int) -> None:
+        cfg, state = self.cfg, self.state
+        train_loss = self.guard.mean(epoch)
+        # A stream is evaluated after every chunk as well: what the model knows when the next
+        # chunk arrives.
+        chunk_end = cfg.stream > 1 and (epoch + 1) % cfg.run_epochs == 0
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.total_epochs or chunk_end:
+            with self.clock("eval"):
+                test_loss, test_acc = evaluate(self.model, self.test_loader)
+            row = {
+                "epoch": epoch + 1, "step": state.step,
+                "lr": lr_at(state.step / self.total, cfg), "train_loss": train_loss,
+                "test_loss": test_loss, "test_acc": test_acc, **self.clock.totals(),
+                **self.costs.cost.totals(), "params": count_params(self.model),
+            }
+            for callback in self.callbacks:
+                callback.on_epoch_end(row)
+            if cfg.stream > 1:
+                row.update(chunk=epoch // cfg.run_epochs + 1, chunk_end=chunk_end)
+            state.history.append(row)
+            self.log("epoch", row)
+            self.bar.write(
+                f"epoch {epoch + 1:3d}/{cfg.total_epochs}  loss {train_loss:.4f}  test acc "
+                f"{100 * test_acc:.2f}%  train {row['train_s']:.1f}s"
+            ) if not self.bar.disable else None
+        state.epoch, state.batch, state.loss_sum = epoch + 1, 0, None
+        if self.checkpointer is not None:
+            self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        with self.clock("checkpoint"):
+            self.guard.unconfirmed = _save_checkpoint(
+                self.checkpointer, self.model, self.opt, self.methods, self.state, self.clock,
+                self.costs.cost, self.cfg, self.total, self.steps_per_epoch)
+
+    def finish(self) -> Result:
+        """The methods' last word (DCP's cut to its compact model) and the final result."""
+        self.bar.close()
+        final = dict(self.state.history[-1])
+        with self.clock("surgery"):
+            changed = bool(self.handle.finish())
+            _drain_events(self.methods, self.state, self.cfg.total_epochs, self.log)
+        if changed:  # report the accuracy of the model we hand back (e.g. DCP's compact export)
+            with self.clock("eval"):
+                final["test_loss"], final["test_acc"] = evaluate(self.model, self.test_loader)
+        return Result(
+            test_acc=final["test_acc"], test_loss=final["test_loss"], history=self.state.history,
+            times=self.clock.totals(), costs=self.costs.cost.totals(),
+            params=count_params(self.model), events=self.state.events,
+            memory=self.activations.summary(),
+        )
+
+
 def fit(
     model: nn.Module,
     train_loader: Any,
@@ -276,9 +450,7 @@ def fit(
     show_progress: bool = True,
     checkpointer: Checkpointer | None = None,
     resume_from: Checkpoint | str | Path | None = None,
-    run_config: dict[str, Any] | None = None,
-    on_start: Callable[[TrainState], None] | None = None,
-    epoch_extra: Callable[[], dict[str, Any]] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Result:
     """Train `model` with `methods` plugged in; evaluate every `cfg.eval_every` epochs.
 
@@ -294,37 +466,26 @@ def fit(
         show_progress: draw a progress bar.
         checkpointer: writes a checkpoint at every epoch end and as it says mid-epoch.
         resume_from: a checkpoint (or a run folder / ``checkpoint.json``) to continue from.
-        run_config: the run's settings (``RunConfig.to_dict()``); a checkpoint whose writer gave
-            other data, model, method, seed, epochs or batch size is refused.
-        on_start: called with the training state once it is known (after a resume's checks and
-            restore), before the first step: the runner writes its run folder's files there,
-            so a refused resume leaves no folder behind.
-        epoch_extra: called at each evaluated epoch; its fields join the epoch's row (kept in
-            checkpoints with the history), e.g. the runner's machine-share record.
+        callbacks: `Callback`s told when training starts and at each evaluated epoch.
 
     Raises:
         TrainingDiverged: the loss became NaN/inf or exploded (see `LOSS_BOUND`), or the state
             became non-finite; no checkpoint of that state is written.
-        leantrain.training.checkpoint.CheckpointError: `resume_from` is unusable or belongs to another run.
+        leantrain.training.checkpoint.CheckpointError: `resume_from` is unusable or belongs to
+            another run.
     """
-    log = log or (lambda kind, row: None)
     steps_per_epoch, total = _plan(train_loader, cfg)
-    ckpt = load_checkpoint(resume_from) if isinstance(resume_from, (str, Path)) else resume_from
-    device = next(model.parameters()).device
     opt = optimizer or make_optimizer(model, cfg)
-    spec = train_loader.spec
+    device = next(model.parameters()).device
     laps = (*DEFAULT_LAPS, "checkpoint") if checkpointer is not None else DEFAULT_LAPS
     clock = Stopwatch(device, laps=laps)
+    spec = train_loader.spec
     cost = CostMeter(model, (spec.in_channels, spec.image_size, spec.image_size))
-    activations = ActivationMeter(model)
-    state = TrainState()
-    if ckpt is not None:  # the one resume path: checks the run, cuts the model, restores all
-        state = ckpt.restore(model, opt, methods, clock=clock, cost=cost, total_steps=total,
-                             steps_per_epoch=steps_per_epoch, config=run_config)
-        if checkpointer is not None:
-            checkpointer.resumed_from(ckpt)
-    if on_start is not None:
-        on_start(state)
+    ckpt = load_checkpoint(resume_from) if isinstance(resume_from, (str, Path)) else resume_from
+    state = _start(model, opt, methods, ckpt, checkpointer, clock, cost, total, steps_per_epoch)
+    for callback in callbacks:
+        callback.on_start(state)
+
     def changed(change: Change) -> None:
         state.version += 1  # part of the FLOP cache key
         if cfg.freeze_bn:  # a cut may build new BN modules, which start in training mode
@@ -335,104 +496,53 @@ def fit(
     handle = attach(model, opt, methods, total, steps_per_epoch=steps_per_epoch,
                     start_step=state.step, on_change=changed, lap=clock, allow_empty=True)
     try:
-        world = distributed.world_size()
-        # Under torchrun the forward goes through DDP, rebuilt after every cut.
-        net = distributed.ShrinkingDDP(model) if world > 1 else model
-        if ckpt is not None:
-            for m in methods:
-                m.events()  # setup events of a resume repeat those the log already has
-            state.events.append({"kind": "resume", "step": state.step, "epoch": state.epoch})
-            log("event", state.events[-1])
-        current: StepCost = cost.recount(model)
-        step_costs = {_cost_key(methods, model, state.version): current}
-        bar = tqdm(total=total, initial=state.step, disable=not show_progress, unit="step",
-                   leave=False)
-        unconfirmed = False  # a checkpoint was just written; the next step's loss tests its state
+        loop = _loop(model, opt, methods, handle, cfg, state, clock, cost, checkpointer,
+                     callbacks, log or (lambda kind, row: None), show_progress, test_loader,
+                     total, steps_per_epoch, resumed=ckpt is not None)
         for epoch in range(state.epoch, cfg.total_epochs):
-            model.train()
-            if cfg.freeze_bn:
-                freeze_bn_statistics(model)
-            if state.batch == 0 or state.loss_sum is None:
-                state.loss_sum = torch.zeros((), device=device)
-            for x, y in train_loader.epoch(epoch, start_batch=state.batch):
-                progress = Progress(state.step, total, steps_per_epoch)
-                lr = lr_at(progress.fraction, cfg)
-                for group in opt.param_groups:
-                    group["lr"] = lr * group.get("lr_mult", 1.0)
-                with clock("train"):
-                    with activations.step():
-                        loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                # The hooks: after_backward and the update ("train"), decisions ("surgery").
-                opt.step()
-                # The whole job's images (each process has 1/world of them).
-                cost.add(len(x) * world, current)
-                state.step = handle.step
-                state.batch += 1
-                key = _cost_key(methods, model, state.version)
-                # The live network changed: recount (not timed as training).
-                if key not in step_costs:
-                    step_costs[key] = cost.recount(model)
-                current = step_costs[key]
-                _drain_events(methods, state, epoch, log)
-                state.loss_sum += loss.detach()
-                if state.first_loss is None:  # the scale of the divergence bound (one sync per run)
-                    state.first_loss = loss.item()
-                elif unconfirmed:  # one sync per checkpoint: the loss of the state it saved
-                    unconfirmed = False
-                    # Non-finite images make any state's loss NaN: that is the data's fault, caught
-                    # by the running-loss check, and no reason to withdraw a good checkpoint.
-                    if bool(torch.isfinite(x).all()):
-                        _confirm_checkpoint(loss.item(), state, epoch, checkpointer)
-                bar.update(1)
-                if state.step % 20 == 0 or state.step == total:
-                    mean = _check_loss(state, epoch, checkpointer)
-                    bar.set_postfix(loss=f"{mean:.3f}", epoch=epoch + 1)
-                # Mid-epoch checkpoints only: the epoch's last step is checkpointed after its eval.
-                if checkpointer and state.batch < steps_per_epoch and checkpointer.due(state.step):
-                    with clock("checkpoint"):
-                        unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state,
-                                                       clock, cost, cfg, total, steps_per_epoch)
-            train_loss = _check_loss(state, epoch, checkpointer)
-            # A stream is evaluated after every chunk as well: what the model knows when the
-            # next chunk arrives.
-            chunk_end = cfg.stream > 1 and (epoch + 1) % cfg.run_epochs == 0
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.total_epochs or chunk_end:
-                with clock("eval"):
-                    test_loss, test_acc = evaluate(model, test_loader)
-                row = {
-                    "epoch": epoch + 1, "step": state.step, "lr": lr_at(state.step / total, cfg),
-                    "train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc,
-                    **clock.totals(), **cost.totals(), "params": count_params(model),
-                    **(epoch_extra() if epoch_extra is not None else {}),
-                }
-                if cfg.stream > 1:
-                    row.update(chunk=epoch // cfg.run_epochs + 1, chunk_end=chunk_end)
-                state.history.append(row)
-                log("epoch", row)
-                bar.write(
-                    f"epoch {epoch + 1:3d}/{cfg.total_epochs}  loss {train_loss:.4f}  test acc "
-                    f"{100 * test_acc:.2f}%  train {row['train_s']:.1f}s"
-                ) if show_progress else None
-            state.epoch, state.batch, state.loss_sum = epoch + 1, 0, None
-            if checkpointer is not None:
-                with clock("checkpoint"):
-                    unconfirmed = _save_checkpoint(checkpointer, model, opt, methods, state, clock,
-                                                   cost, cfg, total, steps_per_epoch)
+            loop.train_epoch(epoch, train_loader)
+            loop.end_epoch(epoch)
     except BaseException:  # a failed fit leaves the user's optimizer unhooked, to attach again
         handle.detach()
         raise
-    bar.close()
-    final = dict(state.history[-1])
-    with clock("surgery"):
-        changed = bool(handle.finish())
-        _drain_events(methods, state, cfg.total_epochs, log)
-    if changed:  # report the accuracy of the model we hand back (e.g. DCP's compact export)
-        with clock("eval"):
-            final["test_loss"], final["test_acc"] = evaluate(model, test_loader)
-    return Result(
-        test_acc=final["test_acc"], test_loss=final["test_loss"], history=state.history,
-        times=clock.totals(), costs=cost.totals(), params=count_params(model), events=state.events,
-        memory=activations.summary(),
+    return loop.finish()
+
+
+def _start(model: nn.Module, opt: torch.optim.Optimizer, methods: Sequence[Method],
+           ckpt: Checkpoint | None, checkpointer: Checkpointer | None, clock: Stopwatch,
+           cost: CostMeter, total: int, steps_per_epoch: int) -> TrainState:
+    """A fresh state, or the one path of a resume: check the step plan and the methods, cut the
+    model, restore all (the runner checked that the checkpoint is its run's: `check_run`)."""
+    if ckpt is None:
+        return TrainState()
+    state = ckpt.restore(model, opt, methods, clock=clock, cost=cost, total_steps=total,
+                         steps_per_epoch=steps_per_epoch)
+    if checkpointer is not None:
+        checkpointer.resumed_from(ckpt)
+    return state
+
+
+def _loop(model: nn.Module, opt: torch.optim.Optimizer, methods: Sequence[Method], handle: Any,
+          cfg: TrainConfig, state: TrainState, clock: Stopwatch, cost: CostMeter,
+          checkpointer: Checkpointer | None, callbacks: Sequence[Callback],
+          log: Callable[[str, dict[str, Any]], None], show_progress: bool, test_loader: Any,
+          total: int, steps_per_epoch: int, resumed: bool) -> _Loop:
+    """The loop's parts, once the methods are attached (a resume's events logged)."""
+    world = distributed.world_size()
+    if resumed:
+        for m in methods:
+            m.events()  # setup events of a resume repeat those the log already has
+        state.events.append({"kind": "resume", "step": state.step, "epoch": state.epoch})
+        log("event", state.events[-1])
+    return _Loop(
+        model=model,
+        # Under torchrun the forward goes through DDP, rebuilt after every cut.
+        net=distributed.ShrinkingDDP(model) if world > 1 else model,
+        opt=opt, methods=methods, handle=handle, cfg=cfg, state=state, clock=clock,
+        activations=ActivationMeter(model), costs=_CostTracker(cost, model, methods, state),
+        guard=_LossGuard(state, checkpointer), checkpointer=checkpointer, callbacks=callbacks,
+        log=log, test_loader=test_loader, total=total, steps_per_epoch=steps_per_epoch,
+        world=world,
+        bar=tqdm(total=total, initial=state.step, disable=not show_progress, unit="step",
+                 leave=False),
     )

@@ -141,7 +141,7 @@ class Checkpoint:
         # The settings are named when the writer's config is there (the runner's); fit() alone
         # knows only the step plan and the methods, checked below either way.
         if isinstance(saved_config, dict) and config is not None:
-            self._check_config(saved_config, config)
+            self.check_run(config)
         saved = (int(self.meta["total_steps"]), int(self.meta["steps_per_epoch"]))
         if saved != (total_steps, steps_per_epoch):
             raise CheckpointError(
@@ -156,7 +156,13 @@ class Checkpoint:
                 f"uses {[m.name for m in methods] or ['none']}; resume with the same --method."
             )
 
-    def _check_config(self, saved: dict[str, Any], config: dict[str, Any]) -> None:
+    def check_run(self, config: dict[str, Any]) -> None:
+        """Raise `CheckpointError` unless the run `config` describes (`RunConfig.to_dict()`) has
+        the data, model, method, seed, epochs and batch size of the checkpoint's writer (when its
+        writer recorded a config: the runner does); the learning rate may change."""
+        saved = self.extra.get("config")
+        if not isinstance(saved, dict):
+            return
         fields = [("data", k) for k in ("dataset", "train_subset", "test_subset", "image_size")]
         fields += [("model", "name"), ("train", "epochs"), ("train", "batch_size")]
         differ = [
