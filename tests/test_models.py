@@ -9,12 +9,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from leantrain.models import (
-    VGG, BasicBlock, Bottleneck, ConvBN, ResNet, SelectLinear, SliceBatchNorm2d, SliceConv2d,
-)
-from leantrain.registry import Registry
+from leantrain.models import VGG, BasicBlock, Bottleneck, ResNet
 from leantrain.models.factory import create_model, list_models
+from leantrain.registry import Registry
 from leantrain.structure import channel_sets_of, prepare, units_of
+from leantrain.structure.layers import ConvBN, SelectLinear, SliceBatchNorm2d, SliceConv2d
 
 SMALL = ["vgg11", "resnet20", "test_vgg", "test_resnet", "test_resnet_bottleneck"]
 # Only constructed: a CPU forward of these is too slow for the unit suite.
