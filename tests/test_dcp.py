@@ -326,3 +326,27 @@ def test_saliency_equals_taylor_term_of_the_bn_output(mode: str) -> None:
     if mode == "slice":
         expected = expected[index]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_export_at_cuts_the_compact_model_early_and_trains_it_as_one(tiny_cifar) -> None:
+    """`export_at`: the selection made permanent mid-training; the later steps train the
+    compact network (fewer parameters in every later row), and the end cuts nothing more."""
+    import leantrain
+    from leantrain.config import TrainConfig
+    from leantrain.data.loaders import TensorLoader
+
+    train, test, spec = tiny_cifar
+    loaders = [TensorLoader(s, spec, batch_size=16, train=t, seed=0)
+               for s, t in ((train, True), (test, False))]
+    torch.manual_seed(0)
+    model = create_model("test_resnet")
+    dense_params = count_params(model)
+    result = leantrain.fit(model, *loaders, TrainConfig(epochs=2, batch_size=16, lr=0.05),
+                           [DCP(p=0.5, warmup=0.1, export_at=0.5)], show_progress=False)
+    exports = [e for e in result.events if e["kind"] == "dcp_export"]
+    assert len(exports) == 1 and exports[0]["step"] == 4  # half of the 8 steps
+    assert result.history[0]["params"] < dense_params  # the first epoch ended cut
+    assert result.history[0]["params"] == result.history[-1]["params"] == result.params
+    with pytest.raises(ValueError, match="dcp.export_at = 0.05 must be a fraction of training "
+                                         "after the warm-up"):
+        DCP(warmup=0.1, export_at=0.05)

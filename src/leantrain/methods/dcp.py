@@ -100,6 +100,9 @@ class DCP(Method):
             width at half + 1 took 1.5× as long as at exactly half (AMD EPYC, channels_last).
             1 computes exactly the selected channels.
         export: at the end, cut the unselected channels out for good (the compact model).
+        export_at: cut them out already at this fraction of training (ours, for the dense
+            frontier of issue #29): from then on the compact network trains as one network, with
+            no selection to compute and every later step at the compact width. None: at the end.
         snapshot_every: epochs between utility snapshots logged for the heatmap plot.
     """
 
@@ -114,6 +117,7 @@ class DCP(Method):
     mode: str = "slice"
     compute_multiple: int = 8
     export: bool = True
+    export_at: float | None = None
     snapshot_every: int = 1
 
     def __post_init__(self) -> None:
@@ -131,6 +135,14 @@ class DCP(Method):
             raise ValueError(f"dcp.selection = {self.selection!r}; choose 'global' or 'layer'.")
         if self.mode not in ("slice", "mask"):
             raise ValueError(f"dcp.mode = {self.mode!r}; choose 'slice' or 'mask'.")
+        if self.export_at is not None and not (self.warmup < self.export_at <= 1):
+            raise ValueError(
+                f"dcp.export_at = {self.export_at} must be a fraction of training after the "
+                f"warm-up ({self.warmup}) and ≤ 1, or left out to cut at the end."
+            )
+        if self.export_at is not None and not self.export:
+            raise ValueError("dcp.export_at cuts the compact model early, but dcp.export = false "
+                             "keeps the full model; drop one of the two.")
         if self.compute_multiple < 1:
             raise ValueError(
                 f"dcp.compute_multiple = {self.compute_multiple} must be ≥ 1 (1: no padding)."
@@ -142,10 +154,13 @@ class DCP(Method):
         # Channel sets left out because their conv and BN are frozen (see `_frozen_sets`).
         self.frozen_sets: list[str] = []
         self._warned_frozen: list[str] | None = None
+        self.exported = False  # the compact cut is made (`export_at`): nothing left to select
 
     # ------------------------------------------------------------------ hooks
 
     def setup(self, model: nn.Module, progress: Progress) -> None:
+        if self.exported:  # a resume after the early cut: the compact network trains as it is
+            return
         every = channel_sets_of(model)
         if not every:
             raise ValueError("this model has no prunable channels, so DCP cannot prune it; use --method none.")
@@ -238,6 +253,8 @@ class DCP(Method):
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, progress: Progress) -> None:
+        if self.exported:
+            return
         gamma = self.gamma_at(progress.fraction)
         for s in self._sets(model):
             saliency = self._saliency.pop(id(s.bn), None)
@@ -253,6 +270,8 @@ class DCP(Method):
                 u[kept] = gamma * u[kept] + v[kept]
 
     def step(self, model: nn.Module, progress: Progress) -> Change | None:
+        if self.exported:
+            return None
         sets = self._sets(model)
         self._track(sets)
         if progress.fraction >= self.warmup and self.p > 0:
@@ -271,14 +290,24 @@ class DCP(Method):
                 "widths": {s.name: self._width(s) for s in sets},
                 "utilities": {s.name: self.utilities[s.name].tolist() for s in sets},
             })
+        if self.export_at is not None and progress.fraction >= self.export_at:
+            return self._cut(model)
         return None
 
     def finish(self, model: nn.Module) -> Change | None:
+        if self.exported:
+            return None
+        return self._cut(model)
+
+    def _cut(self, model: nn.Module) -> Change | None:
+        """The selection made permanent: unselected channels cut out (`export`), or the full
+        model with its selection cleared."""
         sets = self._sets(model)
         keep = {s.name: k for s in sets if (k := self.kept[s.name]) is not None}
         for s in sets:
             s.bn.observer = None
             s.clear()
+        self.exported = True
         if not self.export or not keep:
             return None
         change = prune_channels(model, keep)
@@ -335,8 +364,10 @@ class DCP(Method):
         return {
             "utilities": {k: v.clone() for k, v in self.utilities.items()},
             "kept": {k: (None if v is None else v.clone()) for k, v in self.kept.items()},
+            "exported": self.exported,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.utilities = {k: v.clone() for k, v in state["utilities"].items()}
         self.kept = {k: (None if v is None else v.clone()) for k, v in state["kept"].items()}
+        self.exported = bool(state.get("exported", False))

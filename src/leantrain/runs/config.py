@@ -179,6 +179,7 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 # beside the new default.
 DIGEST_NEUTRAL: dict[tuple[str, str], Any] = {
     ("learndrop", "peer_reference"): "max",
+    ("dcp", "export_at"): None,
 }
 # The same for training settings: a full budget is what every run did before `budget` existed.
 TRAIN_DIGEST_NEUTRAL: dict[str, Any] = {"budget": 1.0, "head_lr_mult": 1.0, "freeze_bn": False,
