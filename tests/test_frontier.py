@@ -153,7 +153,7 @@ def test_the_report_writes_the_frontier_table_and_draws_it(tmp_path) -> None:
     path = _write(tmp_path / "paper-cpu2-torch2.13.0.jsonl", rows)
     result = write_report([path], tmp_path / "out")
     text = result["markdown"]
-    assert "Dense frontier of resnet32 on cifar10" in text
+    assert "Dense frontier of resnet32 on cifar10 (3 epochs)" in text
     assert "| dense-b0.6 | 2 | cosine | 86.00 (n=1, single seed) | 0.60× | 0.0 | ★◆ |" in text
     assert "| dense-b0.45 | 1 | cosine |" in text and "| 0.45× | 0.0 | – |" in text
     assert "| resnet20/dense | 3 | cosine |" in text

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..atomic import write_atomic
 from ..config import ConfigError
-from ..runs.config import from_dict
+from ..runs.config import MODEL_DIGEST_NEUTRAL, TRAIN_DIGEST_NEUTRAL, from_dict
 from ..runs.env import environment, environment_key, hardware_name, machine_key
 from .suite import BenchRun, Suite, load_suite, suite_names
 
@@ -88,16 +88,23 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 ROW_SETTINGS = ("budget", "schedule", "freeze")
 
 
+_UNSET = object()
+
+
 def recipe_digest(config: dict[str, Any]) -> str:
     """What makes two runs' times comparable besides the machine: data set (without where it
     lives), model and training recipe, hashed. The method and the seed are left out, and so are
     the settings a row of the dense frontier varies (`ROW_SETTINGS`): dense trained for part
     of the epochs is measured against full-length dense, as the methods are."""
     data = {k: v for k, v in config.get("data", {}).items() if k not in ("data_dir", "download")}
-    train = {k: v for k, v in (config.get("train") or {}).items() if k not in ROW_SETTINGS}
-    blob = json.dumps(
-        {"data": data, "model": config.get("model"), "train": train}, sort_keys=True
-    )
+    # Settings added after rows were recorded are left out at the value that does what those
+    # rows did (`RunConfig.digest` does the same), so an old row and a new one share a recipe.
+    train = {k: v for k, v in (config.get("train") or {}).items()
+             if k not in ROW_SETTINGS and TRAIN_DIGEST_NEUTRAL.get(k, _UNSET) != v}
+    model = config.get("model")
+    if isinstance(model, dict):
+        model = {k: v for k, v in model.items() if MODEL_DIGEST_NEUTRAL.get(k, _UNSET) != v}
+    blob = json.dumps({"data": data, "model": model, "train": train}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
@@ -368,8 +375,11 @@ def run_suite(
             )
             continue
         seconds = summary.get("train_s", 0.0) + summary.get("surgery_s", 0.0)
-        group = (run.config.data.dataset, run.config.model.name, run.config.seed)
-        if run.config.method_names() == []:
+        # The speed-up against this seed's full-length dense run of the same recipe (the
+        # report's baseline), not against dense at a reduced budget or another recipe.
+        group = (recipe_digest(run.config.to_dict()), run.config.seed)
+        train = run.config.train
+        if not run.config.method_names() and train.budget == 1.0 and not train.freeze:
             dense_time[group] = seconds
         ratio = (
             f"  ×{dense_time[group] / seconds:.2f} vs dense"

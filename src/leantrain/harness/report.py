@@ -472,8 +472,11 @@ def write_report(
             ]
             for frontier in build_frontiers(mine).values():
                 ref = frontier.reference
+                train = ref.rows[0].get("config", {}).get("train") or {}
+                recipe = (f"data in {train['stream']} chunks × {train.get('epochs')} epochs"
+                          if int(train.get("stream", 1)) > 1 else f"{train.get('epochs')} epochs")
                 parts += [
-                    f"Dense frontier of {ref.model} on {ref.dataset} "
+                    f"Dense frontier of {ref.model} on {ref.dataset} ({recipe}) "
                     "(`leantrain.harness.frontier`): every dense run of this suite on the same "
                     "data and training recipe, shorter (`budget`: fewer epochs, the schedule "
                     "compressed into them) or another network. A method's *vs dense frontier* "
