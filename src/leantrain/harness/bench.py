@@ -31,7 +31,9 @@ from typing import Any
 
 from ..atomic import write_atomic
 from ..config import ConfigError
-from ..runs.config import MODEL_DIGEST_NEUTRAL, TRAIN_DIGEST_NEUTRAL, from_dict
+from ..runs.config import (
+    MODEL_DIGEST_NEUTRAL, TRAIN_DIGEST_NEUTRAL, from_dict, without_neutral,
+)
 from ..runs.env import environment, environment_key, hardware_name, machine_key
 from .suite import BenchRun, Suite, load_suite, suite_names
 
@@ -88,9 +90,6 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 ROW_SETTINGS = ("budget", "schedule", "freeze")
 
 
-_UNSET = object()
-
-
 def recipe_digest(config: dict[str, Any]) -> str:
     """What makes two runs' times comparable besides the machine: data set (without where it
     lives), model and training recipe, hashed. The method and the seed are left out, and so are
@@ -99,11 +98,12 @@ def recipe_digest(config: dict[str, Any]) -> str:
     data = {k: v for k, v in config.get("data", {}).items() if k not in ("data_dir", "download")}
     # Settings added after rows were recorded are left out at the value that does what those
     # rows did (`RunConfig.digest` does the same), so an old row and a new one share a recipe.
-    train = {k: v for k, v in (config.get("train") or {}).items()
-             if k not in ROW_SETTINGS and TRAIN_DIGEST_NEUTRAL.get(k, _UNSET) != v}
+    train = {k: v for k, v in without_neutral(config.get("train") or {},
+                                              TRAIN_DIGEST_NEUTRAL).items()
+             if k not in ROW_SETTINGS}
     model = config.get("model")
     if isinstance(model, dict):
-        model = {k: v for k, v in model.items() if MODEL_DIGEST_NEUTRAL.get(k, _UNSET) != v}
+        model = without_neutral(model, MODEL_DIGEST_NEUTRAL)
     blob = json.dumps({"data": data, "model": model, "train": train}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 

@@ -25,7 +25,7 @@ from ..config import (
 )
 from ..methods import METHODS
 
-__all__ = ["DIGEST_NEUTRAL", "RunConfig", "file_identity", "from_dict"]
+__all__ = ["DIGEST_NEUTRAL", "RunConfig", "file_identity", "from_dict", "without_neutral"]
 
 
 def _resolve_methods(method: Any, method_args: Any) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -132,12 +132,8 @@ class RunConfig:
             args = d["method_args"].get(method, {})
             if key in args and args[key] == before:
                 args.pop(key)
-        for key, before in TRAIN_DIGEST_NEUTRAL.items():
-            if d["train"].get(key) == before:
-                d["train"].pop(key)
-        for key, before in MODEL_DIGEST_NEUTRAL.items():
-            if d["model"].get(key) == before:
-                d["model"].pop(key)
+        d["train"] = without_neutral(d["train"], TRAIN_DIGEST_NEUTRAL)
+        d["model"] = without_neutral(d["model"], MODEL_DIGEST_NEUTRAL)
         if d["model"].get("init") is not None:  # the weights, wherever the file lives
             d["model"]["init"] = file_identity(d["model"]["init"])
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
@@ -186,7 +182,12 @@ TRAIN_DIGEST_NEUTRAL: dict[str, Any] = {"budget": 1.0, "head_lr_mult": 1.0, "fre
                                          "freeze": [], "stream": 1, "stream_replay": False}
 MODEL_DIGEST_NEUTRAL: dict[str, Any] = {"init": None, "init_skip": []}
 
-_SECTIONS = SECTIONS
+
+def without_neutral(table: dict[str, Any], neutral: dict[str, Any]) -> dict[str, Any]:
+    """`table` without the settings at their neutral value (what runs did before the setting
+    existed): the run's identity (`RunConfig.digest`) and a benchmark recipe leave them out."""
+    return {k: v for k, v in table.items() if k not in neutral or neutral[k] != v}
+
 _TOP = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TOP_KEYS = {"method", "seed", "out_dir", "checkpoint_every", "checkpoint_minutes"}
 
@@ -209,9 +210,10 @@ def from_dict(
     method_args: dict[str, dict[str, Any]] = {}
     top_types = field_types(RunConfig)
     for key, value in d.items():
-        if key in _SECTIONS:
-            kwargs[key] = _SECTIONS[key](**check_fields(_SECTIONS[key], as_table(key, value, source),
-                                                        key, source))
+        if key in SECTIONS:
+            section = SECTIONS[key]
+            kwargs[key] = section(**check_fields(section, as_table(key, value, source), key,
+                                                 source))
         elif key in _TOP_KEYS:
             ok, kwargs[key] = coerce_value(value, top_types[key])
             if not ok:
@@ -223,11 +225,12 @@ def from_dict(
                 )
         elif key == "method_args":
             for name, args in as_table(key, value, source).items():
-                method_args.setdefault(name, {}).update(as_table(f"method_args.{name}", args, source))
+                method_args.setdefault(name, {}).update(
+                    as_table(f"method_args.{name}", args, source))
         elif key in registry:
             method_args.setdefault(key, {}).update(as_table(key, value, source))
         else:
-            valid = sorted([*_SECTIONS, *_TOP_KEYS, *registry])
+            valid = sorted([*SECTIONS, *_TOP_KEYS, *registry])
             raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {', '.join(valid)}.")
     for name, args in method_args.items():  # types first, so the message can name the file
         if name in registry:

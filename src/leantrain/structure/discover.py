@@ -1,12 +1,6 @@
-"""Find a model's `Structure` from its own forward, by tracing it with torch.fx.
-
-Why torch.fx: a symbolic trace records every call of the forward as a graph node, with the
-module path of each node (``nn_module_stack``), without running real data; `ShapeProp` then adds
-each node's output shape from one sample. That is exactly the information needed here: which
-tensor each conv reads, where a block's input and output are, and where channels meet a residual
-add, a concat or a reshape. Torch-Pruning's DependencyGraph answers a different question (which
-layers must be pruned together, one-shot) and an autograd walk loses the module boundaries, so
-neither fits the per-step slicing and the block dropping we do.
+"""Find a model's `Structure` from its own forward, by tracing it with torch.fx
+(`leantrain.structure.trace` says why fx) and reading the graph for units
+(`leantrain.structure.units`) and channel sets (`leantrain.structure.channels`).
 
 It never guesses: any part it cannot prove safe is left out and listed in `Structure.excluded`.
 
