@@ -248,3 +248,41 @@ def test_residual_norm_of_a_branch_only_unit() -> None:
         want = model.block(inp).norm() / inp.norm()
     assert torch.allclose(score._pending[unit.name], want, rtol=1e-5)
     score.detach()
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, out: int | None = None) -> None:
+        super().__init__()
+        out = out or width
+        stride = 2 if out != width else 1
+        self.branch = nn.Sequential(
+            nn.Conv2d(width, out, 3, stride, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
+            nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out))
+        self.shortcut = (nn.Sequential() if out == width else
+                         nn.Sequential(nn.Conv2d(width, out, 1, stride, bias=False), nn.BatchNorm2d(out)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.branch(x) + self.shortcut(x))
+
+
+class OneSequential(_Net):
+    """Every block in one Sequential, across two resolutions."""
+
+    def __init__(self) -> None:
+        super().__init__(width=16)
+        self.blocks = nn.Sequential(_Block(16), _Block(16), _Block(16, 32), _Block(32), _Block(32))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classify(self.blocks(self.stem(x)))
+
+
+def test_stages_follow_the_graph_in_one_sequential() -> None:
+    s = structure_of(_built(OneSequential))
+    stages = {u.name: u.stage for u in s.units}
+    assert stages == {"blocks.0": "blocks:16×8×8", "blocks.1": "blocks:16×8×8",
+                      "blocks.2": "blocks:32×4×4", "blocks.3": "blocks:32×4×4",
+                      "blocks.4": "blocks:32×4×4"}
+    assert s.stages["blocks:32×4×4"] == ["blocks.2", "blocks.3", "blocks.4"]  # the downsampling
+    # block counts in its stage, as torchvision's layer2.0 does in layer2
+    assert [u.kind for u in s.units].count("projection") == 1

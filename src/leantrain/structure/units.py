@@ -17,6 +17,7 @@ no node at all) is the identity.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 from collections import defaultdict
 
@@ -75,6 +76,7 @@ class UnitFinder(Traced):
                 units.append(unit)
                 if droppable_reason:
                     self.excluded.append(Excluded(path, "unit", droppable_reason))
+        units, blocks = self._split_stages(units, blocks, regions)
         add_units = self._add_units(regions, claimed)
         for unit in add_units:
             claimed += unit.members
@@ -86,6 +88,27 @@ class UnitFinder(Traced):
         blocks += seq_blocks
         units.sort(key=lambda u: order[regions[u.members[0]][0]] if u.members[0] in regions else 0)
         return units, blocks
+
+    def _split_stages(self, units: list[Unit], blocks: list[tuple[str, str]],
+                      regions: dict[str, list[fx.Node]]) -> tuple[list[Unit], list[tuple[str, str]]]:
+        """Stages follow the graph: blocks of one parent at several output shapes (one
+        Sequential across resolutions) form one stage per shape, ``parent:C×H×W``; a parent
+        whose blocks share one shape (torchvision's ``layer1``) keeps its name."""
+        shapes = {}
+        for u in units:
+            region = set(regions[u.name])
+            out = [n for n in regions[u.name] if any(x not in region for x in n.users)]
+            shapes[u.name] = self._shape(out[-1]) if out else None
+        per_parent: dict[str, set] = defaultdict(set)
+        for u in units:
+            per_parent[u.stage].add(shapes[u.name])
+        split = {parent for parent, found in per_parent.items() if len(found) > 1}
+        if not split:
+            return units, blocks
+        renamed = {u.name: dataclasses.replace(u, stage=f"{u.stage}:{fmt_shape(shapes[u.name])}")
+                   for u in units if u.stage in split}
+        return ([renamed.get(u.name, u) for u in units],
+                [(n, renamed[n].stage if n in renamed else stage) for n, stage in blocks])
 
     def _residual(self, path: str, region: list[fx.Node]) -> tuple[Unit, str] | None:
         inside = set(region)
