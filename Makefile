@@ -18,13 +18,18 @@ $(VENV)/.installed: pyproject.toml
 # already in $(VENV) (torch-pruning requires only torch and numpy, which pip leaves as they are).
 # And users' models from torchvision: 0.28.0 is the release paired with torch 2.13.0, installed
 # with --no-deps so pip never replaces the torch in $(VENV); its registry wheel is CUDA-linked,
-# and tests/torchvision_stub.py explains how the tests import its model definitions anyway.
+# and tests/torchvision_stub.py explains how this environment imports its model definitions
+# anyway (an import hook it installs into $(VENV), so the examples and the CLI run as they are).
+# timm (the timm extra) the same way, --no-deps: it needs only torch, torchvision and pyyaml
+# (which lightning brings) to build its models; the hub client is optional to it.
 # The library itself never needs torchvision. The Lightning callback's tests need the lightning
 # extra (its torch>=2.1 requirement is met by the torch in $(VENV), which pip keeps).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[dev,peers]"
 	$(PY) -m pip install -q -e ".[lightning]"
 	$(PY) -m pip install -q --no-deps "torchvision==0.28.0"
+	$(PY) -m pip install -q --no-deps "timm==1.0.31"
+	$(PY) tests/torchvision_stub.py --install
 	@touch $@
 
 demo: $(VENV)/.installed

@@ -347,6 +347,11 @@ def test_export_at_cuts_the_compact_model_early_and_trains_it_as_one(tiny_cifar)
     assert len(exports) == 1 and exports[0]["step"] == 4  # half of the 8 steps
     assert result.history[0]["params"] < dense_params  # the first epoch ended cut
     assert result.history[0]["params"] == result.history[-1]["params"] == result.params
+    # Cut early, each layer keeps its computed width, a multiple of compute_multiple (8): the
+    # compact network trains on, and odd widths run slow.
+    from leantrain.structure import channel_sets_of
+
+    assert all(len(s) % 8 == 0 for s in channel_sets_of(model))
     with pytest.raises(ValueError, match="dcp.export_at = 0.05 must be a fraction of training "
                                          "after the warm-up"):
         DCP(warmup=0.1, export_at=0.05)

@@ -106,3 +106,37 @@ def test_identical_models_give_byte_identical_files(tmp_path) -> None:
     loaded = load_model(paths[-1])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  loaded.state_dict().values()))
+
+
+def test_saving_never_traces(tmp_path, monkeypatch) -> None:
+    """The file's description comes from the model's record; only loading reads the network."""
+    from leantrain.models.factory import create_model
+    from leantrain.models.files import save_model
+    from leantrain.structure import channel_sets_of, example_shape, prepare
+    prepare_module = importlib.import_module("leantrain.structure.prepare")  # not the function
+    from leantrain.structure.surgery import drop_units, prune_channels
+
+    torch.manual_seed(0)
+    fresh = create_model("test_resnet")
+    cut = create_model("test_resnet")
+    prepare(cut)
+    first = channel_sets_of(cut)[0]
+    prune_channels(cut, {first.name: torch.tensor([0, 2, 3])})
+    drop_units(cut, ["layer1.1"])
+
+    def no_tracing(model):
+        raise AssertionError("saving traced the model")
+
+    monkeypatch.setattr(prepare_module, "discover", no_tracing)
+    save_model(fresh, tmp_path / "fresh.safetensors")
+    save_model(cut, tmp_path / "cut.safetensors")
+    monkeypatch.undo()
+
+    meta = read_model_metadata(tmp_path / "cut.safetensors")
+    assert meta["widths"] == {first.name: 3}
+    assert [e["op"] for e in meta["surgery"]] == ["prune", "drop"]
+    loaded = load_model(tmp_path / "cut.safetensors")
+    x = torch.randn(2, *example_shape(cut))
+    cut.eval()
+    loaded.eval()
+    assert torch.equal(cut(x), loaded(x))

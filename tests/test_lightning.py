@@ -72,6 +72,27 @@ def test_make_test_installs_the_lightning_extra(tmp_path) -> None:
     assert extras["lightning"] == ["lightning>=2.4"]
 
 
+def test_the_example_runs_as_a_script_in_the_project_environment(tmp_path) -> None:
+    """`make test` installs tests/torchvision_stub.py's import hook into .venv, so the example
+    runs as a user starts it, without the tests' stub (Lightning imports torchvision)."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[1]
+    plan = subprocess.run(["make", "-n", "-B", "test", f"VENV={tmp_path / 'venv'}"], cwd=root,
+                          capture_output=True, text=True, check=True).stdout
+    assert "tests/torchvision_stub.py --install" in plan
+    if not (Path(sysconfig.get_paths()["purelib"]) / "_leantrain_torchvision_stub.pth").is_file():
+        pytest.skip("this environment was not made by `make test`")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--epochs", "1", "--ckpt-dir", str(tmp_path / "ckpts")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "ckpts").glob("epoch=0-*.ckpt"))
+
+
 def test_two_optimizers_are_refused() -> None:
     import lightning as L
 

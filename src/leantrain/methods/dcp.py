@@ -102,7 +102,8 @@ class DCP(Method):
         export: at the end, cut the unselected channels out for good (the compact model).
         export_at: cut them out already at this fraction of training (ours, for the dense
             frontier of issue #29): from then on the compact network trains as one network, with
-            no selection to compute and every later step at the compact width. None: at the end.
+            no selection to compute and every later step at the compact width, each layer at its
+            computed width (a multiple of ``compute_multiple``). None: at the end.
         snapshot_every: epochs between utility snapshots logged for the heatmap plot.
     """
 
@@ -291,7 +292,7 @@ class DCP(Method):
                 "utilities": {s.name: self.utilities[s.name].tolist() for s in sets},
             })
         if self.export_at is not None and progress.fraction >= self.export_at:
-            return self._cut(model)
+            return self._cut(model, padded=True)
         return None
 
     def finish(self, model: nn.Module) -> Change | None:
@@ -299,11 +300,19 @@ class DCP(Method):
             return None
         return self._cut(model)
 
-    def _cut(self, model: nn.Module) -> Change | None:
+    def _cut(self, model: nn.Module, padded: bool = False) -> Change | None:
         """The selection made permanent: unselected channels cut out (`export`), or the full
-        model with its selection cleared."""
+        model with its selection cleared.
+
+        ``padded`` (a cut before the end, `export_at`): each layer keeps the channels it
+        computes, its selection padded to a multiple of ``compute_multiple`` with the next
+        highest utilities, because the compact network trains on and odd widths run slow (in
+        the finetune suite, ResNet-20 cut to its exact kept widths at 30% trained at 1.18× dense
+        time on 2 CPU cores). The padding channels join the network then. At the end the exact
+        selection is kept, so the compact model computes what the gated one did."""
         sets = self._sets(model)
-        keep = {s.name: k for s in sets if (k := self.kept[s.name]) is not None}
+        kept = {s.name: (self._computed(s)[0] if padded else self.kept[s.name]) for s in sets}
+        keep = {name: k for name, k in kept.items() if k is not None}
         for s in sets:
             s.bn.observer = None
             s.clear()

@@ -289,9 +289,8 @@ class LearnDrop(Method):
             sizes = sorted({live[u.stage] for u in active})
             return (f"each of its {len(active)} units is in a stage of at most {sizes[-1]} "
                     f"block(s) and min_units_per_stage = {self.min_units_per_stage} keeps that "
-                    "many, so none can leave (a unit is alone in its stage when the residual is "
-                    "added outside the blocks or the blocks run in a loop); set "
-                    "learndrop.min_units_per_stage lower, e.g. 0")
+                    "many, so none can leave (a unit is alone in its stage when it is the only "
+                    "block at its resolution); set learndrop.min_units_per_stage lower, e.g. 0")
         if self.stop <= self.warmup:
             return (f"learndrop.stop = {self.stop} is not after warmup = {self.warmup} and drops "
                     "happen only between the two; raise stop or lower warmup")

@@ -295,7 +295,9 @@ class ResidualNormScore(UnitScore):
         def hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
             ref = self._reference.pop(u.name, None)
             if module.training and ref is not None:
-                self._pending[u.name] = _relative_residual(out, ref)
+                # A branch-only unit's members return f(x); the add x + f(x) is the parent's.
+                self._pending[u.name] = (_relative_norm(out, ref) if u.branch_only
+                                         else _relative_residual(out, ref))
 
         self._handles.append(u.first.register_forward_pre_hook(capture))
         self._handles.append(u.last.register_forward_hook(hook))
@@ -367,6 +369,11 @@ class ResidualNormScore(UnitScore):
 
 
 @torch.no_grad()
+def _relative_norm(f: Tensor, x: Tensor) -> Tensor:
+    """``‖f‖ / (‖x‖ + EPS)``: the relative residual of ``y = x + f`` without forming ``y``."""
+    return f.detach().float().norm() / (x.detach().float().norm() + EPS)
+
+
 def _relative_residual(y: Tensor, x: Tensor) -> Tensor:
     """``‖y − x‖ / (‖x‖ + EPS)`` over the whole batch, as a 0-d float32 tensor (no sync)."""
     x, y = x.detach().float(), y.detach().float()

@@ -277,8 +277,57 @@ def _check_json_values(name: str, kwargs: dict[str, Any]) -> None:
         raise ValueError(f"{name} argument {', '.join(bad)} is not a number, string or list")
 
 
-# A zoo a model file may name: timm, say, is added here with its own build and check.
-ZOOS: dict[str, Zoo] = {"torchvision": Zoo(_build_torchvision, _check_torchvision_file)}
+def _timm() -> Any:
+    try:
+        return importlib.import_module("timm")
+    except Exception as e:  # ImportError, or a timm whose torchvision import fails
+        raise ValueError(
+            f"timm models need timm, which cannot be imported here ({_first_line(e)}); install "
+            "it: pip install 'leantrain[timm]'."
+        ) from None
+
+
+def _timm_name(timm: Any, name: str) -> None:
+    if not timm.is_model(name):
+        raise ValueError(f"timm has no model {name!r}; choose one of timm.list_models().")
+
+
+# timm.create_model arguments that load weights from the hub or a file: a model named in a run
+# or a model file starts from its own weights (the file's, or `--init`), never a download.
+_TIMM_LOADS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path",
+               "cache_dir")
+
+
+def _build_timm(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> nn.Module:
+    timm = _timm()
+    _timm_name(timm, name)
+    if loads := [k for k in _TIMM_LOADS if kwargs.get(k)]:
+        raise ValueError(
+            f"timm:{name} with {loads[0]} would load weights from the hub or a file; leave it "
+            "out and start from your weights with --init (or [model] init)."
+        )
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                 in_chans=in_channels, **kwargs)
+    except Exception as e:  # noqa: BLE001 - bad kwargs
+        raise ValueError(
+            f"building timm:{name} failed ({type(e).__name__}: {_first_line(e)}); check its "
+            "keyword arguments ([model.kwargs])."
+        ) from None
+
+
+def _check_timm_file(name: str, kwargs: dict[str, Any]) -> None:
+    _check_json_values(f"timm:{name}", kwargs)
+    _timm_name(_timm(), name)
+    if loads := [k for k in _TIMM_LOADS if kwargs.get(k)]:
+        raise ValueError(f"timm:{name} with {loads[0]}={kwargs[loads[0]]!s} would load weights")
+
+
+# The zoos a model file may name, each with its own build and check.
+ZOOS: dict[str, Zoo] = {
+    "torchvision": Zoo(_build_torchvision, _check_torchvision_file),
+    "timm": Zoo(_build_timm, _check_timm_file),
+}
 
 
 def reference_kind(name: str) -> str:

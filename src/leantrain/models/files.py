@@ -57,19 +57,31 @@ def architecture(model: nn.Module) -> dict[str, Any]:
     """JSON-serialisable description from which `build_architecture` rebuilds the model's shape.
 
     Keys: ``format``; ``arch`` (registry name and constructor arguments); ``dropped_units`` (in
-    order); ``widths`` (live width of every prunable channel set); ``surgery``, every cut in order
-    (``{"op": "drop", "name", "kind"}`` or ``{"op": "prune", "keep": {set: kept indices}}``).
+    order); ``widths`` (the width of every channel set the cuts narrowed; the others keep the
+    width ``arch`` builds); ``surgery``, every cut in order (``{"op": "drop", "name", "kind"}``
+    or ``{"op": "prune", "keep": {set: kept indices}}``).
+
+    Read from the model's record alone: describing (and so saving) a model never traces it.
     """
     if reason := external_surgery(model):
         raise TypeError(f"this model's architecture cannot be described ({reason}); save its weights only.")
-    widths = {s.name: len(s) for s in channel_sets_of(model)}
+    history = cut_history(model)
     return {
         "format": FORMAT,
         "arch": dict(arch_of(model) or _unnamed_arch(model)),
         "dropped_units": dropped_units(model),
-        "widths": widths,
-        "surgery": cut_history(model),
+        "widths": _narrowed_widths(history),
+        "surgery": history,
     }
+
+
+def _narrowed_widths(history: list[dict[str, Any]]) -> dict[str, int]:
+    """Each pruned channel set's width after the last cut that narrowed it."""
+    widths: dict[str, int] = {}
+    for entry in history:
+        if entry["op"] == "prune":
+            widths.update({name: len(kept) for name, kept in entry["keep"].items()})
+    return widths
 
 
 def _unnamed_arch(model: nn.Module) -> dict[str, Any]:
@@ -120,8 +132,8 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
             "channels and input size."
         )
     current = architecture(model)
-    if all(current[k] == desc.get(k, current[k]) for k in ("dropped_units", "widths", "surgery")):
-        return
+    if all(current[k] == desc.get(k, current[k]) for k in ("dropped_units", "surgery")):
+        return  # already cut this way (a resume into the live model)
     if current["surgery"] or current["dropped_units"]:
         raise ValueError("apply_architecture() needs a freshly created, uncut model.")
     try:
@@ -132,7 +144,12 @@ def apply_architecture(model: nn.Module, desc: dict[str, Any]) -> None:
             f"the saved architecture cannot be rebuilt ({str(e).strip()[:300]}); the file is "
             "corrupt or from another version."
         ) from e
-    if architecture(model)["widths"] != desc["widths"]:
+    # The one check that reads the live network (so loading may trace; saving never does): the
+    # widths the file states must be those its cuts made.
+    live = {s.name: len(s) for s in channel_sets_of(model)}
+    # A set that a later drop took out of the network (a pruned conv inside a dropped block)
+    # has no live width left to compare.
+    if any(name in live and live[name] != width for name, width in desc["widths"].items()):
         raise ModelFileError(
             "the saved architecture is inconsistent (its channel widths do not match its cuts); "
             "the file is corrupt."

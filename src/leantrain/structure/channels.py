@@ -1,14 +1,18 @@
-"""Prunable channel sets: a conv (groups 1) whose only reader is a BatchNorm, and whose channels
-reach only layers that can read a subset of them (convs of groups 1, and linear layers after a
-global pool or a flatten of a 1×1 map), through element-wise activations, dropout and pooling. A
-depthwise conv (with its BN) on the way follows the selection channel by channel.
+"""Prunable channel sets: a conv (groups 1) whose only reader is a BatchNorm (or a fused
+norm+act layer such as timm's BatchNormAct2d), and whose channels reach only layers that can read
+a subset of them (convs of groups 1, and linear layers after a global pool or a flatten of a 1×1
+map), through element-wise activations, dropout and pooling. A depthwise conv (with its BN) on the
+way follows the selection channel by channel, and so does the expanding conv of a
+squeeze-and-excitation gate that scales the channels (``x * sigmoid(conv(relu(conv(mean(x)))))``).
 """
 
 from __future__ import annotations
 
+import operator
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from .trace import (
@@ -52,13 +56,14 @@ class ChannelFinder(Traced):
             raise Refused(f"is a grouped convolution (groups={conv.groups}); its outputs cannot be "
                            "selected freely")
         users = list(node.users)
-        if len(users) != 1 or not self._is(users[0], nn.BatchNorm2d):
+        if len(users) != 1 or not self._is_bn(users[0]):
             raise Refused("is not followed by a BatchNorm alone (DCP measures channel utility at "
                            "a BatchNorm output)")
         bn_node = users[0]
         if self.calls[bn_node.target] > 1:
             raise Refused(f"its BatchNorm {bn_node.target} is called more than once")
-        followers, consumers = self._follow(bn_node, conv.out_channels)
+        gates: list[fx.Node] = []
+        followers, consumers = self._follow(bn_node, conv.out_channels, gates)
         if not consumers:
             raise Refused("its channels reach no layer that reads them")
         fmods = tuple((self._module(c), self._module(b)) for c, b in followers)
@@ -66,11 +71,13 @@ class ChannelFinder(Traced):
             name=name, conv=conv, bn=self._module(bn_node),  # type: ignore[arg-type]
             followers=fmods,  # type: ignore[arg-type]
             consumers=tuple(self._module(c) for c in consumers),  # type: ignore[misc]
+            gates=tuple(self._module(g) for g in gates),  # type: ignore[misc]
         )
         return cs, {str(c.target) for c, _ in followers}
 
-    def _follow(self, start: fx.Node, width: int) -> tuple[list[tuple[fx.Node, fx.Node]], list[fx.Node]]:
-        """Walk the readers of ``start``'s channels; refuse anything that cannot read a subset."""
+    def _follow(self, start: fx.Node, width: int, gates: list[fx.Node]) -> tuple[list[tuple[fx.Node, fx.Node]], list[fx.Node]]:
+        """Walk the readers of ``start``'s channels; refuse anything that cannot read a subset.
+        Gate convs met on the way (``x * sigmoid(conv(...))``) are appended to ``gates``."""
         followers: list[tuple[fx.Node, fx.Node]] = []
         consumers: list[fx.Node] = []
         stack, seen = [start], {start}
@@ -82,6 +89,14 @@ class ChannelFinder(Traced):
                 seen.add(user)
                 if reads_metadata(user):
                     continue  # x.size(0) and the like read the shape, not the channels
+                if self._is_product(user):
+                    gate = self._gate_conv(user, node, width)
+                    if gate is None:
+                        raise Refused(f"its channels reach {self._describe(user)}, a product "
+                                      "with something other than a per-channel gate")
+                    gates.append(gate)
+                    stack.append(user)  # x * gate keeps channel c as channel c
+                    continue
                 if user.args[:1] != (node,) or any(
                     isinstance(a, fx.Node) and not derived_from_metadata(a)
                     for a in [*user.args[1:], *user.kwargs.values()]
@@ -98,7 +113,7 @@ class ChannelFinder(Traced):
                         continue
                     if mod.groups == mod.in_channels == mod.out_channels == width:
                         bn_users = list(user.users)
-                        if len(bn_users) != 1 or not self._is(bn_users[0], nn.BatchNorm2d):
+                        if len(bn_users) != 1 or not self._is_bn(bn_users[0]):
                             raise Refused(f"its channels reach the depthwise conv {user.target}, "
                                            "which has no BatchNorm of its own after it")
                         followers.append((user, bn_users[0]))
@@ -125,6 +140,39 @@ class ChannelFinder(Traced):
                 raise Refused(f"its channels reach {self._describe(user)}, which cannot read a "
                                "subset of them")
         return followers, consumers
+
+    def _is_product(self, node: fx.Node) -> bool:
+        """``a * b`` of two tensors."""
+        two = len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)
+        return two and ((node.op == "call_function" and node.target in (operator.mul, torch.mul))
+                        or (node.op == "call_method" and node.target == "mul"))
+
+    def _gate_conv(self, product: fx.Node, node: fx.Node, width: int) -> fx.Node | None:
+        """The conv of a squeeze-and-excitation gate, when ``product`` is ``node * gate`` with
+        ``gate = sigmoid(conv(...))`` (or hard-sigmoid), one value per channel, computed for this
+        product alone: that conv then computes only the selected channels' gates."""
+        a, b = product.args
+        gate = b if a is node else a if b is node else None
+        if gate is None or not isinstance(gate, fx.Node) or gate is node:
+            return None
+        shape, full = self._shape(gate), self._shape(node)
+        if shape is None or full is None or len(shape) != 4 or shape[1] != width or shape[2:] != (1, 1):
+            return None
+        if list(gate.users) != [product] or not self._is_gate_activation(gate):
+            return None
+        conv = gate.args[0] if gate.args else None
+        if not (isinstance(conv, fx.Node) and self._is(conv, nn.Conv2d)
+                and list(conv.users) == [gate] and self.calls[conv.target] == 1):
+            return None
+        mod = self._module(conv)
+        return conv if mod.groups == 1 and mod.out_channels == width else None  # type: ignore[union-attr]
+
+    def _is_gate_activation(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return type(self._module(node)) in (nn.Sigmoid, nn.Hardsigmoid)
+        if node.op == "call_function":
+            return node.target in (torch.sigmoid, F.sigmoid, F.hardsigmoid)
+        return node.op == "call_method" and node.target == "sigmoid"
 
     def _channel_preserving(self, user: fx.Node, node: fx.Node) -> bool:
         """Element-wise, pooling, or a flatten of a 1×1 map: channel c stays channel c."""

@@ -82,7 +82,7 @@ class _Discovery(ChannelFinder, UnitFinder):
         return Structure(
             units=units, channel_sets=sets, excluded=self.excluded, stages=dict(stages),
             input_shape=self.shape, macs=macs, layers=layers,
-            classifier=layers[-1][0] if layers else None,
+            classifier=layers[-1][0] if layers else None, notes=self.notes,
         )
 
     def _layers(self, units: list[Unit]) -> list[tuple[str, tuple[str, ...]]]:
@@ -96,7 +96,8 @@ class _Discovery(ChannelFinder, UnitFinder):
             if mod is None or not any(True for _ in mod.parameters(recurse=False)):
                 continue
             path = str(n.target)
-            unit = next((u for u in residual if path.startswith(u.name + ".")), None)
+            unit = next((u for u in residual
+                         if any(path == m or path.startswith(m + ".") for m in u.members)), None)
             if unit is not None:
                 name, members = unit.name, unit.members
             elif path in runs:

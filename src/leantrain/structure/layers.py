@@ -39,6 +39,8 @@ __all__ = [
     "SliceConv2d",
     "SliceBatchNorm2d",
     "SelectLinear",
+    "SliceNormAct",
+    "is_norm_act",
     "make_sliceable",
     "init_weights",
 ]
@@ -84,7 +86,9 @@ class SliceBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.out_index is None:
-            y = super().forward(x)
+            # BatchNorm2d's own forward, named rather than super(): a fused norm+act layer's
+            # sliceable class (`SliceNormAct`) inherits this and applies its activation after.
+            y = nn.BatchNorm2d.forward(self, x)
         elif self.gate_mode == "mask":
             y = _masked_bn(self, x, self.out_index)
             y = y * _mask(self.out_index, self.num_features, y)
@@ -96,6 +100,48 @@ class SliceBatchNorm2d(nn.BatchNorm2d):
             # is 0 wherever relu(a) ≠ a, so relu(a)·∂L/∂a = a·∂L/∂a exactly, at no extra memory.
             y.register_hook(lambda g, a=y.detach(): self.observer(self, a, g))  # type: ignore[misc]
         return y
+
+
+# Element-wise activations with f(0) = 0 that a fused norm+act layer may apply (a zeroed
+# channel stays zero, so the sliced and the masked computation agree).
+_NORM_ACTS: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU, nn.ELU,
+    nn.Tanh, nn.Mish,
+)
+
+
+def is_norm_act(module: nn.Module | None) -> bool:
+    """A fused BatchNorm + activation layer: a subclass of ``nn.BatchNorm2d`` whose only
+    children are ``drop`` (identity or dropout) and ``act`` (an element-wise activation with
+    f(0) = 0), as timm's ``BatchNormAct2d``. Read by duck typing, so timm is never imported.
+
+    Its forward is taken to be BN → drop → act; `SliceNormAct` computes exactly that.
+    """
+    if not isinstance(module, nn.BatchNorm2d) or type(module) in (nn.BatchNorm2d, SliceBatchNorm2d):
+        return False
+    children = dict(module.named_children())
+    return (set(children) == {"drop", "act"}
+            and type(children["drop"]) in (nn.Identity, nn.Dropout, nn.Dropout2d)
+            and type(children["act"]) in _NORM_ACTS)
+
+
+class SliceNormAct(SliceBatchNorm2d):
+    """The sliceable form of a fused norm+act layer (`is_norm_act`): the sliced BN of
+    `SliceBatchNorm2d`, then the layer's own ``drop`` and ``act``. Mixed in before the layer's
+    class (``type("Slice" + name, (SliceNormAct, cls), {})``), so the object keeps its class's
+    attributes and ``isinstance`` checks."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.drop(SliceBatchNorm2d.forward(self, x)))  # type: ignore[operator]
+
+
+_NORM_ACT_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _norm_act_class(cls: type[nn.Module]) -> type[nn.Module]:
+    if cls not in _NORM_ACT_CLASSES:
+        _NORM_ACT_CLASSES[cls] = type(f"Slice{cls.__name__}", (SliceNormAct, cls), {})
+    return _NORM_ACT_CLASSES[cls]
 
 
 class SelectLinear(nn.Linear):
@@ -117,7 +163,8 @@ _SLICEABLE: dict[type[nn.Module], type[nn.Module]] = {
 
 
 def make_sliceable(module: nn.Module) -> nn.Module:
-    """Turn a plain ``Conv2d``/``BatchNorm2d``/``Linear`` into its sliceable subclass, in place.
+    """Turn a plain ``Conv2d``/``BatchNorm2d``/``Linear`` (or a fused norm+act layer,
+    `is_norm_act`) into its sliceable subclass, in place.
 
     Only the class changes: the object, its parameters, buffers, hooks and state-dict keys stay.
     Subclasses of those layers (a user's own conv) are refused, since their forward may differ.
@@ -125,7 +172,10 @@ def make_sliceable(module: nn.Module) -> nn.Module:
     Raises:
         TypeError: for any other module type.
     """
-    if type(module) in _SLICEABLE.values():
+    if type(module) in _SLICEABLE.values() or isinstance(module, SliceNormAct):
+        return module
+    if is_norm_act(module):
+        module.__class__ = _norm_act_class(type(module))
         return module
     target = _SLICEABLE.get(type(module))
     if target is None:

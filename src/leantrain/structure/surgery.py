@@ -214,6 +214,20 @@ def _cut_set(cs: ChannelSet, index: Tensor, edits: list[ParamEdit]) -> None:
         _slice_out(conv, bn, index, edits, depthwise=True)
     for consumer in cs.consumers:
         _slice_in(consumer, index, edits)
+    for gate in cs.gates:
+        _slice_gate(gate, index, edits)
+
+
+def _slice_gate(conv: nn.Conv2d, keep: Tensor, edits: list[ParamEdit]) -> None:
+    """Keep output channels `keep` of a gate conv (it has no BN of its own)."""
+    new_w = _slice_param(conv.weight, 0, keep)
+    edits.append(ParamEdit(conv.weight, new_w, (keep, None, None, None)))
+    conv.weight = new_w
+    if conv.bias is not None:
+        old = conv.bias
+        conv.bias = _slice_param(old, 0, keep)
+        edits.append(ParamEdit(old, conv.bias, (keep,)))
+    conv.out_channels = len(keep)
 
 
 def _log_surgery(model: nn.Module, entry: dict) -> None:

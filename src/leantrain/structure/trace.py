@@ -24,13 +24,14 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.stateless import _reparametrize_module
 
 from ..cost import module_macs
-from .layers import SelectLinear, SliceBatchNorm2d, SliceConv2d, sliceable_layers
+from .layers import SelectLinear, SliceBatchNorm2d, SliceConv2d, is_norm_act, sliceable_layers
 from .types import Excluded, StructureError, Unit
 
 __all__ = [
     "ADDS", "ELEMENTWISE_FUNCTIONS", "ELEMENTWISE_METHODS", "ELEMENTWISE_MODULES",
     "NONNEGATIVE_FUNCTIONS", "NONNEGATIVE_MODULES", "POOL_FUNCTIONS", "POOL_MODULES",
     "RESHAPE_FUNCTIONS", "RESHAPE_METHODS", "FunctionModule", "Refused", "Traced", "Tracer",
+    "ZeroBranch",
     "derived_from_metadata", "device_dtype", "exact_types", "fmt_shape", "is_leaf",
     "reads_metadata",
 ]
@@ -60,7 +61,9 @@ class Tracer(fx.Tracer):
     """Treats torch.nn layers as leaves, as fx does, and also leantrain's sliceable subclasses."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (SliceConv2d, SliceBatchNorm2d, SelectLinear)):
+        # A fused norm+act layer (timm's BatchNormAct2d) is one BN node, not its inlined
+        # F.batch_norm: discovery reads it as a BN whose output passes an activation.
+        if isinstance(m, (SliceConv2d, SliceBatchNorm2d, SelectLinear)) or is_norm_act(m):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -73,6 +76,7 @@ class Traced:
         self.shape = shape
         self.modules = dict(model.named_modules())
         self.excluded: list[Excluded] = []
+        self.notes: list[str] = []
 
     # ------------------------------------------------------------------ trace
 
@@ -90,6 +94,10 @@ class Traced:
         finally:
             for m, flag in flags.items():
                 m.training = flag
+        if self._branches_on_training(graph):
+            self.notes.append(
+                "the forward branches on self.training: discovery traced the training branch, "
+                "so the units and channel sets are those of the training forward")
         gm = fx.GraphModule(self.model, graph)
         _, dtype = device_dtype(self.model)
         saved = [(m, dict(m.__dict__)) for m in sliceable_layers(self.model)]
@@ -119,6 +127,23 @@ class Traced:
                 m.training = flag
         return gm
 
+    def _branches_on_training(self, train_graph: fx.Graph) -> bool:
+        """Whether the evaluation forward traces to another graph than the training one."""
+        flags = {m: m.training for m in self.model.modules()}
+        try:
+            self.model.eval()
+            eval_graph = Tracer().trace(self.model)
+        except Exception:  # only the training forward must trace
+            return True
+        finally:
+            for m, flag in flags.items():
+                m.training = flag
+
+        def calls(graph: fx.Graph) -> list[tuple[str, str]]:
+            return [(n.op, str(n.target)) for n in graph.nodes]
+
+        return calls(eval_graph) != calls(train_graph)
+
     # ------------------------------------------------------------------ helpers
 
     def _module(self, node: fx.Node) -> nn.Module | None:
@@ -127,6 +152,10 @@ class Traced:
     def _is(self, node: fx.Node, *types: type[nn.Module]) -> bool:
         m = self._module(node)
         return m is not None and type(m) in exact_types(types)
+
+    def _is_bn(self, node: fx.Node) -> bool:
+        """A BatchNorm2d, or a fused norm+act layer (`leantrain.structure.layers.is_norm_act`)."""
+        return self._is(node, nn.BatchNorm2d) or is_norm_act(self._module(node))
 
     def _where(self, node: fx.Node) -> str:
         stack = node.meta.get("nn_module_stack") or {}
@@ -193,6 +222,15 @@ class FunctionModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
+
+
+class ZeroBranch(nn.Module):
+    """What takes a dropped residual branch's place when the add ``x + f(x)`` is written outside
+    the branch's modules (in a parent's forward or a loop): a zero that broadcasts, so the add
+    passes ``x`` on and none of ``f``'s work is done."""
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x.new_zeros(())
 
 
 def reads_metadata(node: fx.Node) -> bool:

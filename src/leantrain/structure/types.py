@@ -49,6 +49,9 @@ class Unit:
         branch_bn: the BatchNorm whose output is the residual branch added to the shortcut,
             when there is one (stochastic depth scales it); None for VGG layers.
         residual: True for a residual block, False for a conv → BN → activation run.
+        branch_only: the members compute the residual branch ``f(x)`` alone and the add
+            ``x + f(x)`` is written outside them (in a parent's forward or a loop); dropped, each
+            member becomes a `ZeroBranch`, so the add passes ``x`` on.
     """
 
     name: str
@@ -59,6 +62,7 @@ class Unit:
     kind: str = "identity"
     branch_bn: nn.Module | None = None
     residual: bool = True
+    branch_only: bool = False
 
     @property
     def module(self) -> nn.Module:
@@ -103,6 +107,9 @@ class ChannelSet:
         followers: ``(depthwise conv, its BN)`` pairs that follow the selection channel by
             channel (MobileNet's expansion channels through the depthwise conv).
         consumers: convolutions and linear layers whose input channels are these channels.
+        gates: convolutions whose output channels scale these channels one to one (the
+            expanding conv of a squeeze-and-excitation gate, ``x * sigmoid(conv(...))``): they
+            compute only the selected outputs.
     """
 
     name: str
@@ -110,6 +117,7 @@ class ChannelSet:
     bn: nn.BatchNorm2d
     followers: tuple[tuple[nn.Conv2d, nn.BatchNorm2d], ...] = ()
     consumers: tuple[nn.Module, ...] = ()
+    gates: tuple[nn.Conv2d, ...] = ()
 
     def __len__(self) -> int:
         return self.conv.out_channels
@@ -126,6 +134,7 @@ class ChannelSet:
             yield conv
             yield bn
         yield from self.consumers
+        yield from self.gates
 
     def select(
         self, index: Tensor | None, active: Tensor | None = None, mode: str = "slice"
@@ -149,6 +158,9 @@ class ChannelSet:
             conv.depthwise_follow = True
         for c in self.consumers:
             c.in_index = index if mode == "slice" else None
+        for gate in self.gates:  # in mask mode the full gate scales zeroed channels: the same
+            gate.out_index = index
+            gate.gate_mode = mode
 
     def clear(self) -> None:
         """Back to full width (no selection)."""
@@ -186,6 +198,8 @@ class Structure:
         layers: every parameterised part in forward order as ``(name, member paths)``: each
             unit or block whole, a conv with its BN, any other layer alone (FreezeOut's layers).
         classifier: path of the last layer before the output (never pruned by peers).
+        notes: what the user should know about how the model was read (e.g. that its forward
+            branches on ``self.training`` and the training branch was traced).
     """
 
     units: list[Unit]
@@ -196,6 +210,7 @@ class Structure:
     macs: dict[str, int] = field(default_factory=dict)
     layers: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     classifier: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def droppable(self, include_downsampling: bool = False) -> list[Unit]:
         """Units whose removal keeps every shape (plus downsampling blocks on request)."""
@@ -227,4 +242,5 @@ def format_structure(s: Structure) -> str:
     lines.append(f"Excluded ({len(s.excluded)}):")
     for e in s.excluded:
         lines.append(f"  {e.name:<28} [{e.what}] {e.reason}")
+    lines += [f"Note: {note}" for note in s.notes]
     return "\n".join(lines)
