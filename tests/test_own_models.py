@@ -8,7 +8,6 @@ the parameters and their optimizer state out of the optimizer; save → load giv
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -17,9 +16,9 @@ from torch import nn
 
 import user_models
 from conftest import randomise_bn
+from equivalence import assert_sliced_step_equals_masked, select_randomly
 from torchvision_stub import import_torchvision_models
 from leantrain.models.files import ModelFileError, load_model, save_model
-from leantrain.methods.base import Progress
 from leantrain.methods.dcp import DCP
 from leantrain.models.factory import create_model
 from leantrain.structure import channel_sets_of, prepare, structure_of, units_of
@@ -123,15 +122,6 @@ def _batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def _select(method: DCP, model: nn.Module, seed: int = 1) -> None:
-    """Random utilities, then one selection step past the warm-up."""
-    method.setup(model, Progress(0, 100, 10))
-    g = torch.Generator().manual_seed(seed)
-    for u in method.utilities.values():
-        u.copy_(torch.rand(len(u), generator=g))
-    method.step(model, Progress(50, 100, 10))
-
-
 @pytest.mark.parametrize("name", list(PINNED))
 def test_discovered_structure_is_pinned(name: str) -> None:
     pin = PINNED[name]
@@ -154,46 +144,14 @@ def test_discovered_structure_is_pinned(name: str) -> None:
 
 @pytest.mark.parametrize("name", WITH_SETS)
 def test_sliced_step_equals_masked_step(name: str) -> None:
-    # float64: deep nets at 32 px end in 1×1 maps whose batch statistics over 4 samples amplify
-    # float32 summation-order differences (ResNet-50: 7e-4 relative); in float64 they vanish.
-    sliced = _build(name, small_head=name == "vgg16_bn").double()
-    masked = copy.deepcopy(sliced)
-    m_slice, m_mask = DCP(p=0.5, mode="slice"), DCP(p=0.5, mode="mask")
-    _select(m_slice, sliced)
-    _select(m_mask, masked)
-    assert any(k is not None for k in m_slice.kept.values())
-    x, y = _batch()
-    x = x.double()
-    outs = []
-    for model, method in ((sliced, m_slice), (masked, m_mask)):
-        model.train()
-        torch.manual_seed(0)  # the same dropout masks in both (VGG's classifier)
-        out = model(x)
-        F.cross_entropy(out, y).backward()
-        method.after_backward(model, Progress(51, 100, 10))
-        outs.append(out)
-    _assert_close(outs[0], outs[1], "output")
-    for (n, p1), (_, p2) in zip(sliced.named_parameters(), masked.named_parameters()):
-        _assert_close(p1.grad, p2.grad, n)
-    for (n, b1), (_, b2) in zip(sliced.named_buffers(), masked.named_buffers()):
-        _assert_close(b1, b2, n)
-    for key in m_slice.utilities:
-        _assert_close(m_slice.utilities[key], m_mask.utilities[key], key)
-
-
-def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    """Equal up to summation order (the sliced and the full convolution add their terms in
-    different orders), relative to the tensor's largest value."""
-    a, b = a.detach().double(), b.detach().double()
-    scale = max(float(b.abs().max()), 1e-3) if b.numel() else 1.0
-    assert float((a - b).abs().max()) <= 1e-9 * scale, (what, float((a - b).abs().max()), scale)
+    assert_sliced_step_equals_masked(_build(name, small_head=name == "vgg16_bn"), *_batch())
 
 
 @pytest.mark.parametrize("name", WITH_SETS)
 def test_compact_export_equals_gated_network(name: str) -> None:
     model = _build(name)
     method = DCP(p=0.5)
-    _select(method, model)
+    select_randomly(method, model)
     model.eval()
     x, _ = _batch()
     with torch.no_grad():
@@ -235,7 +193,7 @@ def test_learndrop_drop_keeps_forward_and_leaves_the_optimizer(name: str) -> Non
 def test_save_and_load_by_reference_give_the_same_outputs(name: str, tmp_path) -> None:
     model = _build(name)
     method = DCP(p=0.5)
-    _select(method, model)
+    select_randomly(method, model)
     if change := method.finish(model):
         assert change.removed
     if units := units_of(model):
@@ -272,7 +230,7 @@ def test_a_model_without_a_name_saves_and_loads_into_a_fresh_instance(tmp_path) 
     prepare(model, torch.zeros(2, *SHAPE))
     drop_units(model, [units_of(model)[0].name])
     method = DCP(p=0.5)
-    _select(method, model)
+    select_randomly(method, model)
     method.finish(model)
     model.eval()
     path = save_model(model, tmp_path / "model.safetensors")

@@ -15,7 +15,6 @@ BatchNorm of its input (not the input), ReXNet adds its shortcut into a slice of
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 pytest.importorskip("timm", reason="the timm extra: pip install 'leantrain[timm]'")
 
-from leantrain.methods.base import Progress  # noqa: E402
+from equivalence import assert_sliced_step_equals_masked, select_randomly  # noqa: E402
 from leantrain.methods.dcp import DCP  # noqa: E402
 from leantrain.models.factory import create_model  # noqa: E402
 from leantrain.models.files import load_model, save_model  # noqa: E402
@@ -75,14 +74,6 @@ def _batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def _select(method: DCP, model: nn.Module, seed: int = 1) -> None:
-    method.setup(model, Progress(0, 100, 10))
-    g = torch.Generator().manual_seed(seed)
-    for u in method.utilities.values():
-        u.copy_(torch.rand(len(u), generator=g))
-    method.step(model, Progress(50, 100, 10))
-
-
 @pytest.mark.parametrize("name", list(PINNED))
 def test_structure_is_pinned(name: str) -> None:
     pin = PINNED[name]
@@ -109,45 +100,14 @@ def test_fused_norm_act_is_read_as_a_batchnorm() -> None:
 
 @pytest.mark.parametrize("name", WITH_SETS)
 def test_sliced_step_equals_masked_step(name: str) -> None:
-    sliced = _build(name).double()
-    masked = copy.deepcopy(sliced)
-    m_slice, m_mask = DCP(p=0.5, mode="slice"), DCP(p=0.5, mode="mask")
-    _select(m_slice, sliced)
-    _select(m_mask, masked)
-    assert any(k is not None for k in m_slice.kept.values())
-    x, y = _batch()
-    x = x.double()
-    outs = []
-    for model, method in ((sliced, m_slice), (masked, m_mask)):
-        model.train()
-        torch.manual_seed(0)
-        out = model(x)
-        F.cross_entropy(out, y).backward()
-        method.after_backward(model, Progress(51, 100, 10))
-        outs.append(out)
-    _close(outs[0], outs[1], "output")
-    for (n, p1), (_, p2) in zip(sliced.named_parameters(), masked.named_parameters()):
-        _close(p1.grad, p2.grad, n)
-    for (n, b1), (_, b2) in zip(sliced.named_buffers(), masked.named_buffers()):
-        _close(b1, b2, n)
-    for key in m_slice.utilities:
-        _close(m_slice.utilities[key], m_mask.utilities[key], key)
-
-
-def _close(a: torch.Tensor | None, b: torch.Tensor | None, what: str) -> None:
-    if a is None or b is None:
-        assert a is None and b is None, what
-        return
-    a, b = a.detach().double(), b.detach().double()
-    scale = max(float(b.abs().max()), 1e-3) if b.numel() else 1.0
-    assert float((a - b).abs().max()) <= 1e-9 * scale, (what, float((a - b).abs().max()), scale)
+    assert_sliced_step_equals_masked(_build(name), *_batch())
 
 
 @pytest.mark.parametrize("name", WITH_SETS)
 def test_compact_export_equals_gated_network(name: str) -> None:
     model = _build(name)
     method = DCP(p=0.5)
-    _select(method, model)
+    select_randomly(method, model)
     model.eval()
     x, _ = _batch()
     with torch.no_grad():

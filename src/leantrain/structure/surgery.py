@@ -140,14 +140,7 @@ def _slice_param(p: nn.Parameter, dim: int, index: Tensor) -> nn.Parameter:
 def _slice_out(conv: nn.Conv2d, bn: nn.BatchNorm2d, keep: Tensor, edits: list[ParamEdit],
                depthwise: bool = False) -> None:
     """Keep output channels `keep` of a conv (and of its input too for a depthwise one) and BN."""
-    new_w = _slice_param(conv.weight, 0, keep)
-    edits.append(ParamEdit(conv.weight, new_w, (keep, None, None, None)))
-    conv.weight = new_w
-    if conv.bias is not None:
-        old = conv.bias
-        conv.bias = _slice_param(old, 0, keep)
-        edits.append(ParamEdit(old, conv.bias, (keep,)))
-    conv.out_channels = len(keep)
+    _slice_conv_out(conv, keep, edits)
     if depthwise:
         conv.in_channels = conv.groups = len(keep)
     for pname in ("weight", "bias"):
@@ -215,11 +208,12 @@ def _cut_set(cs: ChannelSet, index: Tensor, edits: list[ParamEdit]) -> None:
     for consumer in cs.consumers:
         _slice_in(consumer, index, edits)
     for gate in cs.gates:
-        _slice_gate(gate, index, edits)
+        _slice_conv_out(gate, index, edits)
 
 
-def _slice_gate(conv: nn.Conv2d, keep: Tensor, edits: list[ParamEdit]) -> None:
-    """Keep output channels `keep` of a gate conv (it has no BN of its own)."""
+def _slice_conv_out(conv: nn.Conv2d, keep: Tensor, edits: list[ParamEdit]) -> None:
+    """Keep output channels `keep` of a conv: its filters and bias (a producer's, or a
+    squeeze-and-excitation gate's, which has no BN of its own)."""
     new_w = _slice_param(conv.weight, 0, keep)
     edits.append(ParamEdit(conv.weight, new_w, (keep, None, None, None)))
     conv.weight = new_w
