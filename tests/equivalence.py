@@ -59,3 +59,21 @@ def assert_sliced_step_equals_masked(model: nn.Module, x: torch.Tensor, y: torch
         assert_close(b1, b2, n)
     for key in m_slice.utilities:
         assert_close(m_slice.utilities[key], m_mask.utilities[key], key)
+
+
+def gated_and_compact(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DCP]:
+    """The outputs (eval mode) of a randomly selected DCP network, gated and then cut to its
+    compact form by `DCP.finish`, checking that the cut removed channels and parameters; and
+    the method (for its kept channels)."""
+    method = DCP(p=0.5)
+    select_randomly(method, model)
+    model.eval()
+    with torch.no_grad():
+        gated = model(x)
+    before = sum(p.numel() for p in model.parameters())
+    change = method.finish(model)
+    assert change is not None and change.removed
+    with torch.no_grad():
+        compact = model(x)
+    assert sum(p.numel() for p in model.parameters()) < before
+    return gated, compact, method

@@ -16,7 +16,7 @@ from torch import nn
 
 import user_models
 from conftest import randomise_bn
-from equivalence import assert_sliced_step_equals_masked, select_randomly
+from equivalence import assert_sliced_step_equals_masked, gated_and_compact, select_randomly
 from torchvision_stub import import_torchvision_models
 from leantrain.models.files import ModelFileError, load_model, save_model
 from leantrain.methods.dcp import DCP
@@ -150,19 +150,8 @@ def test_sliced_step_equals_masked_step(name: str) -> None:
 @pytest.mark.parametrize("name", WITH_SETS)
 def test_compact_export_equals_gated_network(name: str) -> None:
     model = _build(name)
-    method = DCP(p=0.5)
-    select_randomly(method, model)
-    model.eval()
-    x, _ = _batch()
-    with torch.no_grad():
-        gated = model(x)
-    params_before = sum(p.numel() for p in model.parameters())
-    change = method.finish(model)
-    assert change is not None and change.removed
-    with torch.no_grad():
-        compact = model(x)
+    gated, compact, method = gated_and_compact(model, _batch()[0])
     assert (compact - gated).abs().max() <= 1e-5
-    assert sum(p.numel() for p in model.parameters()) < params_before
     for s in channel_sets_of(model):  # the widths are the kept ones, found again by tracing
         kept = method.kept.get(s.name)
         assert kept is None or len(s) == len(kept)

@@ -155,8 +155,8 @@ class ChannelFinder(Traced):
         gate = b if a is node else a if b is node else None
         if gate is None or not isinstance(gate, fx.Node) or gate is node:
             return None
-        shape, full = self._shape(gate), self._shape(node)
-        if shape is None or full is None or len(shape) != 4 or shape[1] != width or shape[2:] != (1, 1):
+        shape = self._shape(gate)
+        if shape is None or len(shape) != 4 or shape[1] != width or shape[2:] != (1, 1):
             return None
         if list(gate.users) != [product] or not self._is_gate_activation(gate):
             return None

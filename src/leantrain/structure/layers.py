@@ -102,11 +102,12 @@ class SliceBatchNorm2d(nn.BatchNorm2d):
         return y
 
 
-# Element-wise activations with f(0) = 0 that a fused norm+act layer may apply (a zeroed
-# channel stays zero, so the sliced and the masked computation agree).
-_NORM_ACTS: tuple[type[nn.Module], ...] = (
-    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU, nn.ELU,
-    nn.Tanh, nn.Mish,
+# Element-wise maps with f(0) = 0: a channel that is zero stays zero, so computing only the
+# selected channels equals zeroing the others (the masked reference). Discovery walks channels
+# through them, and a fused norm+act layer may apply one.
+ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU, nn.Hardtanh, nn.ELU,
+    nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d,
 )
 
 
@@ -122,7 +123,7 @@ def is_norm_act(module: nn.Module | None) -> bool:
     children = dict(module.named_children())
     return (set(children) == {"drop", "act"}
             and type(children["drop"]) in (nn.Identity, nn.Dropout, nn.Dropout2d)
-            and type(children["act"]) in _NORM_ACTS)
+            and type(children["act"]) in ELEMENTWISE_MODULES)
 
 
 class SliceNormAct(SliceBatchNorm2d):

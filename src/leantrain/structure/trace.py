@@ -24,7 +24,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.stateless import _reparametrize_module
 
 from ..cost import module_macs
-from .layers import SelectLinear, SliceBatchNorm2d, SliceConv2d, is_norm_act, sliceable_layers
+from .layers import (
+    ELEMENTWISE_MODULES, SelectLinear, SliceBatchNorm2d, SliceConv2d, is_norm_act, sliceable_layers,
+)
 from .types import Excluded, StructureError, Unit
 
 __all__ = [
@@ -36,12 +38,9 @@ __all__ = [
     "reads_metadata",
 ]
 
-# Element-wise maps with f(0) = 0: a channel that is zero stays zero, so computing only the
+# Element-wise maps with f(0) = 0 (ELEMENTWISE_MODULES lives beside the fused norm+act check
+# in layers.py, which needs it too): a channel that is zero stays zero, so computing only the
 # selected channels equals zeroing the others (the masked reference).
-ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU, nn.Hardtanh, nn.ELU,
-    nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d,
-)
 ELEMENTWISE_FUNCTIONS: set[Callable[..., Any]] = {
     F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.hardswish, F.silu,
     F.gelu, F.hardtanh, F.elu, torch.tanh, F.mish, F.dropout,
@@ -91,10 +90,13 @@ class Traced:
                 f"{str(e).splitlines()[0] if str(e) else e}); make the forward traceable or define "
                 "droppable_units() and channel_sets() on the model (see leantrain.structure)."
             ) from None
+        else:
+            self.model.eval()
+            branches = self._eval_graph_differs(graph)
         finally:
             for m, flag in flags.items():
                 m.training = flag
-        if self._branches_on_training(graph):
+        if branches:
             self.notes.append(
                 "the forward branches on self.training: discovery traced the training branch, "
                 "so the units and channel sets are those of the training forward")
@@ -127,17 +129,12 @@ class Traced:
                 m.training = flag
         return gm
 
-    def _branches_on_training(self, train_graph: fx.Graph) -> bool:
-        """Whether the evaluation forward traces to another graph than the training one."""
-        flags = {m: m.training for m in self.model.modules()}
+    def _eval_graph_differs(self, train_graph: fx.Graph) -> bool:
+        """Whether the model (in eval mode) traces to another graph than the training one."""
         try:
-            self.model.eval()
             eval_graph = Tracer().trace(self.model)
         except Exception:  # only the training forward must trace
             return True
-        finally:
-            for m, flag in flags.items():
-                m.training = flag
 
         def calls(graph: fx.Graph) -> list[tuple[str, str]]:
             return [(n.op, str(n.target)) for n in graph.nodes]
@@ -158,11 +155,15 @@ class Traced:
         return self._is(node, nn.BatchNorm2d) or is_norm_act(self._module(node))
 
     def _where(self, node: fx.Node) -> str:
-        stack = node.meta.get("nn_module_stack") or {}
         if node.op == "call_module":
             return str(node.target)
-        paths = [v[0] for v in stack.values()]
-        return paths[-1] if paths else "the model's forward"
+        return self._scope(node) or "the model's forward"
+
+    def _scope(self, node: fx.Node) -> str:
+        """The innermost module whose forward holds ``node`` ('' for the model's own)."""
+        paths = [v[0] if isinstance(v, tuple) else str(v)
+                 for v in (node.meta.get("nn_module_stack") or {}).values()]
+        return paths[-1] if paths else ""
 
     def _describe(self, node: fx.Node) -> str:
         if node.op == "output":

@@ -22,7 +22,6 @@ import operator
 from collections import defaultdict
 
 import torch
-
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
@@ -185,12 +184,6 @@ class UnitFinder(Traced):
             elif found:
                 self.excluded.append(Excluded(f"add in {scope or 'forward'}", "unit", found))
         return units
-
-    def _scope(self, node: fx.Node) -> str:
-        """The innermost module whose forward holds ``node`` ('' for the model's own)."""
-        paths = [v[0] if isinstance(v, tuple) else str(v)
-                 for v in (node.meta.get("nn_module_stack") or {}).values()]
-        return paths[-1] if paths else ""
 
     def _add_unit(self, add: fx.Node, scope: str, regions: dict[str, list[fx.Node]],
                   taken: list[str]) -> Unit | str | None:
