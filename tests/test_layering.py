@@ -3,7 +3,7 @@ import goes round in a circle.
 
 From the ground up (docs/architecture.md draws them):
 
-0. ground: `atomic`, `registry`, `config`, `cost`: used by everyone, importing no other layer;
+0. ground: `atomic`, `registry`, `config`, `cost`, `compiled`: used by everyone, importing no other layer;
 1. `structure` (what may be cut and the cuts) and `data`;
 2. `models` (the zoo, its factory and model files) and `methods`;
 3. `training` (fit, attach, checkpoints);
@@ -28,7 +28,7 @@ import leantrain
 
 PACKAGE = Path(leantrain.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground", ("atomic", "registry", "config", "cost")),
+    ("ground", ("atomic", "registry", "config", "cost", "compiled")),
     ("structure and data", ("structure", "data")),
     ("models and methods", ("models", "methods")),
     ("training", ("training",)),
@@ -117,7 +117,8 @@ def test_every_module_sits_in_a_layer_and_every_layer_has_modules() -> None:
     assert layers == set(range(len(LAYERS)))
     # the package root holds the ground floor and the front ends only
     root = sorted(p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
-    assert root == ["__main__", "atomic", "cli", "config", "cost", "lightning", "registry"]
+    assert root == ["__main__", "atomic", "cli", "compiled", "config", "cost", "lightning",
+                    "registry"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -5,6 +5,7 @@ parameters have settled, arXiv 2604.23403) and Dynamic Channel Propagation (trai
 highest-utility channels and export a compact model, arXiv 2007.01486).
 """
 
+from .compiled import compile_model
 from .cost import CostMeter, StepCost, count_macs, count_params, measure_step_flops
 from .methods import METHODS, Method, Progress
 from .methods.base import MethodWarning
@@ -28,7 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attached", "attach", "Checkpointer", "DCP", "FreezeOut", "LearnDrop", "StochasticDepth", "TPPrune", "METHODS",
-    "Change", "ChannelSet", "CostMeter", "Excluded", "Method", "Progress", "Structure",
+    "Change", "ChannelSet", "compile_model", "CostMeter", "Excluded", "Method", "Progress",
+    "Structure",
     "StructureError", "prepare", "structure_of",
     # what a caller catches: bad input (errors) and settings that cannot do what they ask (warnings)
     "AttachError", "AttachWarning", "CheckpointError", "ExampleInputError", "MethodWarning",

@@ -2,8 +2,9 @@
 checks, TOML reading and merging that turn a file or flags into them.
 
 `leantrain.runs.config.RunConfig` puts them together with the methods and their settings; this
-module imports nothing of leantrain (nor torch), so the training loop, the methods and the
-command line all read the same `TrainConfig` without climbing a layer.
+module imports nothing of leantrain (nor torch; a run that compiles checks its backend with
+`leantrain.compiled`, on the same floor), so the training loop, the methods and the command line
+all read the same `TrainConfig` without climbing a layer.
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ class TrainConfig:
     # (28 px) 1.18×, ResNet-50 (64 px) 1.25× faster than NCHW.
     channels_last: bool = True
     threads: int | None = None  # torch CPU threads; None keeps torch's default
+    # torch.compile the model for training with this backend (--compile alone: inductor); the
+    # methods keep it compiled as it shrinks (leantrain.compiled). None: eager.
+    compile: str | None = field(default=None, metadata={
+        "flag": {"nargs": "?", "const": "inductor", "metavar": "BACKEND"}})
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     # Fine-tuning: the learning rate of the layers --init re-initialised (the new head) is
     # lr × head_lr_mult; the pretrained body trains at lr.
@@ -148,6 +153,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"{message} (check your config or command line).")
+        if self.compile is not None:
+            from .compiled import backend_problem  # imports torch: only for a run that compiles
+
+            if problem := backend_problem(self.compile):
+                raise ConfigError(f"train.compile: {problem}")
 
     @property
     def run_epochs(self) -> int:

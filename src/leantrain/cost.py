@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .compiled import eager
+
 
 __all__ = [
     "StepCost",
@@ -158,16 +160,18 @@ def measure_step_flops(
     ]
     params = list(model.parameters())
     grads = [p.grad for p in params]
-    # DCP's BN observers (`leantrain.structure.layers.SliceBatchNorm2d.observer`) must not see
-    # the measuring batch; found by the attribute, so this ground-floor module imports no layer.
-    observers = {m: m.observer for m in model.modules() if hasattr(m, "observer")}
+    # DCP's BN observers and saliency sinks (`leantrain.structure.layers.SliceBatchNorm2d`)
+    # must not see the measuring batch; found by the attribute, so this ground-floor module
+    # imports no layer.
+    observers = {m: (m.observer, getattr(m, "saliency_sink", None))
+                 for m in model.modules() if hasattr(m, "observer")}
     try:
         for p in params:
             # Detach the old .grad so backward allocates fresh tensors instead of accumulating
             # into the caller's; the original objects are put back untouched below.
             p.grad = None
         for m in observers:
-            m.observer = None
+            m.observer = m.saliency_sink = None
         model.train()
         with ExitStack() as stack:
             # Fork the RNG so the random batch (and any dropout) does not shift the training run's
@@ -175,6 +179,7 @@ def measure_step_flops(
             stack.enter_context(_fork_rng(device))
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
+            stack.enter_context(eager())  # a compiled model: count the eager operators
             x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
             with FlopCounterMode(display=False) as forward_counter:
                 logits = model(x)
@@ -193,8 +198,8 @@ def measure_step_flops(
                 buf.copy_(saved)
         for p, g in zip(params, grads):
             p.grad = g
-        for m, obs in observers.items():
-            m.observer = obs
+        for m, (obs, sink) in observers.items():
+            m.observer, m.saliency_sink = obs, sink
         for m, flag in training.items():
             m.training = flag
     # Counts are linear in the batch for conv/linear layers, so integer division is exact.
@@ -343,7 +348,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> list[dict[str
     training = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eager():  # a compiled model: no graph for a batch of one
             model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     finally:
         for h in handles:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..compiled import is_compiled, mark_dynamic_widths
 from ..structure import ChannelSet, channel_sets_of
 from ..structure.surgery import Change, prune_channels
 from .base import Method, MethodWarning, Progress
@@ -156,6 +157,11 @@ class DCP(Method):
         self.frozen_sets: list[str] = []
         self._warned_frozen: list[str] | None = None
         self.exported = False  # the compact cut is made (`export_at`): nothing left to select
+        # A compiled model (`leantrain.compiled`): saliencies come from sink gradients, and once
+        # the selection starts every set has index tensors (never None), so the graph's inputs
+        # keep one form and only their (dynamic) lengths change.
+        self._compiled = False
+        self._selecting = False
 
     # ------------------------------------------------------------------ hooks
 
@@ -190,6 +196,9 @@ class DCP(Method):
             )
         if idle := self._why_idle(sets):
             warnings.warn(f"DCP will prune nothing: {idle}.", MethodWarning, stacklevel=2)
+        self._compiled = is_compiled(model)
+        self._selecting = progress.fraction >= self.warmup and self.p > 0 and any(
+            k is not None for k in self.kept.values())  # a resume mid-selection
         self._track(sets)
         self._apply_selection(sets)
 
@@ -241,7 +250,12 @@ class DCP(Method):
             if s.name not in self.utilities:  # keep utilities loaded by load_state_dict
                 self.utilities[s.name] = torch.full((len(s),), 1.0 / len(s), device=s.device)
                 self.kept[s.name] = None
-            s.bn.observer = self._observe
+            if self._compiled:
+                s.bn.observer = None
+                if s.bn.saliency_sink is None:
+                    s.bn.saliency_sink = torch.zeros(len(s), device=s.device, requires_grad=True)
+            else:
+                s.bn.observer, s.bn.saliency_sink = self._observe, None
 
     def _observe(self, bn: nn.Module, a: Tensor, g: Tensor) -> None:
         # s_c = 1/(B·H·W) Σ_b |Σ_hw a·g|: the first-order Taylor saliency of the BN output.
@@ -258,7 +272,7 @@ class DCP(Method):
             return
         gamma = self.gamma_at(progress.fraction)
         for s in self._sets(model):
-            saliency = self._saliency.pop(id(s.bn), None)
+            saliency = self._take_saliency(s)
             if saliency is None:
                 continue
             v = saliency / saliency.max().clamp_min(1e-30)  # best channel of the layer gets 1
@@ -270,12 +284,22 @@ class DCP(Method):
             else:  # unselected channels keep their (frozen) utility
                 u[kept] = gamma * u[kept] + v[kept]
 
+    def _take_saliency(self, s: ChannelSet) -> Tensor | None:
+        """The saliency of set `s` from the last backward (None: none yet), reset for the next."""
+        sink = s.bn.saliency_sink
+        if sink is None:
+            return self._saliency.pop(id(s.bn), None)
+        saliency, sink.grad = sink.grad, None
+        return saliency
+
     def step(self, model: nn.Module, progress: Progress) -> Change | None:
         if self.exported:
             return None
         sets = self._sets(model)
+        self._compiled = is_compiled(model)  # a user may compile after attach
         self._track(sets)
-        if progress.fraction >= self.warmup and self.p > 0:
+        self._selecting = progress.fraction >= self.warmup and self.p > 0
+        if self._selecting:
             utilities = [self.utilities[s.name] for s in sets]
             if self.selection == "layer":
                 kept = select_per_layer(utilities, self.p, self.min_channels)
@@ -312,9 +336,10 @@ class DCP(Method):
         selection is kept, so the compact model computes what the gated one did."""
         sets = self._sets(model)
         kept = {s.name: (self._computed(s)[0] if padded else self.kept[s.name]) for s in sets}
-        keep = {name: k for name, k in kept.items() if k is not None}
+        width = {s.name: len(s) for s in sets}  # a compiled run's full-width index keeps all
+        keep = {name: k for name, k in kept.items() if k is not None and len(k) < width[name]}
         for s in sets:
-            s.bn.observer = None
+            s.bn.observer = s.bn.saliency_sink = None
             s.clear()
         self.exported = True
         if not self.export or not keep:
@@ -338,13 +363,27 @@ class DCP(Method):
         return len(s) if k is None else len(k)
 
     def _computed(self, s: ChannelSet) -> tuple[Tensor | None, Tensor | None]:
-        """The channels layer `s` computes, and the positions of the selected ones among them."""
+        """The channels layer `s` computes, and the positions of the selected ones among them.
+
+        For a compiled model, once the selection starts: index tensors even where nothing is cut
+        or padded, their lengths marked dynamic, so the selection never changes the graph's form.
+        """
         kept = self.kept[s.name]
-        if kept is None or self.mode == "mask" or self.compute_multiple <= 1:
+        always = self._compiled and self._selecting and self.mode == "slice"
+        if always and kept is None:
+            kept = torch.arange(len(s), device=s.device)
+        if kept is None or self.mode == "mask":
             return kept, None
-        width = computed_width(len(kept), len(s), self.compute_multiple)
-        if width == len(kept):
-            return kept, None
+        width = (computed_width(len(kept), len(s), self.compute_multiple)
+                 if self.compute_multiple > 1 else len(kept))
+        index, active = (kept, None) if width == len(kept) else self._padded(s, kept, width)
+        if always:
+            active = torch.arange(len(index), device=s.device) if active is None else active
+            mark_dynamic_widths(index, active)
+        return index, active
+
+    def _padded(self, s: ChannelSet, kept: Tensor, width: int) -> tuple[Tensor, Tensor]:
+        """`kept` padded to `width` computed channels, and the positions of `kept` among them."""
         # Pad with the unselected channels most likely to be selected next (highest utility),
         # so the computed set changes little from step to step. Stable sort: deterministic.
         u = self.utilities[s.name].clone()
@@ -363,6 +402,9 @@ class DCP(Method):
     def sync_tensors(self, model: nn.Module) -> list[Tensor]:
         # Saliencies come from this process's activations and gradients; averaged over the
         # processes they are the whole batch's (up to a scale the per-layer max removes).
+        sinks = [cs.bn.saliency_sink for cs in self._sets(model)]
+        if any(sink is not None for sink in sinks):
+            return [sink.grad for sink in sinks if sink is not None and sink.grad is not None]
         return [s for cs in self._sets(model) if (s := self._saliency.get(id(cs.bn))) is not None]
 
     def cost_key(self, model: nn.Module) -> Any:

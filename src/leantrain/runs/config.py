@@ -179,7 +179,8 @@ DIGEST_NEUTRAL: dict[tuple[str, str], Any] = {
 }
 # The same for training settings: a full budget is what every run did before `budget` existed.
 TRAIN_DIGEST_NEUTRAL: dict[str, Any] = {"budget": 1.0, "head_lr_mult": 1.0, "freeze_bn": False,
-                                         "freeze": [], "stream": 1, "stream_replay": False}
+                                         "freeze": [], "stream": 1, "stream_replay": False,
+                                         "compile": None}
 MODEL_DIGEST_NEUTRAL: dict[str, Any] = {"init": None, "init_skip": []}
 
 

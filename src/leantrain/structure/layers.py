@@ -28,7 +28,7 @@ Attribute contract (set through `leantrain.structure.ChannelSet.select`, never b
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,12 +77,18 @@ class SliceBatchNorm2d(nn.BatchNorm2d):
 
     ``observer``: called during backward with ``(bn, a, ∂L/∂a)`` for this BN's output ``a``
     (DCP's saliency), when set.
+
+    ``saliency_sink``: the same saliency for a compiled model, where a hook that writes Python
+    state cannot be traced: a leaf tensor of ``num_features`` zeros whose gradient becomes the
+    per-channel Taylor saliency ``1/(B·H·W) Σ_b |Σ_hw a·∂L/∂a|`` of the computed channels (0 for
+    the others; see `SaliencyTap`). Read and reset by its owner after each backward.
     """
 
     out_index: Tensor | None = None
     out_active: Tensor | None = None
     gate_mode: str = "slice"
     observer: Callable[[nn.Module, Tensor, Tensor], None] | None = None
+    saliency_sink: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.out_index is None:
@@ -99,7 +105,36 @@ class SliceBatchNorm2d(nn.BatchNorm2d):
             # view then reads relu(a), but the hook receives ∂L/∂a of the pre-ReLU value, which
             # is 0 wherever relu(a) ≠ a, so relu(a)·∂L/∂a = a·∂L/∂a exactly, at no extra memory.
             y.register_hook(lambda g, a=y.detach(): self.observer(self, a, g))  # type: ignore[misc]
+        elif self.saliency_sink is not None and y.requires_grad:
+            sliced = self.out_index is not None and self.gate_mode == "slice"
+            y = SaliencyTap.apply(y, self.saliency_sink, self.out_index if sliced else None)
         return y
+
+
+class SaliencyTap(torch.autograd.Function):
+    """Identity forward; backward passes ∂L/∂a on and returns the Taylor saliency of ``a`` as the
+    sink's gradient (scattered to the full width when ``index`` lists the computed channels).
+
+    A gradient is an output a compiled graph can produce, where the observer hook's write into
+    its owner's state is a side effect it cannot trace. The forward returns a copy: a view of
+    its input would forbid the in-place ReLU that usually follows (autograd refuses in-place
+    changes to a custom Function's views); inductor fuses the copy into the BN's kernel.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, sink: Tensor, index: Tensor | None) -> Tensor:
+        ctx.save_for_backward(a, *([] if index is None else [index]))
+        ctx.width, ctx.dtype = sink.shape[0], sink.dtype
+        return a.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, None]:
+        a, *index = ctx.saved_tensors
+        b, _, h, w = a.shape
+        saliency = (a * g).sum((2, 3)).abs().sum(0) / (b * h * w)
+        if index:
+            saliency = saliency.new_zeros(ctx.width).index_copy(0, index[0], saliency)
+        return g, saliency.to(ctx.dtype), None
 
 
 # Element-wise maps with f(0) = 0: a channel that is zero stays zero, so computing only the

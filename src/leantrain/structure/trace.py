@@ -54,6 +54,8 @@ POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_
 RESHAPE_FUNCTIONS = {torch.flatten, torch.squeeze, torch.reshape}
 RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze"}
 ADDS = {operator.add, operator.iadd, torch.add}
+# A sliceable layer's selection and saliency attributes, set aside while shapes are measured.
+_SELECTION_ATTRS = ("out_index", "in_index", "out_active", "observer", "saliency_sink")
 
 
 class Tracer(fx.Tracer):
@@ -105,7 +107,7 @@ class Traced:
         saved = [(m, dict(m.__dict__)) for m in sliceable_layers(self.model)]
         try:
             for m, _ in saved:  # full width while measuring shapes
-                for attr in ("out_index", "in_index", "out_active", "observer"):
+                for attr in _SELECTION_ATTRS:
                     m.__dict__.pop(attr, None)
             self.model.eval()
             # On the meta device (parameters and buffers swapped for meta copies for the call):
@@ -123,8 +125,7 @@ class Traced:
             ) from None
         finally:
             for m, attrs in saved:
-                m.__dict__.update({k: v for k, v in attrs.items() if k in
-                                   ("out_index", "in_index", "out_active", "observer")})
+                m.__dict__.update({k: v for k, v in attrs.items() if k in _SELECTION_ATTRS})
             for m, flag in flags.items():
                 m.training = flag
         return gm

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..compiled import compile_model, eager
 from ..config import TrainConfig
 from ..cost import CostMeter, StepCost, count_params
 from ..methods.base import Method, Progress
@@ -392,7 +393,7 @@ class _Loop:
         # chunk arrives.
         chunk_end = cfg.stream > 1 and (epoch + 1) % cfg.run_epochs == 0
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.total_epochs or chunk_end:
-            with self.clock("eval"):
+            with self.clock("eval"), eager():  # compiled: no eval graph per structure
                 test_loss, test_acc = evaluate(self.model, self.test_loader)
             row = {
                 "epoch": epoch + 1, "step": state.step,
@@ -428,7 +429,7 @@ class _Loop:
             changed = bool(self.handle.finish())
             _drain_events(self.methods, self.state, self.cfg.total_epochs, self.log)
         if changed:  # report the accuracy of the model we hand back (e.g. DCP's compact export)
-            with self.clock("eval"):
+            with self.clock("eval"), eager():
                 final["test_loss"], final["test_acc"] = evaluate(self.model, self.test_loader)
         return Result(
             test_acc=final["test_acc"], test_loss=final["test_loss"], history=self.state.history,
@@ -491,6 +492,8 @@ def fit(
         if cfg.freeze_bn:  # a cut may build new BN modules, which start in training mode
             freeze_bn_statistics(model)
 
+    if cfg.compile:  # before attach, so the methods set up for a compiled model from step one
+        compile_model(model, cfg.compile)
     # The methods run from the optimizer's step hooks, exactly as in a user's own loop: setup
     # now (a static cut before step one), after_backward and step around every opt.step().
     handle = attach(model, opt, methods, total, steps_per_epoch=steps_per_epoch,
