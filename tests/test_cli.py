@@ -29,6 +29,15 @@ def test_every_command_has_help(command, capsys) -> None:
     assert "usage: leantrain " + command in capsys.readouterr().out
 
 
+def test_train_help_explains_fields_commented_above_them(capsys) -> None:
+    """A setting documented by the comment lines above its field gets that text as its help."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--head-lr-mult HEAD_LR_MULT Fine-tuning: the learning rate of the layers --init" in out
+    assert "--compile [BACKEND] torch.compile the model for training with this backend" in out
+
+
 def _train_args(root, out, *extra):
     return ["train", "--model", "test_resnet", "--dataset", "cifar10", "--data-dir", str(root),
             "--epochs", "1", "--batch-size", "25", "--lr", "0.05", "--out-dir", str(out),

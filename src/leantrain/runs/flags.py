@@ -51,6 +51,10 @@ def _field_help(cls: type) -> dict[str, str]:
         return helps
     for match in re.finditer(r"^\s+(\w+): [^=\n]+=.*?#\s*(.+)$", source, re.M):
         helps.setdefault(match.group(1), match.group(2).strip())
+    # A field without an inline comment: the comment lines just above it.
+    for match in re.finditer(r"((?:^[ \t]+#.*\n)+)[ \t]+(\w+): [^=\n]+=", source, re.M):
+        lines = [line.strip().lstrip("#").strip() for line in match.group(1).splitlines()]
+        helps.setdefault(match.group(2), " ".join(lines))
     return helps
 
 
@@ -77,6 +81,7 @@ def add_dataclass_flags(
             default = None
         if "action" not in kwargs:
             kwargs["metavar"] = f.name.upper()
+        kwargs.update(f.metadata.get("flag", {}))  # a field's own argparse settings
         if section == "train" and (per_model := recipe_help(f.name)):
             default = f"per model, {per_model}"
         group.add_argument(
