@@ -45,7 +45,7 @@ bench-quick: $(VENV)/.installed
 
 report: $(VENV)/.installed
 	$(VENV)/bin/leantrain report benchmarks/results --out benchmarks/report \
-		--write-benchmarks BENCHMARKS.md --readme README.md
+		--write-benchmarks BENCHMARKS.md --readme README.md --compile-rows benchmarks/step-cost
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -569,3 +569,35 @@ def test_pace_check_measures_drift_where_a_run_did_dense_work(tmp_path) -> None:
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Pace check (`leantrain.harness.pace`)" in text and table in text
     assert pace_table(summarize(load_rows([_write(tmp_path / "plain.jsonl", ROWS)]))) is None
+
+
+def _compile_row(model: str, method: str, backend: str, ms: float, **extra) -> dict:
+    return {"model": model, "method": method, "backend": backend, "batch": 128, "steps": 120,
+            "timed_steps": 40, "step_ms": ms, "graphs": extra.get("graphs", 0),
+            "compile_s": extra.get("compile_s", 0.0), "graph_breaks": 0,
+            "env": {"torch": "2.13.0", "device": "cpu", "cpu": "Test CPU", "threads": 2}}
+
+
+def test_compile_section_judges_dcp_against_compiled_dense_times_its_eager_ratio(tmp_path) -> None:
+    from leantrain.harness.compile_table import compile_section, load_compile_rows
+
+    rows = [_compile_row("resnet32", "dense", "eager", 200.0),
+            _compile_row("resnet32", "dcp", "eager", 160.0),
+            _compile_row("resnet32", "dense", "inductor", 150.0, graphs=1, compile_s=40.0),
+            _compile_row("resnet32", "dcp", "inductor", 130.0, graphs=2, compile_s=70.0),
+            _compile_row("vgg16", "dense", "eager", 300.0),
+            _compile_row("vgg16", "dcp", "eager", 150.0),
+            _compile_row("vgg16", "dense", "inductor", 200.0, graphs=1),
+            _compile_row("vgg16", "dcp", "inductor", 90.0, graphs=2)]
+    path = tmp_path / "compile-test.jsonl"
+    stale = _compile_row("resnet32", "dcp", "inductor", 999.0)
+    path.write_text("\n".join(json.dumps(r) for r in [stale, *rows]) + "\n")
+    loaded = load_compile_rows([tmp_path])
+    assert len(loaded) == 8 and 999.0 not in [r["step_ms"] for r in loaded]  # the last row counts
+    text = "\n".join(compile_section(loaded))
+    assert "| resnet32 | dcp | 160 | 130 | 0.81× | 0.80× | 0.87× | 70 | 2 | 0 |" in text
+    # resnet32: bound 150 × 0.80 = 120 < 130: missed; vgg16: bound 200 × 0.50 = 100 > 90: met
+    assert "resnet32: compiled DCP 130 ms/step against the bound compiled dense × DCP's eager " \
+           "ratio = 150 × 0.80 = 120 ms: misses it (1.08× the bound)" in text
+    assert "vgg16: compiled DCP 90 ms/step" in text and "= 100 ms: meets it (0.90× the bound)" in text
+    assert compile_section([]) == []
