@@ -34,7 +34,7 @@ def _graphs() -> int:
 
 
 def _train(method: lt.Method, steps: int, compiled: bool, *, compile_after_attach: bool = False,
-           model_name: str = "resnet20") -> tuple[torch.nn.Module, lt.Method, list]:
+           model_name: str = "test_resnet") -> tuple[torch.nn.Module, lt.Method, list]:
     """`steps` steps of a plain loop on fixed random batches; the widths DCP computed per step."""
     torch.manual_seed(0)
     model = lt.create_model(model_name)
@@ -97,10 +97,11 @@ def test_compiled_learndrop_equals_eager_and_recompiles_once_per_drop(score) -> 
         return lt.LearnDrop(score=score, mode="budget", budget_target=0.5, budget_end=0.6,
                             warmup=0.0, every_steps=2)
 
-    eager_model, eager_ld, _ = _train(method(), 24, compiled=False)
+    # resnet20: blocks enough for two drops under the per-stage minimum
+    eager_model, eager_ld, _ = _train(method(), 24, compiled=False, model_name="resnet20")
     torch._dynamo.reset()
     counters.clear()
-    model, ld, _ = _train(method(), 24, compiled=True)
+    model, ld, _ = _train(method(), 24, compiled=True, model_name="resnet20")
     assert ld.dropped == eager_ld.dropped and len(ld.dropped) >= 2
     _assert_same_weights(model, eager_model)
     # One graph per structure that trained a step: the start and each drop before the last

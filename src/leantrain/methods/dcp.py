@@ -397,7 +397,8 @@ class DCP(Method):
         for s in sets:
             index, active = self._computed(s)
             s.select(index, active, self.mode)
-            self._computed_widths.append(-1 if index is None else len(index))
+            # -1: full width (a compiled run's arange index too: the same FLOPs, the same key)
+            self._computed_widths.append(-1 if index is None or len(index) == len(s) else len(index))
 
     def sync_tensors(self, model: nn.Module) -> list[Tensor]:
         # Saliencies come from this process's activations and gradients; averaged over the
