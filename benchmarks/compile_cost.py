@@ -12,7 +12,9 @@ a first run) for ``--steps`` training steps on real CIFAR-10 batches at batch 12
 * Learn&Drop: budget mode, half the droppable units gone by 30% of the steps (scored every 4),
   so the timed second half runs the shrunken network and every drop's recompile is seen;
 * DCP: p = 0.5 after a 5% warm-up, the selection (and with it every layer's width) moving every
-  step, as in training.
+  step, as in training. Compiled with inductor it recompiles at most steps (inductor compiles a
+  convolution for its exact channel counts, docs/compile.md), so that configuration is not run,
+  as `leantrain train --compile` does not compile it.
 
 A step that compiled a graph (dynamo's ``unique_graphs`` counter grew) is a compile step: its time
 beyond the steady step is compile time. The steady step is the median of the last
@@ -45,6 +47,11 @@ def _method(name: str, steps: int):
     if name == "dcp":
         return [leantrain.DCP(p=0.5, warmup=0.05)]
     return []
+
+
+def _compile_problem(method: str, backend: str) -> str | None:
+    """Why `fit` would train this method eager under this backend (`Method.compile_problem`)."""
+    return next((p for m in _method(method, 1) if (p := m.compile_problem(backend))), None)
 
 
 def one(model_name: str, method: str, backend: str | None, steps: int, timed: int,
@@ -128,6 +135,9 @@ def main() -> None:
     for model in args.models:
         for method in args.methods:
             for backend in ("eager", args.backend):
+                if backend != "eager" and (why := _compile_problem(method, backend)):
+                    print(f"{model:9s} {method:9s} {backend:9s} not run: {why}", flush=True)
+                    continue
                 cmd = [sys.executable, __file__, "--one", model, method, backend,
                        "--steps", str(args.steps), "--timed", str(args.timed),
                        "--batch", str(args.batch)]

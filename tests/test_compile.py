@@ -173,3 +173,19 @@ def test_compile_flag_alone_means_inductor_and_leaves_an_eager_run_its_identity(
     from leantrain.runs.config import TRAIN_DIGEST_NEUTRAL
 
     assert TRAIN_DIGEST_NEUTRAL["compile"] is None
+
+
+def test_dcp_under_inductor_trains_eager_and_says_why(cifar_root, tmp_path, capsys) -> None:
+    """Inductor fixes a convolution's channel counts, so DCP's moving widths would recompile at
+    nearly every step: `fit` warns and trains eager (Learn&Drop and dense compile)."""
+    args = ["train", "--model", "test_resnet", "--dataset", "cifar10", "--data-dir",
+            str(cifar_root), "--epochs", "1", "--batch-size", "25", "--out-dir",
+            str(tmp_path / "runs"), "--no-progress", "--method", "dcp", "--compile"]
+    assert main(args) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("leantrain: warning: --compile inductor is off for this run: DCP computes new widths "
+            "at every step and inductor compiles a convolution for its exact channel counts, so "
+            "nearly every step would recompile (docs/compile.md); it trains eager.") in err
+    assert _graphs() == 0
+    assert lt.DCP(mode="mask").compile_problem("inductor") is None
+    assert lt.DCP().compile_problem(BACKEND) is None

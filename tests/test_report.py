@@ -601,3 +601,14 @@ def test_compile_section_judges_dcp_against_compiled_dense_times_its_eager_ratio
            "ratio = 150 × 0.80 = 120 ms: misses it (1.08× the bound)" in text
     assert "vgg16: compiled DCP 90 ms/step" in text and "= 100 ms: meets it (0.90× the bound)" in text
     assert compile_section([]) == []
+
+
+def test_compile_section_says_why_compiled_dcp_has_no_row() -> None:
+    from leantrain.harness.compile_table import compile_section
+
+    rows = [_compile_row("resnet32", "dense", "eager", 300.0),
+            _compile_row("resnet32", "dense", "inductor", 290.0, graphs=1),
+            _compile_row("resnet32", "dcp", "eager", 280.0)]
+    text = "\n".join(compile_section(rows))
+    assert "| resnet32 | dcp | 280 | – | – | 0.93× | – | – | – | – |" in text
+    assert "resnet32: compiled DCP has no step time" in text and "trains DCP eager" in text

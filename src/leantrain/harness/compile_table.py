@@ -93,6 +93,11 @@ def _dcp_checks(step: dict[tuple, dict[str, Any]], models: list[str]) -> list[st
     out = []
     for model in models:
         parts = [step.get((model, m, c)) for m in ("dense", "dcp") for c in (False, True)]
+        if parts[2] is not None and parts[3] is None:
+            out.append(
+                f"- {model}: compiled DCP has no step time: with inductor it recompiles whenever "
+                "a layer reaches a width it has not had (inductor compiles a convolution for its "
+                "exact channel counts), so `--compile` trains DCP eager (docs/compile.md).")
         if any(p is None for p in parts):
             continue
         de, dc, pe, pc = (p["step_ms"] for p in parts)

@@ -89,6 +89,11 @@ class Method:
         """A hashable summary of per-step widths that change the step's FLOPs (None: none)."""
         return None
 
+    def compile_problem(self, backend: str) -> str | None:
+        """Why compiling the model with this torch.compile backend would cost more than it
+        saves with this method (one clause, for `fit`'s warning), or None: compile it."""
+        return None
+
     def events(self) -> list[dict[str, Any]]:
         """Structural events since the last call, each returned once (logged by `fit()` to
         ``events.jsonl``). Methods queue them with `_emit`."""

@@ -408,6 +408,17 @@ class DCP(Method):
             return [sink.grad for sink in sinks if sink is not None and sink.grad is not None]
         return [s for cs in self._sets(model) if (s := self._saliency.get(id(cs.bn))) is not None]
 
+    def compile_problem(self, backend: str) -> str | None:
+        # Inductor lowers a convolution with its weight's shape fixed (torch 2.13,
+        # torch/_inductor/kernel/conv.py: guard_int on the weight size, in the forward and the
+        # backward lowering), so every width a layer has not had yet compiles the graph again,
+        # tens of seconds per step on 2 CPU cores. Backends that do not lower convolutions
+        # (aot_eager) keep one graph for every width (tests/test_compile.py) but gain nothing.
+        if backend == "inductor" and self.mode == "slice" and self.p > 0:
+            return ("DCP computes new widths at every step and inductor compiles a convolution "
+                    "for its exact channel counts, so nearly every step would recompile")
+        return None
+
     def cost_key(self, model: nn.Module) -> Any:
         # The computed widths (padding included) set the step's FLOPs.
         return tuple(self._computed_widths)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..compiled import compile_model, eager
 from ..config import TrainConfig
 from ..cost import CostMeter, StepCost, count_params
-from ..methods.base import Method, Progress
+from ..methods.base import Method, MethodWarning, Progress
 from ..structure.record import external_surgery
 from ..structure.surgery import Change
 from . import distributed
@@ -493,7 +493,12 @@ def fit(
             freeze_bn_statistics(model)
 
     if cfg.compile:  # before attach, so the methods set up for a compiled model from step one
-        compile_model(model, cfg.compile)
+        problems = [p for m in methods if (p := m.compile_problem(cfg.compile))]
+        if problems:
+            warnings.warn(f"--compile {cfg.compile} is off for this run: {'; '.join(problems)} "
+                          "(docs/compile.md); it trains eager.", MethodWarning, stacklevel=2)
+        else:
+            compile_model(model, cfg.compile)
     # The methods run from the optimizer's step hooks, exactly as in a user's own loop: setup
     # now (a static cut before step one), after_backward and step around every opt.step().
     handle = attach(model, opt, methods, total, steps_per_epoch=steps_per_epoch,
