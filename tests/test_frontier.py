@@ -180,3 +180,15 @@ def test_the_report_tables_a_stream_chunk_by_chunk(tmp_path) -> None:
     assert stream_table([s for s in summaries if False]) is None
     assert "Data that arrive in sequence" in write_report(
         [tmp_path / "r.jsonl"], tmp_path / "out")["markdown"]
+
+
+def test_fine_tuning_from_another_source_is_not_on_the_frontier(tmp_path) -> None:
+    """A smaller network shares the frontier only when it starts from the same weights."""
+    rows = _frontier_rows()
+    for r in rows:
+        if r["model"] == "resnet20":
+            r["config"].setdefault("model", {})["init"] = "other-source.safetensors"
+    summaries = summarize(load_rows([_write(tmp_path / "paper-cpu2.jsonl", rows)]))
+    frontier = _resnet32_frontier(summaries)
+    assert [p.name("resnet32") for p in frontier.envelope("time")] == [
+        "dense-b0.3", "dense-b0.6", "dense"]

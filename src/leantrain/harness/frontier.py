@@ -108,9 +108,13 @@ def _tflops(s: Summary) -> float | None:
 
 
 def _training_recipe(s: Summary) -> str:
-    """The recipe without the model: a smaller network trained the same way shares it."""
+    """The recipe without the network: a smaller network trained the same way shares it. The
+    starting weights stay in it: fine-tuning from one pretrained source is not on the frontier
+    of another source's fine-tuning (the finetune suite's ResNet-20 and ResNet-18 start from
+    different CIFAR-10 models)."""
     config = s.rows[0].get("config", {}) if s.rows else {}
-    return recipe_digest({**config, "model": None})
+    init = (config.get("model") or {}).get("init")
+    return recipe_digest({**config, "model": None if init is None else {"init": init}})
 
 
 def build_frontiers(summaries: list[Summary]) -> dict[tuple[str, str, str, str], Frontier]:
