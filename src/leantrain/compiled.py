@@ -10,7 +10,9 @@ and every method's hold on its modules stay) with the settings the methods need:
 * **DCP** computes other widths every step. The selection's index tensors are graph inputs whose
   lengths are marked dynamic (`mark_dynamic_widths`), so one graph with symbolic widths serves
   every width: one compile before the selection starts (full width) and one after, instead of one
-  per step. Duck sizing (two widths equal at trace time sharing one symbol, so a later difference
+  per step, with backends that keep the widths symbolic (aot_eager). Inductor fixes each
+  convolution's channel counts, so `fit` trains DCP eager under it (`Method.compile_problem`,
+  docs/compile.md). Duck sizing (two widths equal at trace time sharing one symbol, so a later difference
   recompiles) is switched off for the same reason. Its saliency is read from the gradient of a
   sink tensor rather than by a backward hook that writes a dict, which a compiled graph cannot do
   (`leantrain.structure.layers.SliceBatchNorm2d.saliency_sink`).
@@ -22,12 +24,12 @@ and every method's hold on its modules stay) with the settings the methods need:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RECOMPILE_LIMIT", "backend_problem", "compile_model", "eager", "is_compiled", "mark_dynamic_widths"]
+__all__ = ["RECOMPILE_LIMIT", "backend_problem", "compile_model", "eager", "is_compiled",
+           "mark_dynamic_widths"]
 
 # Compiles per function before dynamo falls back to eager: every Learn&Drop drop is one, and the
 # deepest model in the suites (ResNet-56, 27 blocks) drops at most 27; DCP adds 2 (before and
@@ -77,9 +79,6 @@ def eager() -> contextlib.AbstractContextManager[None]:
 
 def mark_dynamic_widths(*tensors: Tensor | None) -> None:
     """Mark the length of each index tensor dynamic, so a compiled graph takes any width."""
-    for t in _present(tensors):
-        torch._dynamo.maybe_mark_dynamic(t, 0)
-
-
-def _present(tensors: tuple[Tensor | None, ...]) -> Iterator[Tensor]:
-    return (t for t in tensors if t is not None)
+    for t in tensors:
+        if t is not None:
+            torch._dynamo.maybe_mark_dynamic(t, 0)

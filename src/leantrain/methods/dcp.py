@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..compiled import is_compiled, mark_dynamic_widths
 from ..structure import ChannelSet, channel_sets_of
+from ..structure.layers import channel_saliency
 from ..structure.surgery import Change, prune_channels
 from .base import Method, MethodWarning, Progress
 from .registry import register_method
@@ -258,13 +259,9 @@ class DCP(Method):
                 s.bn.observer, s.bn.saliency_sink = self._observe, None
 
     def _observe(self, bn: nn.Module, a: Tensor, g: Tensor) -> None:
-        # s_c = 1/(B·H·W) Σ_b |Σ_hw a·g|: the first-order Taylor saliency of the BN output.
-        b, _, h, w = a.shape
-        s = (a * g).sum((2, 3)).abs().sum(0) / (b * h * w)
-        if bn.out_index is not None and bn.gate_mode == "slice":
-            full = torch.zeros(bn.num_features, dtype=s.dtype, device=s.device)
-            s = full.index_copy_(0, bn.out_index, s)
-        self._saliency[id(bn)] = s
+        sliced = bn.out_index is not None and bn.gate_mode == "slice"
+        self._saliency[id(bn)] = channel_saliency(a, g, bn.out_index if sliced else None,
+                                                  bn.num_features)
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, progress: Progress) -> None:

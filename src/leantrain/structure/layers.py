@@ -130,11 +130,20 @@ class SaliencyTap(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, None]:
         a, *index = ctx.saved_tensors
-        b, _, h, w = a.shape
-        saliency = (a * g).sum((2, 3)).abs().sum(0) / (b * h * w)
-        if index:
-            saliency = saliency.new_zeros(ctx.width).index_copy(0, index[0], saliency)
+        saliency = channel_saliency(a, g, index[0] if index else None, ctx.width)
         return g, saliency.to(ctx.dtype), None
+
+
+def channel_saliency(a: Tensor, g: Tensor, index: Tensor | None, width: int) -> Tensor:
+    """DCP's first-order Taylor saliency of a BN output ``a`` with gradient ``g``,
+    ``s_c = 1/(B·H·W) Σ_b |Σ_hw a·g|``, at full `width` (0 for channels outside ``index``, the
+    computed ones; None: ``a`` holds every channel). The observer hook and `SaliencyTap` share it.
+    """
+    b, _, h, w = a.shape
+    saliency = (a * g).sum((2, 3)).abs().sum(0) / (b * h * w)
+    if index is None:
+        return saliency
+    return saliency.new_zeros(width).index_copy(0, index, saliency)
 
 
 # Element-wise maps with f(0) = 0: a channel that is zero stays zero, so computing only the
