@@ -84,7 +84,7 @@ def _randomize_bn(model: nn.Module) -> None:
 def test_registry_lists_all_families() -> None:
     names = list_models()
     expected = {f"vgg{d}" for d in (11, 13, 16, 19)}
-    expected |= {f"resnet{d}" for d in (20, 32, 44, 56, 110, 18, 34, 50, 101, 152)}
+    expected |= {f"resnet{d}" for d in (14, 20, 32, 44, 56, 110, 18, 34, 50, 101, 152)}
     assert expected <= set(names)
     assert names == sorted(names)
     assert list_models("vgg*") == ["vgg11", "vgg13", "vgg16", "vgg19"]
@@ -183,6 +183,7 @@ def test_arch_is_json_and_rebuilds_the_same_model() -> None:
 @pytest.mark.parametrize(
     "name, kwargs, params",
     [
+        ("resnet14", {}, 175_258),
         ("resnet20", {}, 272_474),
         ("resnet56", {}, 855_770),
         ("resnet110", {}, 1_730_714),

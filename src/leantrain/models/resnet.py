@@ -21,6 +21,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ResNet",
+    "resnet14",
     "resnet20",
     "resnet32",
     "resnet44",
@@ -156,6 +157,14 @@ class ResNet(nn.Module):
 def _cifar_resnet(depth: int, num_classes: int, in_channels: int) -> ResNet:
     n = (depth - 2) // 6
     return ResNet(BasicBlock, [n] * 3, [16, 32, 64], num_classes, in_channels, stem_width=16)
+
+
+@MODELS.register
+def resnet14(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> ResNet:
+    """CIFAR ResNet-14 (3×2 BasicBlocks, 175,258 parameters for 10 classes): the network a
+    ResNet-32 Learn&Drop run keeping two blocks per stage ends with, so the same architecture
+    can be trained from scratch as its control (Liu et al., arXiv 1810.05270)."""
+    return _cifar_resnet(14, num_classes, in_channels)
 
 
 @MODELS.register
