@@ -192,3 +192,27 @@ def test_fine_tuning_from_another_source_is_not_on_the_frontier(tmp_path) -> Non
     frontier = _resnet32_frontier(summaries)
     assert [p.name("resnet32") for p in frontier.envelope("time")] == [
         "dense-b0.3", "dense-b0.6", "dense"]
+
+
+def test_a_shorter_run_of_the_model_stands_at_dense_pace_beside_its_measured_time(
+        tmp_path) -> None:
+    """Every epoch of a budgeted dense run is dense's work, so its pace against dense is measured
+    over the whole run: on a machine 20% slower than dense's session its 6 of 10 epochs measure
+    0.72× but stand at 0.60×. Another network's pace cannot be measured: it stays as measured."""
+    from test_report import _epoch_trace
+
+    rows = [_paper("dense", "none", 0, 0.90, 100.0, epochs=10),
+            _paper("dense-b0.6", "none", 0, 0.86, 72.0, budget=0.6, epochs=10),
+            _paper("dense", "none", 0, 0.84, 66.0, model="resnet20", epochs=10)]
+    rows[0]["trace"] = _epoch_trace([10.0] * 10, [100] * 10)
+    rows[1]["trace"] = _epoch_trace([12.0] * 6, [100] * 6)
+    rows[2]["trace"] = _epoch_trace([6.6] * 10, [60] * 10)
+    summaries = summarize(load_rows([_write(tmp_path / "paper-cpu2.jsonl", rows)]))
+    frontier = _resnet32_frontier(summaries)
+    by = {p.name("resnet32"): p for p in frontier.points}
+    assert by["dense-b0.6"].time_ratio == pytest.approx(0.60)
+    assert by["dense-b0.6"].measured == pytest.approx(0.72)
+    assert by["resnet20/dense"].time_ratio == pytest.approx(0.66)
+    assert by["resnet20/dense"].measured is None
+    assert "| dense-b0.6 | 6 | cosine | 86.00 (n=1, single seed) | 0.60× (measured 0.72×) |" in (
+        write_report([tmp_path / "paper-cpu2.jsonl"], tmp_path / "out")["markdown"])

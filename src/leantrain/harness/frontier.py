@@ -11,7 +11,8 @@ lands above it.
 The frontier of a model is drawn from every dense row of its suite on the same data set and
 training recipe: this model at every budget and every other model (a smaller network, or a
 larger one), each row's time divided by this model's full-length dense time on the row's own
-machine (`Summary.time_ratio_against`) and, on a second axis, training FLOPs, which do not
+machine (`Summary.time_ratio_against`; this model's shorter runs at dense's pace, `_placed`)
+and, on a second axis, training FLOPs, which do not
 drift between machines. Its accuracy at a time (or FLOPs) is the upper envelope of those points:
 linear between two envelope points, the best accuracy beyond the slowest (a user can always
 stop), and unknown faster than the fastest point, where a method is not judged.
@@ -20,10 +21,12 @@ stop), and unknown faster than the fastest point, where a method is not judged.
 from __future__ import annotations
 
 import bisect
+import statistics
 from dataclasses import dataclass
 from typing import Literal
 
 from .bench import recipe_digest
+from .pace import pace_checks
 from .summary import Summary
 
 __all__ = ["Axis", "Frontier", "Point", "build_frontiers", "frontier_of"]
@@ -36,8 +39,9 @@ class Point:
     """One dense row of the frontier: a network at one budget, aggregated over its seeds."""
 
     summary: Summary
-    time_ratio: float | None  # its time ÷ the frontier's reference dense time, same machine
+    time_ratio: float | None  # its time ÷ the frontier's reference dense time (see `_placed`)
     tflops: float | None  # training TFLOPs (forward + backward, integrated)
+    measured: float | None = None  # the time ratio as measured, where `time_ratio` corrects it
 
     @property
     def acc(self) -> float | None:
@@ -117,6 +121,22 @@ def _training_recipe(s: Summary) -> str:
     return recipe_digest({**config, "model": None if init is None else {"init": init}})
 
 
+def _placed(s: Summary, ref: Summary) -> tuple[float | None, float | None]:
+    """(time ratio to place `s` at, the measured one where that differs). The model's own
+    shorter runs go at dense's pace: every epoch of theirs is dense's work, so their pace
+    (`leantrain.harness.pace`) is measured over the whole run, and their time ÷ their pace is
+    dense's own time for those epochs. The raw ratio would carry the machine's drift between
+    sessions (the `paper` suite's ResNet-32 epochs took 102-130 s on one machine model, quiet
+    every time). Another network's pace cannot be measured: its ratio stays as measured."""
+    measured = s.time_ratio_against(ref)
+    if s is ref or s.model != ref.model or measured is None:
+        return measured, None
+    checks = pace_checks(s)
+    if len(checks) != len(s.time_ratios):  # a row without its pace: keep what was measured
+        return measured, None
+    return statistics.fmean(p.time_ratio / p.ratio for p in checks), measured
+
+
 def build_frontiers(summaries: list[Summary]) -> dict[tuple[str, str, str, str], Frontier]:
     """A `Frontier` per (suite, data set, model, recipe) that has one: its full-length dense
     row plus at least one other dense row (a reduced budget or another network). Times are
@@ -132,8 +152,11 @@ def build_frontiers(summaries: list[Summary]) -> dict[tuple[str, str, str, str],
                    and _training_recipe(s) == recipe]
         if len(members) < 2:
             continue
-        points = tuple(Point(s, s.time_ratio_against(ref), _tflops(s)) for s in members)
-        out[(ref.suite, ref.dataset, ref.model, ref.recipe)] = Frontier(ref, points)
+        points = []
+        for s in members:
+            ratio, measured = _placed(s, ref)
+            points.append(Point(s, ratio, _tflops(s), measured))
+        out[(ref.suite, ref.dataset, ref.model, ref.recipe)] = Frontier(ref, tuple(points))
     return out
 
 

@@ -60,13 +60,21 @@ def _epoch_time(row: dict[str, Any]) -> dict[int, float]:
     return _per_epoch(row, "train_s", "surgery_s")  # the report's training time, per epoch
 
 
+def _checkable(s: Summary) -> bool:
+    """Runs whose epochs of dense's FLOPs are dense's work and nothing else: Learn&Drop before
+    its first removal (dense's network plus a score per checkpoint), and dense trained for part
+    of the epochs (`budget`: every epoch is dense's, only the learning rates differ). DCP in
+    mask mode also counts dense's FLOPs, but its masking is extra work, so its pace would be its
+    own overhead, not the machine's drift."""
+    if s.dense is None or s.dense is s or not s.dense.rows:
+        return False
+    return s.method == "learndrop" or (s.method == "none" and s.model == s.dense.model)
+
+
 def pace_checks(s: Summary) -> list[Pace]:
     """The pace of each quiet run of `s` that did dense's exact work for ≥ `MIN_EPOCHS` epochs,
     against its dense runs' mean time for the same epochs on the same machine."""
-    # Learn&Drop alone: before its first removal it computes dense's network plus a score per
-    # checkpoint. DCP in mask mode also counts dense's FLOPs, but its masking is extra work, so
-    # its pace would be its own overhead, not the machine's drift.
-    if s.dense is None or s.method != "learndrop" or not s.dense.rows:
+    if not _checkable(s):
         return []
     dense_flops = _per_epoch(s.dense.rows[0], "train_flops")
     dense_times: dict[tuple[Any, ...], dict[int, list[float]]] = {}

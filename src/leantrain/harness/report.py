@@ -212,7 +212,8 @@ def frontier_table(frontier: Frontier) -> str:
         marks = ("★" if id(p) in on_time else "") + ("◆" if id(p) in on_flops else "")
         lines.append(
             f"| {p.name(ref.model)} | {epochs} | {train.get('schedule', '–')} | "
-            f"{_acc(p.summary)} | {_fmt(p.time_ratio, '.2f', '×')} | "
+            f"{_acc(p.summary)} | {_fmt(p.time_ratio, '.2f', '×')}"
+            f"{'' if p.measured is None else f' (measured {p.measured:.2f}×)'} | "
             f"{_fmt(p.tflops, '.1f')} | {marks or '–'} |"
         )
     return "\n".join(lines)
@@ -487,7 +488,11 @@ def write_report(
                     "compressed into them) or another network. A method's *vs dense frontier* "
                     "is its top-1 minus the frontier's at its own time (or training FLOPs), "
                     "linear between the envelope's points (★ on time, ◆ on FLOPs); a method "
-                    "faster than every point is not placed.",
+                    "faster than every point is not placed. A shorter run of the model itself "
+                    "stands at its time at dense's pace (its time ÷ its pace, as in the pace "
+                    "check below): every epoch of it is dense's work, so that pace is measured "
+                    "over the whole run, and the point does not move with the machine's speed "
+                    "between sessions; the measured ratio is given beside it.",
                     "",
                     frontier_table(frontier),
                     "",
