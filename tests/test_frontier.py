@@ -216,3 +216,32 @@ def test_a_shorter_run_of_the_model_stands_at_dense_pace_beside_its_measured_tim
     assert by["resnet20/dense"].measured is None
     assert "| dense-b0.6 | 6 | cosine | 86.00 (n=1, single seed) | 0.60× (measured 0.72×) |" in (
         write_report([tmp_path / "paper-cpu2.jsonl"], tmp_path / "out")["markdown"])
+
+
+def test_a_learndrop_run_meets_the_network_it_ended_with_trained_from_scratch(tmp_path) -> None:
+    """Liu et al.'s control for layer dropping: the suite's dense run of the network a run ended
+    with (equal final parameters and MACs), and not a network that only ties on MACs."""
+    def ended(row, params, macs):
+        row["final_params"], row["final_macs"] = params, macs
+        return row
+    rows = [*_frontier_rows(),
+            ended(_paper("dense", "none", 0, 0.83, 4.0, model="resnet14", train=120.0), 300, 20),
+            ended(_paper("dense", "none", 0, 0.88, 6.5, model="tied", train=200.0), 400, 20),
+            ended(_paper("ld", "learndrop", 0, 0.85, 5.5), 300, 20),
+            ended(_paper("ld", "learndrop", 1, 0.86, 5.5), 300, 20),
+            ended(_paper("ld-other", "learndrop", 0, 0.85, 5.5), 250, 20)]
+    for r in rows:
+        r["_file"] = "paper.jsonl"
+    summaries = summarize(rows)
+    by = {(s.model, s.label): s for s in summaries}
+    frontier = _resnet32_frontier(summaries)
+    scratch = frontier.scratch_of(by["resnet32", "ld"])
+    assert scratch is not None and scratch.summary.model == "resnet14"
+    assert frontier.scratch_of(by["resnet32", "ld-other"]) is None
+    [check] = [c for c in check_targets(summaries)
+               if c.column.startswith("Control: its final network") and c.where.endswith("/ ld")]
+    assert check.measured == "+7.00 at 0.40× (resnet14)" and check.met is None
+    text = "\n".join(story(summaries))
+    assert ("The network it ended with is `resnet14` (equal parameters and FLOPs); trained "
+            "densely from scratch for the whole recipe (Liu et al., arXiv 1810.05270), that "
+            "network reached 83.00% (-2.50 points vs this run) at 0.40× dense time.") in text

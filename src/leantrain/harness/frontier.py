@@ -100,6 +100,21 @@ class Frontier:
         acc, at = s.mean("acc"), self.accuracy_at(axis, x)
         return None if acc is None or at is None else acc - at
 
+    def scratch_of(self, s: Summary) -> Point | None:
+        """The point that is the network `s` ended with, another model trained densely from
+        scratch for the whole recipe (Liu et al.'s Scratch-E control, arXiv 1810.05270): the
+        same architecture, recognised by equal final parameters *and* MACs (either alone is not
+        enough: every stage of a CIFAR ResNet costs the same MACs per block, so networks with
+        different blocks left can tie on MACs). None where the suite has no such run."""
+        ended = {(r.get("final_params"), r.get("final_macs")) for r in s.rows
+                 if r.get("final_params") is not None and r.get("final_macs") is not None}
+        for p in self.points:
+            row = p.summary.rows[0]
+            if (p.summary.model != s.model and p.summary.budget == 1.0
+                    and (row.get("final_params"), row.get("final_macs")) in ended):
+                return p
+        return None
+
     def span(self, axis: Axis) -> tuple[float, float] | None:
         """The fastest and slowest point on `axis`."""
         xs = [x for p in self.points if (x := p.x(axis)) is not None]

@@ -152,6 +152,21 @@ def _frontier_clause(s: Summary, frontier: Frontier | None) -> str:
             f"{side} the dense frontier.")
 
 
+def _scratch_sentence(s: Summary, frontier: Frontier | None) -> str:
+    """The network a Learn&Drop run ended with, trained from scratch (`Frontier.scratch_of`)."""
+    scratch = frontier.scratch_of(s) if frontier is not None else None
+    if scratch is None or scratch.acc is None:
+        return ""
+    text = (f"The network it ended with is `{scratch.summary.model}` (equal parameters and "
+            "FLOPs); trained densely from scratch for the whole recipe (Liu et al., arXiv "
+            f"1810.05270), that network reached {scratch.acc:.2f}%")
+    if (mine := s.mean("acc")) is not None:
+        text += f" ({scratch.acc - mine:+.2f} points vs this run)"
+    if scratch.time_ratio is not None:
+        text += f" at {scratch.time_ratio:.2f}× dense time"
+    return text + "."
+
+
 def _dense_sentence(s: Summary) -> str:
     acc, std = s.mean("acc"), s.std("acc")
     epochs = s.rows[0].get("config", {}).get("train", {}).get("epochs")
@@ -199,6 +214,7 @@ def _learndrop_sentence(s: Summary, checks: dict[str, Check],
                     "FLOPs over the whole run, so the removals came too late or were too few")
         parts.append(why[0].upper() + why[1:] + ".")
     parts.append(_frontier_clause(s, frontier))
+    parts.append(_scratch_sentence(s, frontier))
     return " ".join(p for p in parts if p)
 
 

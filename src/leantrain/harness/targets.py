@@ -98,6 +98,7 @@ COLUMNS = {
          f"≤ {TARGETS.ld_max_drop['resnet']} ResNet)"),
         f"Time saving / train-FLOPs saving (≥ {TARGETS.min_time_per_flops_saving}×)",
         f"vs dense frontier at its time (≥ {TARGETS.ld_min_frontier_margin:+g} points)",
+        "Control: its final network from scratch, drop and time",
     ],
     "DCP": [
         "Compact FLOPs cut (≥ authors' at their p)",
@@ -176,6 +177,16 @@ def _learndrop(s: Summary, frontier: Frontier | None = None) -> list[Check]:
     if (check := frontier_check(s, frontier, "Learn&Drop", cols[3],
                                 TARGETS.ld_min_frontier_margin)) is not None:
         out.append(check)
+    # Context, not a target: the network this run ended with, trained from scratch for the whole
+    # recipe (`Frontier.scratch_of`): what the deep start of training bought.
+    # Its drop is against this run's dense (the scratch network's own dense row is itself).
+    scratch = frontier.scratch_of(s) if frontier is not None else None
+    dense_acc = s.dense.mean("acc") if s.dense else None
+    if scratch is not None and scratch.acc is not None and dense_acc is not None:
+        at = f" at {scratch.time_ratio:.2f}×" if scratch.time_ratio is not None else ""
+        out.append(Check("Learn&Drop", cols[4], where,
+                         f"{dense_acc - scratch.acc:+.2f}{at} ({scratch.summary.model})", None,
+                         scratch.summary.n))
     return out
 
 
