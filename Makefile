@@ -35,8 +35,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/leantrain demo
 
+# One pytest worker per core (pytest-xdist): every test runs torch single-threaded (conftest.py),
+# so the suite's time falls about in proportion to the cores; `pytest` alone runs it serially.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 # The reviewer's benchmark (≤ 20 min on 2 CPU cores; data sets under $$LEANTRAIN_DATA), then the
 # generated report: BENCHMARKS.md and the README's results block, from the committed results.
