@@ -110,7 +110,7 @@ class Frontier:
                  if r.get("final_params") is not None and r.get("final_macs") is not None}
         for p in self.points:
             row = p.summary.rows[0]
-            if (p.summary.model != s.model and p.summary.budget == 1.0
+            if (p.summary.model != s.model and p.summary.is_baseline
                     and (row.get("final_params"), row.get("final_macs")) in ended):
                 return p
         return None
