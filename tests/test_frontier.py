@@ -240,7 +240,8 @@ def test_a_learndrop_run_meets_the_network_it_ended_with_trained_from_scratch(tm
     assert frontier.scratch_of(by["resnet32", "ld-other"]) is None
     [check] = [c for c in check_targets(summaries)
                if c.column.startswith("Control: its final network") and c.where.endswith("/ ld")]
-    assert check.measured == "+7.00 at 0.40× (resnet14)" and check.met is None
+    assert check.measured == "+7.00 at 0.40× (resnet14, n=1)" and check.met is None
+    assert check.seeds == 2  # the run's own seeds: the table's Seeds column is the run's
     text = "\n".join(story(summaries))
     assert ("The network it ended with is `resnet14` (equal parameters and FLOPs); trained "
             "densely from scratch for the whole recipe (Liu et al., arXiv 1810.05270), that "

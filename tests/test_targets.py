@@ -105,8 +105,8 @@ def test_dcp_row_shows_its_static_controls() -> None:
     c = _checks(rows)
     sliced = "dcp: cifar10 / resnet32 / dcp-p0.5"
     assert c[(sliced, "Sliced time at p = 0.5")] == ("0.90×", False)
-    assert c[(sliced, "Control: its widths from scratch, drop")] == ("+3.00", None)
-    assert c[(sliced, "Bound: static net at its computed widths, time")] == ("0.80×", None)
+    assert c[(sliced, "Control: its widths from scratch, drop")] == ("+3.00 (n=1)", None)
+    assert c[(sliced, "Bound: static net at its computed widths, time")] == ("0.80× (n=1)", None)
     other = "dcp: cifar10 / resnet32 / dcp-p0.3"
     assert not any(where == other and col.startswith(("Control", "Bound")) for where, col in c)
 

@@ -184,9 +184,10 @@ def _learndrop(s: Summary, frontier: Frontier | None = None) -> list[Check]:
     dense_acc = s.dense.mean("acc") if s.dense else None
     if scratch is not None and scratch.acc is not None and dense_acc is not None:
         at = f" at {scratch.time_ratio:.2f}×" if scratch.time_ratio is not None else ""
+        # Context: the row's seeds stay the run's own; the control's are named in the cell.
         out.append(Check("Learn&Drop", cols[4], where,
-                         f"{dense_acc - scratch.acc:+.2f}{at} ({scratch.summary.model})", None,
-                         scratch.summary.n))
+                         f"{dense_acc - scratch.acc:+.2f}{at} ({scratch.summary.model}, "
+                         f"n={scratch.summary.n})", None, s.n))
     return out
 
 
@@ -228,9 +229,10 @@ def _dcp(
     # Context, not targets: static networks at this run's final widths (see `controls_of`).
     scratch, bound = controls_of(s, controls)
     if scratch is not None and (drop := scratch.accuracy_drop) is not None:
-        out.append(Check("DCP", cols[5], where, f"{drop:+.2f}", None, scratch.n))
+        out.append(Check("DCP", cols[5], where, f"{drop:+.2f} (n={scratch.n})", None, s.n))
     if bound is not None and bound.time_ratio is not None:
-        out.append(Check("DCP", cols[6], where, f"{bound.time_ratio:.2f}×", None, bound.n))
+        out.append(Check("DCP", cols[6], where, f"{bound.time_ratio:.2f}× (n={bound.n})", None,
+                         s.n))
     if (check := frontier_check(s, frontier, "DCP", cols[7],
                                 TARGETS.dcp_min_frontier_margin)) is not None:
         out.append(check)
