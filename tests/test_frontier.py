@@ -218,6 +218,36 @@ def test_a_shorter_run_of_the_model_stands_at_dense_pace_beside_its_measured_tim
         write_report([tmp_path / "paper-cpu2.jsonl"], tmp_path / "out")["markdown"])
 
 
+def test_a_shorter_run_on_a_machine_dense_never_ran_on_still_joins_the_frontier(
+        tmp_path) -> None:
+    """Its own time cancels out at dense's pace: it stands at the share of dense's time its
+    epochs take (dense's first 3 of 10 epochs took 36 of 100 s: the slow first epochs count),
+    with no measured ratio beside it; seeds on both machines still give one point. A run with
+    lighter epochs (layers frozen) is not dense's work: it gets no place without a dense
+    beside it."""
+    from test_report import _epoch_trace
+
+    other = {**ENV, "cpu": "Other CPU"}
+    rows = [_paper("dense", "none", 0, 0.90, 100.0, epochs=10),
+            _paper("dense-b0.3", "none", 0, 0.80, 50.0, budget=0.3, epochs=10, env=other),
+            _paper("dense-b0.3", "none", 1, 0.82, 60.0, budget=0.3, epochs=10, env=other),
+            _paper("dense-b0.6", "none", 0, 0.86, 66.0, budget=0.6, epochs=10, env=other)]
+    rows[0]["trace"] = _epoch_trace([16.0, 10.0, 10.0, 10.0] + [9.0] * 6, [100] * 10)
+    rows[1]["trace"] = _epoch_trace([20.0, 15.0, 15.0], [100] * 3)
+    rows[2]["trace"] = _epoch_trace([20.0, 20.0, 20.0], [100] * 3)
+    rows[3]["trace"] = _epoch_trace([11.0] * 6, [100, 100, 100, 100, 100, 60])
+    summaries = summarize(load_rows([_write(tmp_path / "paper-cpu2.jsonl", rows)]))
+    frontier = _resnet32_frontier(summaries)
+    by = {p.name("resnet32"): p for p in frontier.points}
+    assert by["dense-b0.3"].time_ratio == pytest.approx(0.36)
+    assert by["dense-b0.3"].measured is None and by["dense-b0.3"].acc == pytest.approx(81.0)
+    assert by["dense-b0.6"].time_ratio is None
+    assert frontier.accuracy_at("time", 0.5) == pytest.approx(81.0 + 9.0 * 0.14 / 0.64)
+    assert ("| dense-b0.3 | 3 | cosine | 81.00 ± 1.41 (n=2) | 0.36× (no dense timed on its "
+            "machine) |") in write_report([tmp_path / "paper-cpu2.jsonl"],
+                                          tmp_path / "out")["markdown"]
+
+
 def test_a_learndrop_run_meets_the_network_it_ended_with_trained_from_scratch(tmp_path) -> None:
     """Liu et al.'s control for layer dropping: the suite's dense run of the network a run ended
     with (equal final parameters and MACs), and not a network that only ties on MACs."""

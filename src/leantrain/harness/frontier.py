@@ -21,12 +21,11 @@ stop), and unknown faster than the fastest point, where a method is not judged.
 from __future__ import annotations
 
 import bisect
-import statistics
 from dataclasses import dataclass
 from typing import Literal
 
 from .bench import recipe_digest
-from .pace import pace_checks
+from .pace import dense_share
 from .summary import Summary
 
 __all__ = ["Axis", "Frontier", "Point", "build_frontiers", "frontier_of"]
@@ -42,6 +41,7 @@ class Point:
     time_ratio: float | None  # its time ÷ the frontier's reference dense time (see `_placed`)
     tflops: float | None  # training TFLOPs (forward + backward, integrated)
     measured: float | None = None  # the time ratio as measured, where `time_ratio` corrects it
+    at_pace: bool = False  # placed at dense's pace (`_placed`), not at its measured time
 
     @property
     def acc(self) -> float | None:
@@ -136,20 +136,17 @@ def _training_recipe(s: Summary) -> str:
     return recipe_digest({**config, "model": None if init is None else {"init": init}})
 
 
-def _placed(s: Summary, ref: Summary) -> tuple[float | None, float | None]:
-    """(time ratio to place `s` at, the measured one where that differs). The model's own
-    shorter runs go at dense's pace: every epoch of theirs is dense's work, so their pace
-    (`leantrain.harness.pace`) is measured over the whole run, and their time ÷ their pace is
-    dense's own time for those epochs. The raw ratio would carry the machine's drift between
-    sessions (the `paper` suite's ResNet-32 epochs took 102-130 s on one machine model, quiet
-    every time). Another network's pace cannot be measured: its ratio stays as measured."""
+def _placed(s: Summary, ref: Summary) -> tuple[float | None, float | None, bool]:
+    """(time ratio to place `s` at, the measured one where that differs, whether it is placed
+    at dense's pace). The model's own shorter runs go at dense's pace: every epoch of theirs is
+    dense's work, so they stand at the share of dense's time their epochs take
+    (`leantrain.harness.pace.dense_share`, their time ÷ their pace). The raw ratio would carry
+    the machine's drift between sessions (the `paper` suite's ResNet-32 epochs took 102-130 s
+    on one machine model, quiet every time), and needs a dense run on the same machine.
+    Another network's pace cannot be measured: its ratio stays as measured."""
     measured = s.time_ratio_against(ref)
-    if s is ref or s.model != ref.model or measured is None:
-        return measured, None
-    checks = pace_checks(s)
-    if len(checks) != len(s.time_ratios):  # a row without its pace: keep what was measured
-        return measured, None
-    return statistics.fmean(p.time_ratio / p.ratio for p in checks), measured
+    share = None if s is ref or s.model != ref.model else dense_share(s)
+    return (measured, None, False) if share is None else (share, measured, True)
 
 
 def build_frontiers(summaries: list[Summary]) -> dict[tuple[str, str, str, str], Frontier]:
@@ -169,8 +166,8 @@ def build_frontiers(summaries: list[Summary]) -> dict[tuple[str, str, str, str],
             continue
         points = []
         for s in members:
-            ratio, measured = _placed(s, ref)
-            points.append(Point(s, ratio, _tflops(s), measured))
+            ratio, measured, at_pace = _placed(s, ref)
+            points.append(Point(s, ratio, _tflops(s), measured, at_pace))
         out[(ref.suite, ref.dataset, ref.model, ref.recipe)] = Frontier(ref, tuple(points))
     return out
 

@@ -19,7 +19,7 @@ from ..runs.env import hardware_name, machine_key
 from ..runs.machine_share import is_quiet
 from .summary import Summary
 
-__all__ = ["Pace", "DRIFT", "pace_checks", "pace_table", "drift_sentence"]
+__all__ = ["Pace", "DRIFT", "dense_share", "pace_checks", "pace_table", "drift_sentence"]
 
 # Epochs count as dense's work when their training FLOPs agree with dense's to 0.1%: the counts
 # are exact (FlopCounterMode over the same batches), so any removal or slicing shows far above it.
@@ -100,6 +100,33 @@ def pace_checks(s: Summary) -> list[Pace]:
         out.append(Pace(s.label, int(r.get("seed", 0)), str(hardware_name(r.get("env", {}))),
                         same, ratio, time_ratio))
     return out
+
+
+def dense_share(s: Summary) -> float | None:
+    """The share of dense's training time that `s`'s epochs take, for a dense run of the same
+    model trained for fewer epochs (`budget`), every epoch of which is dense's work: dense's
+    time over those epochs ÷ its whole time, the mean over dense's quiet rows on every machine.
+
+    That is where `pace_checks` places such a run (its time ÷ its pace; the run's own time
+    cancels out), but it needs no dense run on the run's own machine: a suite spread over
+    sessions on several machine models can add frontier points on any of them. None where a
+    row of `s` did other work than dense's epochs (layers frozen) or dense has no trace."""
+    if not _checkable(s) or s.method != "none":
+        return None
+    dense_flops = _per_epoch(s.dense.rows[0], "train_flops")
+    epochs: set[int] = set()
+    for r in s.rows:
+        flops = _per_epoch(r, "train_flops")
+        if not flops or any(not dense_flops.get(e) or abs(f / dense_flops[e] - 1) > _SAME_WORK
+                            for e, f in flops.items()):
+            return None
+        epochs |= set(flops)
+    shares = []
+    for r in s.dense.rows:
+        times = _epoch_time(r)
+        if is_quiet(r.get("machine")) is not False and epochs <= set(times):
+            shares.append(sum(times[e] for e in epochs) / sum(times.values()))
+    return statistics.fmean(shares) if shares else None
 
 
 def _epoch_span(epochs: tuple[int, ...]) -> str:

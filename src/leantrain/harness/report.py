@@ -30,7 +30,7 @@ from ..atomic import write_atomic
 from ..config import TrainConfig
 from ..runs.env import hardware_name
 from ..runs.machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE
-from .frontier import Frontier, build_frontiers, frontier_of
+from .frontier import Frontier, Point, build_frontiers, frontier_of
 from .pace import pace_table
 from .plots import plot_flops_curves, plot_pareto, slug
 from .rows import (
@@ -213,10 +213,20 @@ def frontier_table(frontier: Frontier) -> str:
         lines.append(
             f"| {p.name(ref.model)} | {epochs} | {train.get('schedule', '–')} | "
             f"{_acc(p.summary)} | {_fmt(p.time_ratio, '.2f', '×')}"
-            f"{'' if p.measured is None else f' (measured {p.measured:.2f}×)'} | "
+            f"{_measured_beside(p)} | "
             f"{_fmt(p.tflops, '.1f')} | {marks or '–'} |"
         )
     return "\n".join(lines)
+
+
+def _measured_beside(p: Point) -> str:
+    """The ratio measured against dense on the same machine, beside a point placed at dense's
+    pace (`leantrain.harness.frontier._placed`)."""
+    if p.measured is not None:
+        return f" (measured {p.measured:.2f}×)"
+    if p.at_pace:
+        return " (no dense timed on its machine)"
+    return ""
 
 
 def stream_table(summaries: list[Summary]) -> str | None:
@@ -489,10 +499,11 @@ def write_report(
                     "is its top-1 minus the frontier's at its own time (or training FLOPs), "
                     "linear between the envelope's points (★ on time, ◆ on FLOPs); a method "
                     "faster than every point is not placed. A shorter run of the model itself "
-                    "stands at its time at dense's pace (its time ÷ its pace, as in the pace "
-                    "check below): every epoch of it is dense's work, so that pace is measured "
-                    "over the whole run, and the point does not move with the machine's speed "
-                    "between sessions; the measured ratio is given beside it.",
+                    "stands at the share of dense's time its epochs take (its time at dense's "
+                    "pace, as in the pace check below): every epoch of it is dense's work, so "
+                    "the point does not move with the machine's speed between sessions and "
+                    "needs no dense run on its own machine; the ratio measured against dense "
+                    "on the same machine is given beside it where there is one.",
                     "",
                     frontier_table(frontier),
                     "",
