@@ -22,13 +22,13 @@ def _paper(label, method, seed, acc, train_s, model="resnet32", budget=None, **k
 
 def _frontier_rows():
     """ResNet-32 dense 90% in 10 s; at 0.3 of the epochs 80% in 3 s, at 0.45 79% (no better
-    than 0.3: off the envelope), at 0.6 86%; ResNet-20 84% in 5 s with fewer FLOPs."""
+    than 0.3: off the envelope), at 0.6 86%; ResNet-20 84% in 5 s with fewer FLOPs (140)."""
     return [
         _paper("dense", "none", 0, 0.90, 10.0, train=300.0),
         _paper("dense-b0.3", "none", 0, 0.80, 3.0, budget=0.3, train=90.0),
         _paper("dense-b0.45", "none", 0, 0.79, 4.5, budget=0.45, train=135.0),
         _paper("dense-b0.6", "none", 0, 0.86, 6.0, budget=0.6, train=180.0),
-        _paper("dense", "none", 0, 0.84, 5.0, model="resnet20", train=170.0),
+        _paper("dense", "none", 0, 0.84, 5.0, model="resnet20", train=140.0),
     ]
 
 
@@ -47,7 +47,7 @@ def test_the_envelope_keeps_the_points_no_faster_point_beats(summaries) -> None:
     assert frontier is not None and len(frontier.points) == 5
     assert [p.name("resnet32") for p in frontier.envelope("time")] == [
         "dense-b0.3", "resnet20/dense", "dense-b0.6", "dense"]
-    # on FLOPs the smaller network's 170 TFLOPs come before 0.6 of ResNet-32's 180
+    # on FLOPs the smaller network's 140 TFLOPs come before 0.6 of ResNet-32's 180
     assert [p.name("resnet32") for p in frontier.envelope("flops")] == [
         "dense-b0.3", "resnet20/dense", "dense-b0.6", "dense"]
 
@@ -59,7 +59,24 @@ def test_accuracy_between_points_is_linear_and_unknown_below_the_fastest(summari
     assert frontier.accuracy_at("time", 0.45) == pytest.approx(83.0)  # 80 → 84, not 79
     assert frontier.accuracy_at("time", 1.5) == pytest.approx(90.0)  # one can always stop
     assert frontier.accuracy_at("time", 0.2) is None
-    assert frontier.accuracy_at("flops", 175e-12) == pytest.approx(85.0)
+    assert frontier.accuracy_at("flops", 175e-12) == pytest.approx(85.75)  # 84 → 86, 140 → 180
+
+
+def test_a_point_under_the_line_between_two_others_does_not_lower_the_frontier(
+        tmp_path) -> None:
+    """ResNet-20 at 0.6 of its epochs, at 0.58× and 85%: more accurate than every faster point,
+    but under the line from ResNet-20 (0.5×, 84%) to ResNet-32 at 0.6 of its epochs (0.6×, 86%),
+    which reaches 85.6% there. Linear through it, the frontier would fall from 85.0 to 84.6 at
+    0.55×: a dense run added would have made the bar easier."""
+    rows = [*_frontier_rows(),
+            _paper("dense-b0.6", "none", 0, 0.85, 5.8, model="resnet20", budget=0.6,
+                   train=100.0)]
+    frontier = _resnet32_frontier(summarize(load_rows([_write(tmp_path / "p.jsonl", rows)])))
+    assert [p.name("resnet32") for p in frontier.envelope("time")] == [
+        "dense-b0.3", "resnet20/dense", "dense-b0.6", "dense"]
+    assert frontier.accuracy_at("time", 0.55) == pytest.approx(85.0)
+    # on FLOPs it is the cheapest network beyond 0.3 of ResNet-32's and stays on the envelope
+    assert "resnet20/dense-b0.6" in [p.name("resnet32") for p in frontier.envelope("flops")]
 
 
 def test_a_smaller_network_is_timed_against_this_models_dense_on_its_own_machine(
