@@ -60,6 +60,12 @@ def _epoch_time(row: dict[str, Any]) -> dict[int, float]:
     return _per_epoch(row, "train_s", "surgery_s")  # the report's training time, per epoch
 
 
+def _same_work(flops: dict[int, float], dense_flops: dict[int, float], epoch: int) -> bool:
+    """Whether a run's `epoch` did dense's training FLOPs for that epoch (to `_SAME_WORK`)."""
+    return bool(dense_flops.get(epoch)) and (
+        abs(flops.get(epoch, 0.0) / dense_flops[epoch] - 1) <= _SAME_WORK)
+
+
 def _checkable(s: Summary) -> bool:
     """Runs whose epochs of dense's FLOPs are dense's work and nothing else: Learn&Drop before
     its first removal (dense's network plus a score per checkpoint), and dense trained for part
@@ -92,8 +98,7 @@ def pace_checks(s: Summary) -> list[Pace]:
         if dense is None or time_ratio is None:
             continue
         flops, times = _per_epoch(r, "train_flops"), _epoch_time(r)
-        same = tuple(e for e in sorted(times) if e in dense and dense_flops.get(e)
-                     and abs(flops.get(e, 0.0) / dense_flops[e] - 1) <= _SAME_WORK)
+        same = tuple(e for e in sorted(times) if e in dense and _same_work(flops, dense_flops, e))
         if len(same) < MIN_EPOCHS:
             continue
         ratio = sum(times[e] for e in same) / sum(statistics.fmean(dense[e]) for e in same)
@@ -117,8 +122,7 @@ def dense_share(s: Summary) -> float | None:
     epochs: set[int] = set()
     for r in s.rows:
         flops = _per_epoch(r, "train_flops")
-        if not flops or any(not dense_flops.get(e) or abs(f / dense_flops[e] - 1) > _SAME_WORK
-                            for e, f in flops.items()):
+        if not flops or not all(_same_work(flops, dense_flops, e) for e in flops):
             return None
         epochs |= set(flops)
     shares = []

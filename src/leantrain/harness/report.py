@@ -500,12 +500,12 @@ def write_report(
                     "linear between the points of the upper concave envelope (★ on time, ◆ on "
                     "FLOPs; a point under the line between two others is not on it, so no run "
                     "added can lower the frontier); a method faster than every point is not "
-                    "placed. A shorter run of the model itself "
-                    "stands at the share of dense's time its epochs take (its time at dense's "
-                    "pace, as in the pace check below): every epoch of it is dense's work, so "
-                    "the point does not move with the machine's speed between sessions and "
-                    "needs no dense run on its own machine; the ratio measured against dense "
-                    "on the same machine is given beside it where there is one.",
+                    "placed. A shorter run of the model itself stands at the share of dense's "
+                    "time its epochs take (its time at dense's pace, as in the pace check "
+                    "below): every epoch of it is dense's work, so the point does not move with "
+                    "the machine's speed between sessions and needs no dense run on its own "
+                    "machine; the ratio measured against dense on the same machine is given "
+                    "beside it where there is one.",
                     "",
                     frontier_table(frontier),
                     "",
