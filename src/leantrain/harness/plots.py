@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 
 from ..methods.plots import save_figure  # noqa: E402
 from .frontier import Frontier, build_frontiers  # noqa: E402
+from .labels import PointLabel, place_labels  # noqa: E402
 from .summary import Summary  # noqa: E402
 
 __all__ = ["plot_pareto", "plot_flops_curves", "slug"]
@@ -41,36 +42,46 @@ def plot_pareto(summaries: list[Summary], out_dir: str | Path) -> list[Path]:
     Time is each method's ratio to dense's on the same machine (`Summary.time_ratio`, quiet rows
     only), the one time quantity that stays comparable when a suite's runs landed on different
     machines; a method without one is left off that panel. Where the suite measured a dense
-    frontier (`leantrain.harness.frontier`), its envelope is the dashed line, and the other
-    networks on it are grey squares.
+    frontier (`leantrain.harness.frontier`), its envelope is the dashed line through its points
+    (this model's shorter dense runs placed where the frontier places them), and the other
+    networks on it are grey squares. Labels are placed clear of one another (`place_labels`).
     """
     written = []
     frontiers = build_frontiers(summaries)
     for (suite, dataset, model), group in _by_model(summaries).items():
         fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True)
+        names: tuple[list[PointLabel], list[PointLabel]] = ([], [])
+        # one per training recipe of this model in the suite (e.g. one data order and another)
+        own_frontiers = [f for f in frontiers.values() if (f.reference.suite, f.reference.dataset,
+                         f.reference.model) == (suite, dataset, model)]
+        # this model's shorter dense runs stand where the frontier puts them (at dense's pace,
+        # `leantrain.harness.frontier`), so the dashed line passes through their markers
+        placed = {p.summary.label: p.time_ratio for f in own_frontiers for p in f.points
+                  if p.summary.model == model}
         # tab20: a suite compares up to 20 methods per model; the default cycle repeats after 10
         colours = plt.get_cmap("tab20").colors
         for i, s in enumerate(group):
             y, yerr = s.mean("acc"), s.std("acc") or 0.0
             flops = s.mean("train_flops")
             tflops = None if flops is None else flops / 1e12
-            for ax, x in ((axes[0], s.time_ratio), (axes[1], tflops)):
+            at = placed.get(s.label, s.time_ratio) if s.method == "none" else s.time_ratio
+            for ax, x, own in zip(axes, (at, tflops), names):
                 if x is None or y is None:
                     continue
                 marker = "s" if s.method == "none" else "o"
                 ax.errorbar([x], [y], yerr=[yerr], fmt=marker, capsize=3, label=s.label,
                             color=colours[i % len(colours)])
-                ax.annotate(s.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        for frontier in frontiers.values():
-            if (frontier.reference.suite, frontier.reference.dataset,
-                    frontier.reference.model) == (suite, dataset, model):
-                _draw_frontier(axes, frontier)
+                own.append(PointLabel(x, y, s.label))
+        for frontier in own_frontiers:
+            _draw_frontier(axes, frontier, names)
         axes[0].set(xlabel="training time ÷ dense's on the same machine (train + surgery)",
                     ylabel="test top-1 (%)")
         axes[1].set(xlabel="training TFLOPs (forward + backward, integrated)")
         fig.suptitle(f"{suite}: {model} on {dataset} (mean ± std over seeds)")
         axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # off the points
         fig.tight_layout()
+        for ax, own in zip(axes, names):
+            place_labels(ax, own)
         path = Path(out_dir) / f"{slug(suite, dataset, model)}-pareto.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_figure(fig, path, dpi=110)
@@ -79,10 +90,12 @@ def plot_pareto(summaries: list[Summary], out_dir: str | Path) -> list[Path]:
     return written
 
 
-def _draw_frontier(axes: Any, frontier: Frontier) -> None:
-    """The envelope on both panels (dashed), and the other networks' dense points (grey)."""
+def _draw_frontier(axes: Any, frontier: Frontier,
+                   names: tuple[list[PointLabel], list[PointLabel]]) -> None:
+    """The envelope on both panels (dashed), and the other networks' dense points (grey), whose
+    names join `names` (one list per panel)."""
     model = frontier.reference.model
-    for ax, axis in ((axes[0], "time"), (axes[1], "flops")):
+    for ax, axis, own in zip(axes, ("time", "flops"), names):
         envelope = frontier.envelope(axis)
         if len(envelope) > 1:
             ax.plot([p.x(axis) for p in envelope], [p.acc for p in envelope], "--",
@@ -94,8 +107,7 @@ def _draw_frontier(axes: Any, frontier: Frontier) -> None:
                 continue  # this model's own dense rows are drawn with the methods
             ax.errorbar([x], [p.acc], yerr=[p.std], fmt="s", capsize=3, color="0.55",
                         label=p.name(model) if axis == "flops" else None)
-            ax.annotate(p.name(model), (x, p.acc), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7, color="0.35")
+            own.append(PointLabel(x, p.acc, p.name(model), color="0.35"))
 
 
 def _flops_curve(row: dict[str, Any]) -> tuple[list[int], list[float]]:
