@@ -8,6 +8,7 @@ import math
 import pytest
 
 from leantrain.cli import main
+from leantrain.harness.frontier import build_frontiers
 from leantrain.harness.report import (
     END,
     START,
@@ -15,6 +16,7 @@ from leantrain.harness.report import (
     load_rows,
     markdown_table,
     replace_between_markers,
+    schedule_comparison,
     summarize,
     write_report,
 )
@@ -172,6 +174,29 @@ def test_dense_at_a_budget_is_a_frontier_point_measured_against_full_length_dens
     assert by["dense-linear-b0.3"].time_ratio == pytest.approx(0.33)
     table = markdown_table(summaries)
     assert [line.split("|")[3].strip() for line in table.splitlines()[2:] if "1.00×" in line] == ["dense"]
+
+
+def test_the_report_names_the_stronger_schedule_where_a_budget_ran_under_two(tmp_path) -> None:
+    rows = [
+        _budgeted(_row("dense-b0.3", "none", 0, 0.80, 3.0, epochs=10), 0.3),
+        _budgeted(_row("dense-b0.3", "none", 1, 0.82, 3.0, epochs=10), 0.3),
+        _budgeted(_row("dense-linear-b0.3", "none", 0, 0.83, 3.0, epochs=10), 0.3, "linear"),
+        _budgeted(_row("dense-linear-b0.3", "none", 1, 0.84, 3.0, epochs=10), 0.3, "linear"),
+        _budgeted(_row("dense-linear-b0.6", "none", 0, 0.86, 6.0, epochs=10), 0.6, "linear"),
+        _row("dense", "none", 0, 0.90, 10.0, epochs=10),
+    ]
+    def frontier_of(rows, name):
+        (frontier,) = build_frontiers(summarize(load_rows([_write(tmp_path / name, rows)]))).values()
+        return frontier
+
+    text = schedule_comparison(frontier_of(rows, "r.jsonl"))
+    # only the budget that ran under both schedules is compared
+    assert text == (
+        "Schedules compared at the same budget (the frontier takes the stronger point): at 3 "
+        "epochs, linear 83.50 ± 0.71 (n=2), cosine 81.00 ± 1.41 (n=2): linear is 2.50 points "
+        "stronger.")
+    one_schedule = [r for r in rows if r["label"] != "dense-b0.3"]
+    assert schedule_comparison(frontier_of(one_schedule, "one.jsonl")) is None
 
 
 def test_no_time_ratio_from_a_run_that_shared_the_machine(tmp_path) -> None:

@@ -219,6 +219,36 @@ def frontier_table(frontier: Frontier) -> str:
     return "\n".join(lines)
 
 
+def schedule_comparison(frontier: Frontier) -> str | None:
+    """Where the model itself ran at one budget under more than one learning-rate schedule
+    (Li et al.'s question, arXiv 1905.04753: which decaying schedule makes a shortened run
+    strongest), each schedule's top-1 side by side and the stronger named; None where none did."""
+    ref = frontier.reference
+    by_epochs: dict[int, list[tuple[str, Summary]]] = {}
+    for p in frontier.points:
+        if p.summary.model != ref.model or p.acc is None:
+            continue
+        train = p.summary.rows[0].get("config", {}).get("train", {})
+        epochs = TrainConfig(epochs=int(train.get("epochs", 1)),
+                             budget=float(train.get("budget", 1.0))).run_epochs
+        by_epochs.setdefault(epochs, []).append((str(train.get("schedule", "–")), p.summary))
+    sentences = []
+    for epochs, runs in sorted(by_epochs.items()):
+        if len({schedule for schedule, _ in runs}) < 2:
+            continue
+        runs.sort(key=lambda run: -(run[1].mean("acc") or 0.0))
+        best = runs[0]
+        second = next(run for run in runs if run[0] != best[0])  # the best other schedule
+        gap = (best[1].mean("acc") or 0.0) - (second[1].mean("acc") or 0.0)
+        sentences.append(
+            f"at {epochs} epochs, " + ", ".join(f"{schedule} {_acc(s)}" for schedule, s in runs)
+            + f": {best[0]} is {gap:.2f} points stronger")
+    if not sentences:
+        return None
+    return ("Schedules compared at the same budget (the frontier takes the stronger point): "
+            + "; ".join(sentences) + ".")
+
+
 def _measured_beside(p: Point) -> str:
     """The ratio measured against dense on the same machine, beside a point placed at dense's
     pace (`leantrain.harness.frontier._placed`)."""
@@ -510,6 +540,8 @@ def write_report(
                     frontier_table(frontier),
                     "",
                 ]
+                if schedules := schedule_comparison(frontier):
+                    parts += [schedules, ""]
             if streams := stream_table(mine):
                 parts += [
                     "Data that arrive in sequence (`train.stream`): the training split came in "
