@@ -64,11 +64,16 @@ def test_labels_of_a_tight_cluster_cover_neither_one_another_nor_a_marker():
     plt.close(fig)
 
 
-def test_a_lone_point_keeps_the_label_beside_it_without_a_leader_line():
+def _axes_with_one_marker(x: float, y: float):
     fig, ax = plt.subplots(figsize=(4, 3))
-    ax.plot([1.0], [2.0], "o")
+    ax.plot([x], [y], "o")
     ax.set_xlim(0, 3)
     ax.set_ylim(0, 4)
+    return fig, ax
+
+
+def test_a_lone_point_keeps_the_label_beside_it_without_a_leader_line():
+    fig, ax = _axes_with_one_marker(1.0, 2.0)
     (ann,) = place_labels(ax, [PointLabel(1.0, 2.0, "dense")])
     assert ann.xyann == pytest.approx((4.0, 4.0))  # right of and above the marker
     assert ann.arrow_patch is None
@@ -76,10 +81,7 @@ def test_a_lone_point_keeps_the_label_beside_it_without_a_leader_line():
 
 
 def test_labels_pushed_out_of_the_first_ring_get_a_leader_line_to_their_marker():
-    fig, ax = plt.subplots(figsize=(4, 3))
-    ax.plot([1.5], [2.0], "o")
-    ax.set_xlim(0, 3)
-    ax.set_ylim(0, 4)
+    fig, ax = _axes_with_one_marker(1.5, 2.0)
     # eight names on one marker: the six places of the nearest ring cannot hold them all
     placed = place_labels(ax, [PointLabel(1.5, 2.0, f"run-{i}") for i in range(8)])
     renderer = fig.canvas.get_renderer()

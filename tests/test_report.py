@@ -185,6 +185,7 @@ def test_the_report_names_the_stronger_schedule_where_a_budget_ran_under_two(tmp
         _budgeted(_row("dense-linear-b0.6", "none", 0, 0.86, 6.0, epochs=10), 0.6, "linear"),
         _row("dense", "none", 0, 0.90, 10.0, epochs=10),
     ]
+
     def frontier_of(rows, name):
         (frontier,) = build_frontiers(summarize(load_rows([_write(tmp_path / name, rows)]))).values()
         return frontier

@@ -72,6 +72,13 @@ def text_box(ann: Annotation, renderer: Any) -> Bbox:
     return Text.get_window_extent(ann, renderer)
 
 
+def _annotate(ax: Any, lab: PointLabel, place: tuple[float, float, str, str], fontsize: float,
+              arrowprops: dict[str, Any] | None = None) -> Annotation:
+    dx, dy, ha, va = place
+    return ax.annotate(lab.text, (lab.x, lab.y), textcoords="offset points", xytext=(dx, dy),
+                       ha=ha, va=va, fontsize=fontsize, color=lab.color, arrowprops=arrowprops)
+
+
 def place_labels(ax: Any, labels: Sequence[PointLabel], fontsize: float = 7) -> list[Annotation]:
     """Annotate `ax` with `labels` (in order) so that no label covers a marker or an earlier
     label where the axes leave room; where none does, the place covering the least.
@@ -95,9 +102,7 @@ def place_labels(ax: Any, labels: Sequence[PointLabel], fontsize: float = 7) -> 
     for lab in labels:
         best: tuple[float, tuple[float, float, str, str]] | None = None
         for place in _places():
-            dx, dy, ha, va = place
-            ann = ax.annotate(lab.text, (lab.x, lab.y), textcoords="offset points",
-                              xytext=(dx, dy), ha=ha, va=va, fontsize=fontsize, color=lab.color)
+            ann = _annotate(ax, lab, place, fontsize)
             box = text_box(ann, renderer)
             ann.remove()
             # a point of air between labels, so none abuts another
@@ -108,11 +113,10 @@ def place_labels(ax: Any, labels: Sequence[PointLabel], fontsize: float = 7) -> 
             if cost == 0:
                 break
         assert best is not None  # _places() is never empty
-        dx, dy, ha, va = best[1]
+        dx, dy, _, _ = best[1]
         leader = (dict(arrowstyle="-", color="0.6", linewidth=0.5, shrinkA=0, shrinkB=3)
                   if max(abs(dx), abs(dy)) > _LEADER_FROM + _MARKER_HALF else None)
-        ann = ax.annotate(lab.text, (lab.x, lab.y), textcoords="offset points", xytext=(dx, dy),
-                          ha=ha, va=va, fontsize=fontsize, color=lab.color, arrowprops=leader)
+        ann = _annotate(ax, lab, best[1], fontsize, arrowprops=leader)
         taken.append(text_box(ann, renderer))
         out.append(ann)
     return out

@@ -206,17 +206,23 @@ def frontier_table(frontier: Frontier) -> str:
     ]
     for p in sorted(frontier.points, key=lambda p: (p.time_ratio is None, p.time_ratio or 0.0,
                                                     p.tflops or 0.0)):
-        train = p.summary.rows[0].get("config", {}).get("train", {})
-        epochs = TrainConfig(epochs=int(train.get("epochs", 1)),
-                             budget=float(train.get("budget", 1.0))).run_epochs
+        epochs, schedule = _epochs_and_schedule(p)
         marks = ("★" if id(p) in on_time else "") + ("◆" if id(p) in on_flops else "")
         lines.append(
-            f"| {p.name(ref.model)} | {epochs} | {train.get('schedule', '–')} | "
+            f"| {p.name(ref.model)} | {epochs} | {schedule} | "
             f"{_acc(p.summary)} | {_fmt(p.time_ratio, '.2f', '×')}"
             f"{_measured_beside(p)} | "
             f"{_fmt(p.tflops, '.1f')} | {marks or '–'} |"
         )
     return "\n".join(lines)
+
+
+def _epochs_and_schedule(p: Point) -> tuple[int, str]:
+    """The epochs a frontier point trained (its budget of the recipe's) and its LR schedule."""
+    train = p.summary.rows[0].get("config", {}).get("train", {})
+    epochs = TrainConfig(epochs=int(train.get("epochs", 1)),
+                         budget=float(train.get("budget", 1.0))).run_epochs
+    return epochs, str(train.get("schedule", "–"))
 
 
 def schedule_comparison(frontier: Frontier) -> str | None:
@@ -228,10 +234,8 @@ def schedule_comparison(frontier: Frontier) -> str | None:
     for p in frontier.points:
         if p.summary.model != ref.model or p.acc is None:
             continue
-        train = p.summary.rows[0].get("config", {}).get("train", {})
-        epochs = TrainConfig(epochs=int(train.get("epochs", 1)),
-                             budget=float(train.get("budget", 1.0))).run_epochs
-        by_epochs.setdefault(epochs, []).append((str(train.get("schedule", "–")), p.summary))
+        epochs, schedule = _epochs_and_schedule(p)
+        by_epochs.setdefault(epochs, []).append((schedule, p.summary))
     sentences = []
     for epochs, runs in sorted(by_epochs.items()):
         if len({schedule for schedule, _ in runs}) < 2:
