@@ -219,9 +219,8 @@ def frontier_table(frontier: Frontier) -> str:
 
 def _epochs_and_schedule(p: Point) -> tuple[int, str]:
     """The epochs a frontier point trained (its budget of the recipe's) and its LR schedule."""
-    train = p.summary.rows[0].get("config", {}).get("train", {})
-    epochs = TrainConfig(epochs=int(train.get("epochs", 1)),
-                         budget=float(train.get("budget", 1.0))).run_epochs
+    train = p.summary.train
+    epochs = TrainConfig(epochs=int(train.get("epochs", 1)), budget=p.summary.budget).run_epochs
     return epochs, str(train.get("schedule", "–"))
 
 
@@ -522,7 +521,7 @@ def write_report(
             ]
             for frontier in build_frontiers(mine).values():
                 ref = frontier.reference
-                train = ref.rows[0].get("config", {}).get("train") or {}
+                train = ref.train
                 recipe = (f"data in {train['stream']} chunks × {train.get('epochs')} epochs"
                           if int(train.get("stream", 1)) > 1 else f"{train.get('epochs')} epochs")
                 parts += [

@@ -169,7 +169,7 @@ def _scratch_sentence(s: Summary, frontier: Frontier | None) -> str:
 
 def _dense_sentence(s: Summary) -> str:
     acc, std = s.mean("acc"), s.std("acc")
-    epochs = s.rows[0].get("config", {}).get("train", {}).get("epochs")
+    epochs = s.train.get("epochs")
     text = f"**Dense {s.model}** ({_seeds(s)}): {acc:.2f}%" + (f" ± {std:.2f}" if std else "")
     text += f" top-1 after {epochs} epochs (the last epoch's model, never the best epoch's)"
     bar = TARGETS.recipe_bars.get((s.suite, s.dataset, s.model))
@@ -393,7 +393,7 @@ def headline(summaries: list[Summary]) -> list[str]:
         if not timed:
             continue
         dense = timed[0].dense
-        epochs = dense.rows[0].get("config", {}).get("train", {}).get("epochs")
+        epochs = dense.train.get("epochs")
         counts = sorted({s.n for s in runs} | {dense.n})
         seeds = (f"{counts[0]} seed{'s' if counts[0] > 1 else ''} per row" if len(counts) == 1
                  else f"{counts[0]}–{counts[-1]} seeds per row")

@@ -49,17 +49,21 @@ class Summary:
         return self.rows[0].get("config", {}).get("method_args", {}).get(method, {})
 
     @property
+    def train(self) -> dict[str, Any]:
+        """The training settings these runs were given (``config.train``, as written in the row;
+        the seeds of a summary share one config, so the first row speaks for all)."""
+        return (self.rows[0].get("config", {}).get("train") or {}) if self.rows else {}
+
+    @property
     def budget(self) -> float:
         """The fraction of the recipe's epochs these runs trained (`TrainConfig.budget`)."""
-        return float((self.rows[0].get("config", {}).get("train") or {}).get("budget", 1.0)
-                     if self.rows else 1.0)
+        return float(self.train.get("budget", 1.0))
 
     @property
     def is_baseline(self) -> bool:
         """Dense at the recipe's full length: what every other row's time is divided by. Dense
         at a reduced budget is a point of the dense frontier, not the baseline."""
-        train = (self.rows[0].get("config", {}).get("train") or {}) if self.rows else {}
-        return self.method == "none" and self.budget == 1.0 and not train.get("freeze")
+        return self.method == "none" and self.budget == 1.0 and not self.train.get("freeze")
 
     def mean(self, key: str) -> float | None:
         values = [v for r in self.rows if (v := row_value(r, key)) is not None]
