@@ -55,9 +55,9 @@ def _places() -> Iterator[tuple[float, float, str, str]]:
 
 
 def _overlap(a: Bbox, b: Bbox) -> float:
-    w = min(a.x1, b.x1) - max(a.x0, b.x0)
-    h = min(a.y1, b.y1) - max(a.y0, b.y0)
-    return w * h if w > 0 and h > 0 else 0.0
+    """The area `a` and `b` share (0 where they do not meet)."""
+    shared = Bbox.intersection(a, b)
+    return 0.0 if shared is None else shared.width * shared.height
 
 
 def _outside(box: Bbox, frame: Bbox) -> float:

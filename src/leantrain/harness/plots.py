@@ -64,7 +64,7 @@ def plot_pareto(summaries: list[Summary], out_dir: str | Path) -> list[Path]:
             y, yerr = s.mean("acc"), s.std("acc") or 0.0
             flops = s.mean("train_flops")
             tflops = None if flops is None else flops / 1e12
-            at = placed.get(s.label, s.time_ratio) if s.method == "none" else s.time_ratio
+            at = placed.get(s.label, s.time_ratio)  # only dense rows are frontier points
             for ax, x, own in zip(axes, (at, tflops), names):
                 if x is None or y is None:
                     continue
