@@ -171,6 +171,10 @@ def test_the_report_writes_the_frontier_table_and_draws_it(tmp_path) -> None:
     result = write_report([path], tmp_path / "out")
     text = result["markdown"]
     assert "Dense frontier of resnet32 on cifar10 (3 epochs)" in text
+    # how a frontier is built and read is said before the first one only
+    assert text.count("every dense run of this suite on the same data") == 1
+    assert ("Dense frontier of resnet20 on cifar10 (3 epochs); how it is built and read: the "
+            "first dense frontier above.") in text
     assert "| dense-b0.6 | 2 | cosine | 86.00 (n=1, single seed) | 0.60× | 0.0 | ★◆ |" in text
     assert "| dense-b0.45 | 1 | cosine |" in text and "| 0.45× | 0.0 | – |" in text
     assert "| resnet20/dense | 3 | cosine |" in text

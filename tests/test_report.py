@@ -15,6 +15,7 @@ from leantrain.harness.report import (
     check_environment,
     load_rows,
     markdown_table,
+    method_schedule_table,
     replace_between_markers,
     schedule_comparison,
     summarize,
@@ -198,6 +199,44 @@ def test_the_report_names_the_stronger_schedule_where_a_budget_ran_under_two(tmp
         "stronger.")
     one_schedule = [r for r in rows if r["label"] != "dense-b0.3"]
     assert schedule_comparison(frontier_of(one_schedule, "one.jsonl")) is None
+
+
+def test_a_method_under_two_schedules_is_set_side_by_side_recipe_schedule_first(tmp_path) -> None:
+    """The same method and settings under the recipe's cosine and under linear decay pair up;
+    a run whose method settings differ, or that ran under one schedule only, does not."""
+    def ld(label, seed, acc, schedule="cosine", args=None):
+        row = _budgeted(_row(label, "learndrop", seed, acc, 5.0, epochs=10, train=150.0),
+                        1.0, schedule)
+        row["config"]["method_args"] = {"learndrop": args or {"tau": 0.5}}
+        return row
+
+    rows = [
+        _row("dense", "none", 0, 0.90, 10.0, epochs=10),
+        _row("dense", "none", 1, 0.92, 10.0, epochs=10),
+        _budgeted(_row("dense-linear-b0.3", "none", 0, 0.80, 3.0, epochs=10, train=90.0), 0.3,
+                  "linear"),
+        ld("ld-linear", 0, 0.88, "linear"),
+        ld("ld-linear", 1, 0.86, "linear"),
+        ld("ld", 0, 0.84),
+        ld("ld", 1, 0.85),
+        ld("ld-tau0.3-linear", 0, 0.87, "linear", {"tau": 0.3}),
+        ld("dcp-like", 0, 0.83, args={"tau": 0.9}),
+    ]
+    summaries = summarize(load_rows([_write(tmp_path / "m.jsonl", rows)]))
+    (frontier,) = build_frontiers(summaries).values()
+    lines = method_schedule_table(frontier, summaries).splitlines()
+    cosine = next(s for s in summaries if s.label == "ld")
+    assert [line.split("|")[1:3] for line in lines[2:]] == [
+        [" ld ", " cosine "], [" ld-linear ", " linear "]]
+    assert lines[2] == ("| ld | cosine | 84.50 ± 0.71 (n=2) | 0.50× | 0.0 | "
+                        f"{frontier.distance(cosine, 'time'):+.2f} / "
+                        f"{frontier.distance(cosine, 'flops'):+.2f} |")
+    assert " 87.00 ± 1.41 (n=2) " in lines[3]
+    # only one schedule per setting: nothing to compare
+    alone = [r for r in rows if r["label"] != "ld"]
+    summaries = summarize(load_rows([_write(tmp_path / "alone.jsonl", alone)]))
+    (frontier,) = build_frontiers(summaries).values()
+    assert method_schedule_table(frontier, summaries) is None
 
 
 def test_no_time_ratio_from_a_run_that_shared_the_machine(tmp_path) -> None:

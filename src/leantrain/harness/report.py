@@ -20,6 +20,7 @@ is typed by hand.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from typing import Any
 
 from ..atomic import write_atomic
 from ..config import TrainConfig
+from ..runs.config import DIGEST_NEUTRAL, TRAIN_DIGEST_NEUTRAL, without_neutral
 from ..runs.env import hardware_name
 from ..runs.machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE
 from .frontier import Frontier, Point, build_frontiers, frontier_of
@@ -193,6 +195,33 @@ def markdown_table(summaries: list[Summary], headline: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _frontier_intro(frontier: Frontier, explained: bool) -> str:
+    """The sentence before a frontier's table: which model, data and recipe, and, the first
+    time in a document (`explained` False), what the frontier is and how a row is placed on
+    it. Said once: the report has a frontier for every (suite, data set, model) that has one."""
+    ref = frontier.reference
+    train = ref.train
+    recipe = (f"data in {train['stream']} chunks × {train.get('epochs')} epochs"
+              if int(train.get("stream", 1)) > 1 else f"{train.get('epochs')} epochs")
+    head = f"Dense frontier of {ref.model} on {ref.dataset} ({recipe})"
+    if explained:
+        return f"{head}; how it is built and read: the first dense frontier above."
+    return (
+        f"{head} (`leantrain.harness.frontier`): every dense run of this suite on the same "
+        "data and training recipe, shorter (`budget`: fewer epochs, the schedule "
+        "compressed into them) or another network. A method's *vs dense frontier* "
+        "is its top-1 minus the frontier's at its own time (or training FLOPs), "
+        "linear between the points of the upper concave envelope (★ on time, ◆ on "
+        "FLOPs; a point under the line between two others is not on it, so no run "
+        "added can lower the frontier); a method faster than every point is not "
+        "placed. A shorter run of the model itself stands at the share of dense's "
+        "time its epochs take (its time at dense's pace, as in the pace check "
+        "below): every epoch of it is dense's work, so the point does not move with "
+        "the machine's speed between sessions and needs no dense run on its own "
+        "machine; the ratio measured against dense on the same machine is given "
+        "beside it where there is one.")
+
+
 def frontier_table(frontier: Frontier) -> str:
     """The dense points a model's methods are judged against: each network and budget, its
     accuracy, time and FLOPs, and whether it lies on the envelope (★ time, ◆ FLOPs)."""
@@ -250,6 +279,51 @@ def schedule_comparison(frontier: Frontier) -> str | None:
         return None
     return ("Schedules compared at the same budget (the frontier takes the stronger point): "
             + "; ".join(sentences) + ".")
+
+
+def _without_schedule(s: Summary) -> str:
+    """What `s`'s runs trained apart from the learning-rate schedule and the seed: the method,
+    its settings and every other training setting, neutral ones left out as the run's identity
+    leaves them (`RunConfig.digest`), so rows recorded before a setting existed still pair."""
+    config = s.rows[0].get("config", {}) if s.rows else {}
+    train = without_neutral({k: v for k, v in (config.get("train") or {}).items()
+                             if k != "schedule"}, TRAIN_DIGEST_NEUTRAL)
+    method_args = {
+        method: {k: v for k, v in args.items() if DIGEST_NEUTRAL.get((method, k), ...) != v}
+        for method, args in (config.get("method_args") or {}).items()
+    }
+    return json.dumps({"method": config.get("method"), "method_args": method_args,
+                       "train": train}, sort_keys=True, default=str)
+
+
+def method_schedule_table(frontier: Frontier, summaries: Sequence[Summary]) -> str | None:
+    """A method trained with the same settings under more than one learning-rate schedule (the
+    recipe's, and e.g. Li et al.'s linear decay to zero, arXiv 1905.04753), its rows side by
+    side: top-1, time and training FLOPs against the model's dense, and the distance to the
+    dense frontier on each axis. None where no method ran under two schedules."""
+    ref = frontier.reference
+    frontiers = {(ref.suite, ref.dataset, ref.model, ref.recipe): frontier}
+    groups: dict[str, list[Summary]] = {}
+    for s in summaries:
+        if s.method != "none" and s.rows and frontier_of(s, frontiers) is frontier:
+            groups.setdefault(_without_schedule(s), []).append(s)
+    paired = [g for g in groups.values() if len({str(s.train.get("schedule")) for s in g}) > 1]
+    if not paired:
+        return None
+    lines = ["| Method | Schedule | Top-1 % (mean ± std, n) | Time ÷ dense | Train TFLOPs | "
+             "vs dense frontier (time / FLOPs) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for group in paired:
+        # the recipe's own schedule first: the "before" of the comparison
+        group.sort(key=lambda s: (s.train.get("schedule") != ref.train.get("schedule"), s.label))
+        for s in group:
+            flops = s.mean("train_flops")
+            lines.append(
+                f"| {s.label} | {s.train.get('schedule', '–')} | {_acc(s)} | "
+                f"{_fmt(s.time_ratio, '.2f', '×')} | "
+                f"{_fmt(None if flops is None else flops / 1e12, '.1f')} | "
+                f"{_frontier_cell(s, frontiers, both=True)} |")
+    return "\n".join(lines)
 
 
 def _measured_beside(p: Point) -> str:
@@ -483,7 +557,10 @@ def write_report(
     suites = list(dict.fromkeys(s.suite for s in all_summaries))
 
     def section_parts(base: Path, env: dict[str, Any], rows: list[dict[str, Any]],
-                      summaries: list[Summary], images: list[Path], checks: Any, level: str) -> list[str]:
+                      summaries: list[Summary], images: list[Path], checks: Any, level: str,
+                      explained: set[str]) -> list[str]:
+        """One environment's part of a document. `explained`: what the document has already
+        said how to read (a dense frontier is explained before the first one only)."""
         parts = [f"{level} Settings", "", *_settings(rows, env), ""]
         if checks:
             parts += [
@@ -521,30 +598,24 @@ def write_report(
             ]
             for frontier in build_frontiers(mine).values():
                 ref = frontier.reference
-                train = ref.train
-                recipe = (f"data in {train['stream']} chunks × {train.get('epochs')} epochs"
-                          if int(train.get("stream", 1)) > 1 else f"{train.get('epochs')} epochs")
                 parts += [
-                    f"Dense frontier of {ref.model} on {ref.dataset} ({recipe}) "
-                    "(`leantrain.harness.frontier`): every dense run of this suite on the same "
-                    "data and training recipe, shorter (`budget`: fewer epochs, the schedule "
-                    "compressed into them) or another network. A method's *vs dense frontier* "
-                    "is its top-1 minus the frontier's at its own time (or training FLOPs), "
-                    "linear between the points of the upper concave envelope (★ on time, ◆ on "
-                    "FLOPs; a point under the line between two others is not on it, so no run "
-                    "added can lower the frontier); a method faster than every point is not "
-                    "placed. A shorter run of the model itself stands at the share of dense's "
-                    "time its epochs take (its time at dense's pace, as in the pace check "
-                    "below): every epoch of it is dense's work, so the point does not move with "
-                    "the machine's speed between sessions and needs no dense run on its own "
-                    "machine; the ratio measured against dense on the same machine is given "
-                    "beside it where there is one.",
+                    _frontier_intro(frontier, explained="frontier" in explained),
                     "",
                     frontier_table(frontier),
                     "",
                 ]
+                explained.add("frontier")
                 if schedules := schedule_comparison(frontier):
                     parts += [schedules, ""]
+                if paired := method_schedule_table(frontier, mine):
+                    parts += [
+                        f"Methods on {ref.model} trained with the same settings under more than "
+                        "one learning-rate schedule, side by side (the recipe's first: before "
+                        "and after):",
+                        "",
+                        paired,
+                        "",
+                    ]
             if streams := stream_table(mine):
                 parts += [
                     "Data that arrive in sequence (`train.stream`): the training split came in "
@@ -584,9 +655,11 @@ def write_report(
 
     def document(base: Path, title: str, command: str) -> str:
         parts = [f"# {title}", "", f"<!-- generated by `{command}`; do not edit by hand -->", ""]
+        explained: set[str] = set()
         if len(sections) == 1:
             env, env_rows, summaries, images, checks = sections[0]
-            return "\n".join(parts + section_parts(base, env, env_rows, summaries, images, checks, "##")
+            return "\n".join(parts + section_parts(base, env, env_rows, summaries, images, checks,
+                                                  "##", explained)
                              + compile_lines)
         parts += [
             "These results come from several environments (device kind, cores, torch version); "
@@ -597,7 +670,8 @@ def write_report(
             hw = " and ".join(hardware_names(env_rows))
             names = ", ".join(f"`{n}`" for n in dict.fromkeys(s.suite for s in summaries))
             parts += [f"## On {hw}, torch {env.get('torch')}: {names}", ""]
-            parts += section_parts(base, env, env_rows, summaries, images, checks, "###")
+            parts += section_parts(base, env, env_rows, summaries, images, checks, "###",
+                                   explained)
         return "\n".join(parts + compile_lines)
 
     markdown = document(out, "Benchmark report", command)
