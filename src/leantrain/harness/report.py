@@ -560,7 +560,8 @@ def write_report(
                       summaries: list[Summary], images: list[Path], checks: Any, level: str,
                       explained: set[str]) -> list[str]:
         """One environment's part of a document. `explained`: what the document has already
-        said how to read (a dense frontier is explained before the first one only)."""
+        said how to read (a dense frontier and a pace check are explained before the first of
+        each only)."""
         parts = [f"{level} Settings", "", *_settings(rows, env), ""]
         if checks:
             parts += [
@@ -629,6 +630,8 @@ def write_report(
                 ]
             if pace := pace_table(mine):
                 parts += [
+                    "Pace check (`leantrain.harness.pace`); how it is read: the first pace "
+                    "check above." if "pace" in explained else
                     "Pace check (`leantrain.harness.pace`): a run's epochs that did exactly "
                     "dense's work (the same training FLOPs, e.g. Learn&Drop before its first "
                     "removal) against dense's time for the same epochs on the same machine. "
@@ -641,6 +644,7 @@ def write_report(
                     pace,
                     "",
                 ]
+                explained.add("pace")
             parts += [
                 f"![{p.stem}]({_rel(p, base)})"
                 for p in images
