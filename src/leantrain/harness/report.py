@@ -29,7 +29,7 @@ from typing import Any
 
 from ..atomic import write_atomic
 from ..config import TrainConfig
-from ..runs.config import DIGEST_NEUTRAL, TRAIN_DIGEST_NEUTRAL, without_neutral
+from ..runs.config import TRAIN_DIGEST_NEUTRAL, method_args_without_neutral, without_neutral
 from ..runs.env import hardware_name
 from ..runs.machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE
 from .frontier import Frontier, Point, build_frontiers, frontier_of
@@ -288,12 +288,9 @@ def _without_schedule(s: Summary) -> str:
     config = s.rows[0].get("config", {}) if s.rows else {}
     train = without_neutral({k: v for k, v in (config.get("train") or {}).items()
                              if k != "schedule"}, TRAIN_DIGEST_NEUTRAL)
-    method_args = {
-        method: {k: v for k, v in args.items() if DIGEST_NEUTRAL.get((method, k), ...) != v}
-        for method, args in (config.get("method_args") or {}).items()
-    }
+    method_args = method_args_without_neutral(config.get("method_args") or {})
     return json.dumps({"method": config.get("method"), "method_args": method_args,
-                       "train": train}, sort_keys=True, default=str)
+                       "train": train}, sort_keys=True)
 
 
 def method_schedule_table(frontier: Frontier, summaries: Sequence[Summary]) -> str | None:

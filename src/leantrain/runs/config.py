@@ -25,7 +25,8 @@ from ..config import (
 )
 from ..methods import METHODS
 
-__all__ = ["DIGEST_NEUTRAL", "RunConfig", "file_identity", "from_dict", "without_neutral"]
+__all__ = ["DIGEST_NEUTRAL", "RunConfig", "file_identity", "from_dict",
+           "method_args_without_neutral", "without_neutral"]
 
 
 def _resolve_methods(method: Any, method_args: Any) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -128,10 +129,7 @@ class RunConfig:
         for key in ("seed", "out_dir", "checkpoint_every", "checkpoint_minutes"):
             d.pop(key)
         d["data"].pop("data_dir"), d["data"].pop("download")
-        for (method, key), before in DIGEST_NEUTRAL.items():
-            args = d["method_args"].get(method, {})
-            if key in args and args[key] == before:
-                args.pop(key)
+        d["method_args"] = method_args_without_neutral(d["method_args"])
         d["train"] = without_neutral(d["train"], TRAIN_DIGEST_NEUTRAL)
         d["model"] = without_neutral(d["model"], MODEL_DIGEST_NEUTRAL)
         if d["model"].get("init") is not None:  # the weights, wherever the file lives
@@ -188,6 +186,15 @@ def without_neutral(table: dict[str, Any], neutral: dict[str, Any]) -> dict[str,
     """`table` without the settings at their neutral value (what runs did before the setting
     existed): the run's identity (`RunConfig.digest`) and a benchmark recipe leave them out."""
     return {k: v for k, v in table.items() if k not in neutral or neutral[k] != v}
+
+
+def method_args_without_neutral(method_args: dict[str, dict[str, Any]]
+                                ) -> dict[str, dict[str, Any]]:
+    """Each method's settings without those at their `DIGEST_NEUTRAL` value: the run's identity
+    and the report's pairing of runs that differ only in schedule leave them out alike."""
+    return {method: {k: v for k, v in args.items()
+                     if (method, k) not in DIGEST_NEUTRAL or DIGEST_NEUTRAL[(method, k)] != v}
+            for method, args in method_args.items()}
 
 _TOP = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TOP_KEYS = {"method", "seed", "out_dir", "checkpoint_every", "checkpoint_minutes"}
