@@ -269,6 +269,49 @@ def test_a_shorter_run_on_a_machine_dense_never_ran_on_still_joins_the_frontier(
                                           tmp_path / "out")["markdown"]
 
 
+def test_a_method_on_a_machine_dense_never_ran_on_is_timed_against_dense_inferred_there(
+        tmp_path) -> None:
+    """Dense's time on a machine it never ran on is each budgeted dense run's time there ÷ the
+    share of dense's time its epochs take: 50 s / 0.36 and 60 s / 0.36, 152.8 s on average. A
+    method's run there is divided by it; the budgeted runs themselves keep no measured ratio
+    (it would be their own time over itself), and a run with lighter epochs (layers frozen)
+    gives no estimate. The report says what was inferred, from how many runs, how well they
+    agree."""
+    from leantrain.harness.pace import infer_dense_times
+    from test_report import _epoch_trace
+
+    other = {**ENV, "cpu": "Other CPU"}
+    rows = [_paper("dense", "none", 0, 0.90, 100.0, epochs=10),
+            _paper("dense-b0.3", "none", 0, 0.80, 50.0, budget=0.3, epochs=10, env=other),
+            _paper("dense-b0.3", "none", 1, 0.82, 60.0, budget=0.3, epochs=10, env=other),
+            _paper("dense-b0.6", "none", 0, 0.86, 66.0, budget=0.6, epochs=10, env=other),
+            _paper("ld", "learndrop", 0, 0.85, 76.0, epochs=10, env=other)]
+    rows[0]["trace"] = _epoch_trace([16.0, 10.0, 10.0, 10.0] + [9.0] * 6, [100] * 10)
+    rows[1]["trace"] = _epoch_trace([20.0, 15.0, 15.0], [100] * 3)
+    rows[2]["trace"] = _epoch_trace([20.0, 20.0, 20.0], [100] * 3)
+    rows[3]["trace"] = _epoch_trace([11.0] * 6, [100, 100, 100, 100, 100, 60])
+    path = _write(tmp_path / "paper-cpu2.jsonl", rows)
+    summaries = summarize(load_rows([path]))
+    by = {s.label: s for s in summaries}
+    assert by["ld"].time_ratio is None  # nothing inferred yet: no dense on its machine
+    infer_dense_times(summaries)
+    [(machine, times)] = by["dense"].inferred_times.items()
+    assert times == pytest.approx([50.0 / 0.36, 60.0 / 0.36])
+    assert by["ld"].time_ratio == pytest.approx(76.0 / (110.0 / 0.36 / 2))
+    assert by["dense-b0.3"].time_ratio is None and by["dense-b0.6"].time_ratio is None
+    frontier = _resnet32_frontier(summaries)
+    point = {p.name("resnet32"): p for p in frontier.points}["dense-b0.3"]
+    assert point.time_ratio == pytest.approx(0.36) and point.measured is None
+    markdown = write_report([path], tmp_path / "out")["markdown"]
+    assert ("Dense `resnet32` (dense) never trained its full length on Other CPU: its time "
+            "there, 153 s, is inferred from its runs trained for fewer epochs on that machine, "
+            "each run's time ÷ the share of dense's time its epochs take (2 estimates, "
+            "139–167 s, within ±9.1% of their mean;") in markdown
+    # 153 s / 76 s: 2.01× faster than dense, 0.50× its time, in the table and the targets
+    assert "| cifar10 | resnet32 | ld | 85.00 (n=1, single seed) | 76.0 (B) | 2.01× |" in markdown
+    assert "| paper: cifar10 / resnet32 / ld | 1 (single seed) | 0.50× ✓ |" in markdown
+
+
 def test_a_learndrop_run_meets_the_network_it_ended_with_trained_from_scratch(tmp_path) -> None:
     """Liu et al.'s control for layer dropping: the suite's dense run of the network a run ended
     with (equal final parameters and MACs), and not a network that only ties on MACs."""

@@ -17,9 +17,12 @@ from typing import Any
 
 from ..runs.env import hardware_name, machine_key
 from ..runs.machine_share import is_quiet
-from .summary import Summary
+from .summary import Summary, row_value
 
-__all__ = ["Pace", "DRIFT", "dense_share", "pace_checks", "pace_table", "drift_sentence"]
+__all__ = [
+    "Pace", "DRIFT", "dense_share", "infer_dense_times", "inferred_dense_sentence",
+    "pace_checks", "pace_table", "drift_sentence",
+]
 
 # Epochs count as dense's work when their training FLOPs agree with dense's to 0.1%: the counts
 # are exact (FlopCounterMode over the same batches), so any removal or slicing shows far above it.
@@ -131,6 +134,51 @@ def dense_share(s: Summary) -> float | None:
         if is_quiet(r.get("machine")) is not False and epochs <= set(times):
             shares.append(sum(times[e] for e in epochs) / sum(times.values()))
     return statistics.fmean(shares) if shares else None
+
+
+def infer_dense_times(summaries: list[Summary]) -> None:
+    """Give each full-length dense row its training time on the machines it never ran on, from
+    the same model's budgeted dense runs there (`Summary.inferred_times`): every epoch of such a
+    run is dense's work, so its time ÷ the share of dense's time its epochs take (`dense_share`)
+    is dense's time on its machine. `dense_share` already places those runs on the frontier
+    without a dense beside them; this lets a method's run on the same machine get a time ratio
+    too, instead of needing a full-length dense run (the `paper` suite's ResNet-32 dense took
+    about 2.5 h on one machine model its runs were spread over)."""
+    for s in summaries:
+        ref = s.dense
+        if ref is None or ref is s or (share := dense_share(s)) is None:
+            continue
+        measured = ref.quiet_times()
+        for r in s.rows:
+            machine = machine_key(r.get("env", {}))
+            time = row_value(r, "time_s")
+            if machine in measured or is_quiet(r.get("machine")) is False or time is None:
+                continue
+            ref.inferred_times.setdefault(machine, []).append(time / share)
+
+
+def inferred_dense_sentence(summaries: list[Summary]) -> str | None:
+    """Where a full-length dense time was inferred (`infer_dense_times`), what it is and how
+    well its estimates agree; None where every machine timed dense itself."""
+    names = {machine_key(r.get("env", {})): str(hardware_name(r.get("env", {})))
+             for s in summaries for r in s.rows}
+    parts = []
+    for s in summaries:
+        if s.dense is not s:
+            continue
+        for machine, times in s.inferred_times.items():
+            mean = statistics.fmean(times)
+            spread = (f"{len(times)} estimates, {min(times):,.0f}–{max(times):,.0f} s, within "
+                      f"±{100 * max(abs(t / mean - 1) for t in times):.1f}% of their mean"
+                      if len(times) > 1 else "1 estimate")
+            parts.append(
+                f"Dense `{s.model}` ({s.label}) never trained its full length on "
+                f"{names.get(machine, '?')}: its time there, {mean:,.0f} s, is inferred from "
+                "its runs trained for fewer epochs on that machine, each run's time ÷ the share "
+                f"of dense's time its epochs take ({spread}; "
+                "`leantrain.harness.pace.infer_dense_times`). The time ratios of other rows "
+                "from that machine divide by it.")
+    return " ".join(parts) or None
 
 
 def _epoch_span(epochs: tuple[int, ...]) -> str:

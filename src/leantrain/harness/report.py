@@ -33,7 +33,7 @@ from ..runs.config import TRAIN_DIGEST_NEUTRAL, method_args_without_neutral, wit
 from ..runs.env import hardware_name
 from ..runs.machine_share import QUIET_CPU_SHARE, QUIET_OTHER_LOAD, QUIET_WAIT_SHARE
 from .frontier import Frontier, Point, build_frontiers, frontier_of
-from .pace import pace_table
+from .pace import infer_dense_times, inferred_dense_sentence, pace_table
 from .plots import plot_flops_curves, plot_pareto, slug
 from .rows import (
     by_environment,
@@ -480,7 +480,11 @@ def _readme_block(summaries: list[Summary], suites: list[str], chosen: Sequence[
             f"{' each' if several else ''}), torch {env.get('torch')}, "
             f"seeds {', '.join(map(str, seeds))}."
             + (" Times are compared only within one machine: each run's against dense's on the "
-               "same machine." if several else "")
+               "same machine" + (
+                   " (where dense never trained its full length on a machine, its time there "
+                   "inferred from its shorter runs on it: `leantrain.harness.pace."
+                   "infer_dense_times`)." if any(s.inferred_times for s in mine) else ".")
+               if several else "")
             + (f" {TIME_NOTE}" if i == 0 else ""),
             "",
         ]
@@ -539,6 +543,7 @@ def write_report(
     sections = []
     for env, env_rows in by_environment(rows):
         summaries = summarize(env_rows)
+        infer_dense_times(summaries)  # before anything reads a time ratio
         pareto = plot_pareto(summaries, out)
         order = {p.name.removesuffix("-pareto.png"): i for i, p in enumerate(pareto)}
         images = sorted(  # each (data set, model): its Pareto plot, then its FLOPs curves
@@ -587,6 +592,7 @@ def write_report(
                 "",
                 _machine_time(suite_rows),
                 "",
+                *([inferred, ""] if (inferred := inferred_dense_sentence(mine)) else []),
                 "Recipes:",
                 "",
                 _recipes(suite_rows),

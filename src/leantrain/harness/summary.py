@@ -33,6 +33,9 @@ class Summary:
     recipe: str
     rows: list[Row] = field(default_factory=list)
     dense: Summary | None = None
+    # A full-length dense row's training time on machines it never ran on, inferred from the
+    # same model's budgeted dense runs there (`leantrain.harness.pace.infer_dense_times`).
+    inferred_times: dict[tuple[Any, ...], list[float]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -97,12 +100,17 @@ class Summary:
 
     def time_ratio_of(self, row: Row, dense: Summary | None = None) -> float | None:
         """`row`'s training time / the mean quiet time of `dense` (default: this row's own dense
-        baseline, same file, data set, model and recipe) on its machine; None for a time taken
-        while other work shared the cores, or on a machine dense never ran on."""
+        baseline, same file, data set, model and recipe) on its machine, or where dense never
+        ran there, its time inferred from the budgeted dense runs that did (`inferred_times`;
+        not for those runs themselves, whose ratio would be their own time over itself); None
+        for a time taken while other work shared the cores, or on a machine with neither."""
         dense = self.dense if dense is None else dense
         if dense is None or is_quiet(row.get("machine")) is False:
             return None
-        times = dense.quiet_times().get(machine_key(row.get("env", {})))
+        machine = machine_key(row.get("env", {}))
+        times = dense.quiet_times().get(machine)
+        if not times and not (self.method == "none" and self.model == dense.model):
+            times = dense.inferred_times.get(machine)
         time = row_value(row, "time_s")
         if not times or time is None or (mean := statistics.fmean(times)) <= 0:
             return None
