@@ -282,6 +282,13 @@ def test_method_runs_without_a_dense_run_timed_on_this_machine_are_announced(
     assert "no dense run of cifar10/test_resnet with this recipe has been timed on this" in out
     assert "1 method run(s)" in out and "--only cifar10/test_resnet/dense" in out
     assert "has been timed" not in dry_run_output([{**elsewhere, "env": here}])
+    # dense trained for fewer epochs here: the report infers dense's full time from it
+    config = dense.config.to_dict()
+    shorter = {"key": "tiny|cifar10/test_resnet/dense-b0.5/seed0|x", "env": here,
+               "config": {**config, "train": {**config["train"], "budget": 0.5}}}
+    out = dry_run_output([elsewhere, shorter])
+    assert ("1 of the 1 method run(s) selected will be timed against dense's time inferred from "
+            "its shorter runs here") in out and "--only cifar10/test_resnet/dense" in out
     # a dense run selected beside the method runs will time them
     run_suite(suite, results / "empty", dry_run=True)
     assert "has been timed" not in capsys.readouterr().out

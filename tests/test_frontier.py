@@ -276,8 +276,8 @@ def test_a_method_on_a_machine_dense_never_ran_on_is_timed_against_dense_inferre
     method's run there is divided by it; the budgeted runs themselves keep no measured ratio
     (it would be their own time over itself), and a run with lighter epochs (layers frozen)
     gives no estimate. The report says what was inferred, from how many runs, how well they
-    agree."""
-    from leantrain.harness.pace import infer_dense_times
+    agree; the method's pace check times dense by the run's own epochs of dense's work."""
+    from leantrain.harness.pace import infer_dense_times, pace_checks
     from test_report import _epoch_trace
 
     other = {**ENV, "cpu": "Other CPU"}
@@ -290,6 +290,8 @@ def test_a_method_on_a_machine_dense_never_ran_on_is_timed_against_dense_inferre
     rows[1]["trace"] = _epoch_trace([20.0, 15.0, 15.0], [100] * 3)
     rows[2]["trace"] = _epoch_trace([20.0, 20.0, 20.0], [100] * 3)
     rows[3]["trace"] = _epoch_trace([11.0] * 6, [100, 100, 100, 100, 100, 60])
+    # 3 epochs of dense's work in 54 s (0.36 of dense's time: dense at 150 s that day), then drops
+    rows[4]["trace"] = _epoch_trace([24.0, 15.0, 15.0, 4.0] + [3.0] * 6, [100] * 3 + [60] * 7)
     path = _write(tmp_path / "paper-cpu2.jsonl", rows)
     summaries = summarize(load_rows([path]))
     by = {s.label: s for s in summaries}
@@ -302,6 +304,11 @@ def test_a_method_on_a_machine_dense_never_ran_on_is_timed_against_dense_inferre
     frontier = _resnet32_frontier(summaries)
     point = {p.name("resnet32"): p for p in frontier.points}["dense-b0.3"]
     assert point.time_ratio == pytest.approx(0.36) and point.measured is None
+    # The pace check reads dense's epochs there as the inferred time × their share of it: the
+    # run's own epochs of dense's work time dense at 150 s, 0.98× the inferred 152.8 s.
+    [pace] = pace_checks(by["ld"])
+    assert pace.epochs == (1, 2, 3) and pace.ratio == pytest.approx(54.0 / (0.36 * 152.777), 1e-4)
+    assert pace.time_ratio / pace.ratio == pytest.approx(76.0 / 150.0)
     markdown = write_report([path], tmp_path / "out")["markdown"]
     assert ("Dense `resnet32` (dense) never trained its full length on Other CPU: its time "
             "there, 153 s, is inferred from its runs trained for fewer epochs on that machine, "
@@ -310,6 +317,7 @@ def test_a_method_on_a_machine_dense_never_ran_on_is_timed_against_dense_inferre
     # 153 s / 76 s: 2.01× faster than dense, 0.50× its time, in the table and the targets
     assert "| cifar10 | resnet32 | ld | 85.00 (n=1, single seed) | 76.0 (B) | 2.01× |" in markdown
     assert "| paper: cifar10 / resnet32 / ld | 1 (single seed) | 0.50× ✓ |" in markdown
+    assert "| ld | 0 | Other CPU | 1–3 | 0.982× | 0.50× | 0.51× |" in markdown
 
 
 def test_a_learndrop_run_meets_the_network_it_ended_with_trained_from_scratch(tmp_path) -> None:

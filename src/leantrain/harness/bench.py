@@ -113,25 +113,42 @@ def _untimed_note(
 ) -> str | None:
     """A warning when method runs are about to run where no dense run of their recipe was or will
     be timed: a suite spread over sessions can land on another machine, and a time is compared
-    only with dense's on the same machine, so those runs would get no speed-up."""
+    only with dense's on the same machine, so those runs would get no speed-up, or one against
+    dense's time inferred from its shorter runs there (`leantrain.harness.pace.
+    infer_dense_times`), which is only as steady as the machine's speed between runs."""
     here = machine_key(env)
-    timed = {
-        recipe_digest(r.get("config", {})) for r in rows
-        if r.get("config", {}).get("method", "none") in ("none", "")
-        and (r.get("config", {}).get("train") or {}).get("budget", 1.0) == 1.0
-        and machine_key(r.get("env", {})) == here
-    }
-    timed |= {recipe_digest(r.config.to_dict()) for r in todo
-              if not r.config.method_names() and r.config.train.budget == 1.0}
+
+    def dense_here(full: bool) -> set[str]:
+        """Recipes with a dense run here (recorded or selected), full-length or shorter."""
+        recorded = {
+            recipe_digest(r.get("config", {})) for r in rows
+            if r.get("config", {}).get("method", "none") in ("none", "")
+            and ((r.get("config", {}).get("train") or {}).get("budget", 1.0) == 1.0) is full
+            and machine_key(r.get("env", {})) == here
+        }
+        return recorded | {recipe_digest(r.config.to_dict()) for r in todo
+                           if not r.config.method_names()
+                           and (r.config.train.budget == 1.0) is full}
+
+    timed, shorter = dense_here(full=True), dense_here(full=False)
     untimed = [r for r in todo
                if r.config.method_names() and recipe_digest(r.config.to_dict()) not in timed]
     if not untimed:
         return None
+    inferred = [r for r in untimed if recipe_digest(r.config.to_dict()) in shorter]
     models = sorted({f"{r.config.data.dataset}/{r.config.model.name}" for r in untimed})
+    what = (
+        f"so {len(untimed)} method run(s) selected will get accuracy and FLOPs but no speed-up"
+        if not inferred else
+        f"so {len(inferred)} of the {len(untimed)} method run(s) selected will be timed against "
+        "dense's time inferred from its shorter runs here (`leantrain.harness.pace."
+        "infer_dense_times`; only as steady as this machine's speed between runs)"
+        + ("" if len(inferred) == len(untimed) else ", the others get no speed-up")
+    )
     return (
         f"note: no dense run of {', '.join(models)} with this recipe has been timed on this "
-        f"machine ({hardware_name(env)}), so {len(untimed)} method run(s) selected will get "
-        f"accuracy and FLOPs but no speed-up; run `--only {models[0]}/dense` here first (any seed) to time them."
+        f"machine ({hardware_name(env)}), {what}; run `--only {models[0]}/dense` here first "
+        "(any seed) to time them."
     )
 
 

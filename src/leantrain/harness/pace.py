@@ -82,18 +82,52 @@ def _checkable(s: Summary) -> bool:
     return s.method in ("learndrop", "none")
 
 
+def _epoch_shares(dense: Summary) -> dict[int, float]:
+    """Each epoch's share of dense's whole training time, the mean over its quiet rows whose
+    trace covers every epoch of the recipe (the shares of a machine-independent schedule of
+    work: the first epoch carries warm-up and compilation, later ones do not)."""
+    shares: dict[int, list[float]] = {}
+    epochs = int(dense.train.get("epochs") or 0)
+    for r in dense.rows:
+        times = _epoch_time(r)
+        if is_quiet(r.get("machine")) is False or len(times) != epochs:
+            continue
+        total = sum(times.values())
+        for epoch, t in times.items():
+            shares.setdefault(epoch, []).append(t / total)
+    return {epoch: statistics.fmean(v) for epoch, v in shares.items()}
+
+
+def _dense_epoch_times(dense: Summary) -> dict[tuple[Any, ...], dict[int, float]]:
+    """Dense's time for each epoch on each machine: the mean over its quiet rows there, or on a
+    machine it never trained its full length on, its inferred time there (`infer_dense_times`)
+    × each epoch's share of it."""
+    measured: dict[tuple[Any, ...], dict[int, list[float]]] = {}
+    for r in dense.rows:
+        if is_quiet(r.get("machine")) is not False:
+            per = measured.setdefault(machine_key(r.get("env", {})), {})
+            for epoch, t in _epoch_time(r).items():
+                per.setdefault(epoch, []).append(t)
+    out = {m: {e: statistics.fmean(v) for e, v in per.items()} for m, per in measured.items()}
+    if dense.inferred_times and (shares := _epoch_shares(dense)):
+        for machine, times in dense.inferred_times.items():
+            if machine not in out:
+                mean = statistics.fmean(times)
+                out[machine] = {e: share * mean for e, share in shares.items()}
+    return out
+
+
 def pace_checks(s: Summary) -> list[Pace]:
     """The pace of each quiet run of `s` that did dense's exact work for ≥ `MIN_EPOCHS` epochs,
-    against its dense runs' mean time for the same epochs on the same machine."""
+    against dense's mean time for the same epochs on the same machine (`_dense_epoch_times`).
+
+    Where dense's time on the machine is inferred, the run's *at dense's pace* ratio is its time
+    ÷ (its epochs of dense's work ÷ the share of dense's time they take): dense's time as the run
+    itself measured it, the same day, free of the inferred time's spread between runs."""
     if not _checkable(s):
         return []
     dense_flops = _per_epoch(s.dense.rows[0], "train_flops")
-    dense_times: dict[tuple[Any, ...], dict[int, list[float]]] = {}
-    for r in s.dense.rows:
-        if is_quiet(r.get("machine")) is not False:
-            per = dense_times.setdefault(machine_key(r.get("env", {})), {})
-            for epoch, t in _epoch_time(r).items():
-                per.setdefault(epoch, []).append(t)
+    dense_times = _dense_epoch_times(s.dense)
     out = []
     for r in s.rows:
         dense = dense_times.get(machine_key(r.get("env", {})))
@@ -104,7 +138,7 @@ def pace_checks(s: Summary) -> list[Pace]:
         same = tuple(e for e in sorted(times) if e in dense and _same_work(flops, dense_flops, e))
         if len(same) < MIN_EPOCHS:
             continue
-        ratio = sum(times[e] for e in same) / sum(statistics.fmean(dense[e]) for e in same)
+        ratio = sum(times[e] for e in same) / sum(dense[e] for e in same)
         out.append(Pace(s.label, int(r.get("seed", 0)), str(hardware_name(r.get("env", {}))),
                         same, ratio, time_ratio))
     return out

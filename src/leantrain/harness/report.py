@@ -642,7 +642,10 @@ def write_report(
                     "the two runs, and the run's time ratio above carries it. *At dense's pace* "
                     "divides the run's time ratio by its pace: what the ratio would be had the "
                     "machine kept the speed it had for dense (an estimate: it assumes the pace "
-                    "of the early epochs held for the whole run).",
+                    "of the early epochs held for the whole run). On a machine dense never "
+                    "trained its full length on, dense's time for those epochs is its inferred "
+                    "time there × their share of dense's time, so *at dense's pace* is the "
+                    "run's time against dense's as the run itself measured it, the same day.",
                     "",
                     pace,
                     "",
