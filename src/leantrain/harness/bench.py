@@ -118,19 +118,17 @@ def _untimed_note(
     infer_dense_times`), which is only as steady as the machine's speed between runs."""
     here = machine_key(env)
 
-    def dense_here(full: bool) -> set[str]:
-        """Recipes with a dense run here (recorded or selected), full-length or shorter."""
-        recorded = {
-            recipe_digest(r.get("config", {})) for r in rows
-            if r.get("config", {}).get("method", "none") in ("none", "")
-            and ((r.get("config", {}).get("train") or {}).get("budget", 1.0) == 1.0) is full
-            and machine_key(r.get("env", {})) == here
-        }
-        return recorded | {recipe_digest(r.config.to_dict()) for r in todo
-                           if not r.config.method_names()
-                           and (r.config.train.budget == 1.0) is full}
-
-    timed, shorter = dense_here(full=True), dense_here(full=False)
+    # (recipe, full length?) of every dense run here, recorded or selected
+    dense_runs = [
+        (recipe_digest(r.get("config", {})),
+         (r.get("config", {}).get("train") or {}).get("budget", 1.0) == 1.0)
+        for r in rows
+        if r.get("config", {}).get("method", "none") in ("none", "")
+        and machine_key(r.get("env", {})) == here
+    ] + [(recipe_digest(r.config.to_dict()), r.config.train.budget == 1.0)
+         for r in todo if not r.config.method_names()]
+    timed = {recipe for recipe, full in dense_runs if full}
+    shorter = {recipe for recipe, full in dense_runs if not full}
     untimed = [r for r in todo
                if r.config.method_names() and recipe_digest(r.config.to_dict()) not in timed]
     if not untimed:
